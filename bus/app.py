@@ -1,0 +1,124 @@
+"""A service's lifecycle: one AsyncExitStack from database to metrics, stopped by SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client as Nats
+from nats.js import JetStreamContext
+
+from bus import logs
+from bus.client import Client
+from bus.connect import connect
+from bus.db import Database
+from bus.metrics import Metrics
+from bus.outbox import Relay, ensure_stream
+from bus.service import ServiceRunner
+from bus.settings import Settings
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+
+@dataclass
+class Kernel:
+    """Everything a service's `build` function wires its handlers to."""
+
+    settings: Settings
+    name: str
+    nc: Nats
+    js: JetStreamContext
+    db: Database
+    relay: Relay
+    client: Client
+    runner: ServiceRunner
+    metrics: Metrics
+    stack: AsyncExitStack
+    extras: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    description: str
+    migrations: tuple[str, ...]
+    build: Callable[[Kernel], Awaitable[None]]
+
+
+@asynccontextmanager
+async def running(
+    spec: ServiceSpec, settings: Settings, *, serve_metrics: bool = True
+) -> AsyncIterator[Kernel]:
+    """Start the service and yield it; leaving the block drains and stops everything in reverse."""
+    async with AsyncExitStack() as stack:
+        db = await stack.enter_async_context(
+            Database(settings.db_path(spec.name), spec.name, spec.migrations)
+        )
+        nc = await connect(settings, spec.name, user=settings.nats_user, password=settings.nats_password)
+        stack.push_async_callback(_close_nats, nc)
+        js = nc.jetstream()
+        await ensure_stream(js, settings)
+        relay = Relay(js, db, settings.stream_name)
+        await relay.start()
+        stack.push_async_callback(relay.stop)
+        metrics = Metrics(spec.name)
+        runner = ServiceRunner(
+            nc, spec.name, settings, version=VERSION, description=spec.description, metrics=metrics
+        )
+        kernel = Kernel(
+            settings=settings,
+            name=spec.name,
+            nc=nc,
+            js=js,
+            db=db,
+            relay=relay,
+            client=Client(nc, timeout_s=settings.saga.step_timeout_ms / 1000),
+            runner=runner,
+            metrics=metrics,
+            stack=stack,
+        )
+        await spec.build(kernel)
+        await runner.start()
+        stack.push_async_callback(runner.stop)
+        if serve_metrics:
+            metrics.serve(settings.metrics_host, settings.metrics_port(spec.name))
+        log.info("service ready", extra={"pid": os.getpid(), "nats": settings.resolved_nats_url()})
+        yield kernel
+        log.info("service stopping")
+
+
+async def _close_nats(nc: Nats) -> None:
+    with contextlib.suppress(Exception):
+        await nc.drain()
+    with contextlib.suppress(Exception):
+        await nc.close()
+
+
+async def serve_forever(spec: ServiceSpec, settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running(spec, settings):
+        await stop.wait()
+
+
+def main(spec: ServiceSpec) -> None:
+    """`python -m <service>`: settings from the environment, JSON logs, uvloop when installed."""
+    settings = Settings()
+    logs.setup(spec.name)
+    try:
+        import uvloop  # optional speed-up
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    runner(serve_forever(spec, settings))

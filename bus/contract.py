@@ -1,0 +1,342 @@
+"""The wire contract: every command, result and event as a pydantic model.
+
+Commands are strict (no coercion, no unknown fields); the limits that are
+settings (`Limits`) reach validation through the pydantic context, so the
+same model serves every deployment.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from bus.settings import Limits
+
+Sku = Annotated[str, Field(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,31}$", description="upper-case SKU")]
+CustomerId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")]
+OrderId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+Cents = Annotated[int, Field(ge=0, le=10**12)]
+Reason = Annotated[str, Field(max_length=200)]
+PaymentMethod = Literal["card", "card_declined", "card_insufficient_funds"]
+
+
+class OrderStatus(StrEnum):
+    PENDING = "PENDING"
+    CONFIRMED = "CONFIRMED"
+    COMPENSATING = "COMPENSATING"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+TERMINAL = frozenset({OrderStatus.CONFIRMED, OrderStatus.FAILED, OrderStatus.CANCELLED})
+
+
+class Command(BaseModel):
+    """A request body: strict types, unknown fields refused."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class Result(BaseModel):
+    """A reply body; readers ignore fields they do not know."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+def _limits(info: ValidationInfo) -> Limits:
+    ctx = info.context or {}
+    return ctx.get("limits") or Limits()
+
+
+class Line(Command):
+    sku: Sku
+    qty: int = Field(ge=1, le=1_000_000)
+
+    @field_validator("qty")
+    @classmethod
+    def _qty_within_limit(cls, qty: int, info: ValidationInfo) -> int:
+        cap = _limits(info).max_qty_per_line
+        if qty > cap:
+            raise ValueError(f"at most {cap} per line")
+        return qty
+
+
+class LinesCommand(Command):
+    items: list[Line] = Field(min_length=1)
+
+    @field_validator("items")
+    @classmethod
+    def _lines_within_limit(cls, items: list[Line], info: ValidationInfo) -> list[Line]:
+        cap = _limits(info).max_items_per_order
+        if len(items) > cap:
+            raise ValueError(f"at most {cap} lines per order")
+        skus = [line.sku for line in items]
+        if len(set(skus)) != len(skus):
+            raise ValueError("each SKU may appear once")
+        return items
+
+
+# -- orders ---------------------------------------------------------------
+
+
+class PlaceOrder(LinesCommand):
+    customer_id: CustomerId
+    payment_method: PaymentMethod = "card"
+    wait_ms: int = Field(10_000, ge=0, le=60_000)
+
+
+class GetOrder(Command):
+    order_id: OrderId
+
+
+class ListOrders(Command):
+    status: OrderStatus | None = None
+    customer_id: CustomerId | None = None
+    limit: int = Field(50, ge=1, le=1000)
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _status_from_text(cls, value: Any) -> Any:
+        return OrderStatus(value) if isinstance(value, str) and value in OrderStatus.__members__ else value
+
+
+class CancelOrder(Command):
+    order_id: OrderId
+    reason: Reason | None = None
+
+
+class OrderEventsQuery(Command):
+    order_id: OrderId
+
+
+class PricedLine(Result):
+    sku: str
+    qty: int
+    unit_price_cents: int | None = None
+
+
+class StepRecord(Result):
+    step: str
+    action: str
+    status: str
+    attempts: int
+    started_at: str | None = None
+    finished_at: str | None = None
+    last_error: dict[str, Any] | None = None
+
+
+class SagaView(Result):
+    saga_id: str
+    name: str
+    status: str
+    step: str | None = None
+    compensating: bool = False
+    attempts: int = 0
+    deadline_at: str | None = None
+    next_retry_at: str | None = None
+    last_error: dict[str, Any] | None = None
+    stuck: bool = False
+    steps: list[StepRecord] = []
+
+
+class Order(Result):
+    order_id: str
+    customer_id: str
+    status: OrderStatus
+    items: list[PricedLine]
+    payment_method: str
+    total_cents: int | None = None
+    currency: str | None = None
+    failure_reason: str | None = None
+    cancel_reason: str | None = None
+    created_at: str
+    updated_at: str
+    saga: SagaView | None = None
+
+
+class OrderList(Result):
+    orders: list[Order]
+
+
+class EventList(Result):
+    order_id: str
+    events: list[dict[str, Any]]
+
+
+# -- inventory ------------------------------------------------------------
+
+
+class CheckStock(LinesCommand):
+    pass
+
+
+class Reserve(LinesCommand):
+    order_id: OrderId
+
+
+class Release(Command):
+    order_id: OrderId
+    reason: Reason | None = None
+
+
+class StockQuery(Command):
+    sku: Sku | None = None
+
+
+class Restock(Command):
+    sku: Sku
+    qty: int = Field(ge=1, le=1_000_000)
+    name: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    price_cents: Cents | None = None
+
+
+class ReservationQuery(Command):
+    order_id: OrderId | None = None
+    status: Literal["ACTIVE", "RELEASED"] | None = None
+    limit: int = Field(1000, ge=1, le=100_000)
+
+
+class CheckLine(Result):
+    sku: str
+    requested: int
+    available: int
+
+
+class Availability(Result):
+    available: bool
+    lines: list[CheckLine]
+
+
+class Reservation(Result):
+    order_id: str
+    status: Literal["ACTIVE", "RELEASED"]
+    items: list[PricedLine]
+    total_cents: int
+    currency: str
+    created_at: str
+    released_at: str | None = None
+
+
+class Released(Result):
+    order_id: str
+    status: Literal["RELEASED"] = "RELEASED"
+    tombstone: bool = False
+
+
+class Product(Result):
+    sku: str
+    name: str
+    price_cents: int
+    on_hand: int
+    reserved: int
+    available: int
+
+
+class Stock(Result):
+    products: list[Product]
+
+
+class ReservationList(Result):
+    reservations: list[Reservation]
+
+
+# -- payment --------------------------------------------------------------
+
+
+class Authorize(Command):
+    order_id: OrderId
+    customer_id: CustomerId
+    amount_cents: Cents
+    currency: Currency
+    method: PaymentMethod
+
+
+class Refund(Command):
+    order_id: OrderId
+    reason: Reason | None = None
+
+
+class GetPayment(Command):
+    order_id: OrderId
+
+
+class PaymentQuery(Command):
+    status: Literal["AUTHORIZED", "DECLINED", "REFUNDED", "VOIDED"] | None = None
+    limit: int = Field(1000, ge=1, le=100_000)
+
+
+class Payment(Result):
+    order_id: str
+    customer_id: str | None = None
+    amount_cents: int
+    currency: str
+    method: str | None = None
+    status: Literal["AUTHORIZED", "DECLINED", "REFUNDED", "VOIDED"]
+    decline_reason: str | None = None
+    created_at: str
+    updated_at: str
+
+
+class PaymentList(Result):
+    payments: list[Payment]
+
+
+# -- fault injection ------------------------------------------------------
+
+
+class ChaosSet(Command):
+    error_rate: float = Field(0.0, ge=0.0, le=1.0)
+    latency_ms: int = Field(0, ge=0, le=60_000)
+    latency_jitter_ms: int = Field(0, ge=0, le=60_000)
+    drop_reply_rate: float = Field(0.0, ge=0.0, le=1.0)
+    endpoints: list[Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")]] | None = None
+    seed: int | None = None
+
+    @field_validator("error_rate", "drop_reply_rate", mode="before")
+    @classmethod
+    def _int_rates_are_fine(cls, value: Any) -> Any:
+        # JSON writers print 0 and 1 without a decimal point.
+        return float(value) if type(value) is int else value
+
+
+class ChaosQuery(Command):
+    pass
+
+
+class ChaosState(Result):
+    service: str
+    error_rate: float = 0.0
+    latency_ms: int = 0
+    latency_jitter_ms: int = 0
+    drop_reply_rate: float = 0.0
+    endpoints: list[str] | None = None
+    seed: int | None = None
+    active: bool = False
+
+
+# -- events ---------------------------------------------------------------
+
+
+class Event(Result):
+    """The body of every message in OMS_EVENTS."""
+
+    event_id: str
+    type: str
+    occurred_at: str
+    service: str
+    order_id: str | None = None
+    saga_id: str | None = None
+    data: dict[str, Any] = {}
+
+
+def schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema of every model in the contract, by name (for `oms schema`)."""
+    models = [m for m in globals().values() if isinstance(m, type) and issubclass(m, BaseModel)]
+    return {
+        m.__name__: m.model_json_schema()
+        for m in models
+        if m not in (Command, Result, BaseModel) and m.__module__ == __name__
+    }

@@ -1,0 +1,284 @@
+"""One SQLite file per service: WAL, versioned migrations, and group-committed units of work.
+
+A *unit of work* is a plain synchronous function `fn(tx) -> value` that runs on
+aiosqlite's database thread inside its own savepoint. Units submitted by
+concurrent requests are committed together in one transaction (group commit):
+one thread hop and one COMMIT for the whole batch instead of one per write.
+Because a unit never awaits, it is atomic with respect to every other unit,
+which is what makes "check then change" logic (stock, idempotency keys) safe
+under any concurrency.
+
+A unit that wants its changes kept *and* an error answered returns the error
+instead of raising it (a declined payment is recorded, then answered 402).
+A unit that raises is rolled back to its savepoint; the rest of the batch commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import aiosqlite
+
+from bus.contract import Event
+from bus.errors import OmsError
+from bus.ids import new_id, now_iso
+from bus.subjects import event_subject
+
+if TYPE_CHECKING:
+    from bus.outbox import Relay
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_BATCH = 512
+
+# Tables every service has; a service's own migrations follow these.
+KERNEL_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL UNIQUE,
+        subject TEXT NOT NULL,
+        body BLOB NOT NULL
+    );
+    CREATE TABLE idempotency (
+        key TEXT PRIMARY KEY,
+        endpoint TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        reply BLOB NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    seq: int
+    event_id: str
+    subject: str
+    body: bytes
+
+
+class Tx:
+    """What a unit of work sees: SQL on the open transaction, and `emit` for events."""
+
+    __slots__ = ("_conn", "events", "service")
+
+    def __init__(self, conn: sqlite3.Connection, service: str) -> None:
+        self._conn = conn
+        self.service = service
+        self.events: list[OutboxRow] = []
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Cursor:
+        return self._conn.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> sqlite3.Cursor:
+        return self._conn.executemany(sql, rows)
+
+    def one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Row | None:
+        return self._conn.execute(sql, params).fetchone()
+
+    def all(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def emit(
+        self,
+        event_type: str,
+        key: str,
+        data: dict[str, Any],
+        *,
+        order_id: str | None = None,
+        saga_id: str | None = None,
+    ) -> Event:
+        """Record an event in the outbox, in this transaction; the relay publishes it after commit."""
+        event = Event(
+            event_id=new_id("evt"),
+            type=event_type,
+            occurred_at=now_iso(),
+            service=self.service,
+            order_id=order_id,
+            saga_id=saga_id,
+            data=data,
+        )
+        body = json.dumps(event.model_dump(mode="json"), separators=(",", ":")).encode()
+        subject = event_subject(self.service, event_type, key)
+        cur = self._conn.execute(
+            "INSERT INTO outbox (event_id, subject, body) VALUES (?, ?, ?)", (event.event_id, subject, body)
+        )
+        self.events.append(OutboxRow(cur.lastrowid or 0, event.event_id, subject, body))
+        return event
+
+
+@dataclass(slots=True)
+class _Unit:
+    fn: Callable[[Tx], Any]
+    future: asyncio.Future[Any]
+    events: list[OutboxRow]
+
+
+class Database:
+    """A service's SQLite file, written through one group-committing writer."""
+
+    def __init__(self, path: Path | str, service: str, migrations: Sequence[str] = ()) -> None:
+        self.path = Path(path)
+        self.service = service
+        self.migrations = (*KERNEL_MIGRATIONS, *migrations)
+        self.relay: Relay | None = None
+        self._conn: aiosqlite.Connection | None = None
+        self._queue: asyncio.Queue[_Unit] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self.commits = 0
+        self.units = 0
+
+    async def open(self) -> Database:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        self._conn = conn
+        await self._on_db_thread(self._prepare)
+        self._writer = asyncio.create_task(self._write_loop(), name=f"db-writer-{self.service}")
+        return self
+
+    async def close(self) -> None:
+        if self._writer:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
+        if self._conn:
+            await self._conn.close()
+            self._conn = None
+
+    async def __aenter__(self) -> Database:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a killed process; power loss is covered by replay from JetStream.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA foreign_keys=ON")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(self.migrations[version:], start=version + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _statements(script):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={number}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            log.info("migrated", extra={"service": self.service, "version": number})
+
+    async def _on_db_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a synchronous function on aiosqlite's database thread: one hop for all of it."""
+        assert self._conn is not None, "database is not open"
+        conn = self._conn
+        return await conn._execute(lambda: fn(conn._conn))  # aiosqlite's thread-dispatch primitive
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        """Run a read-only function on the database thread (it sees only committed data)."""
+        return await self._on_db_thread(lambda conn: fn(Tx(conn, self.service)))
+
+    async def write(self, fn: Callable[[Tx], T]) -> T:
+        """Run a unit of work, commit it with its batch, and wait until its events are in JetStream.
+
+        Returns the unit's value; raises what it raised, or the OmsError it returned.
+        """
+        value, events = await self.commit(fn)
+        if events and self.relay is not None:
+            await self.relay.published(events[-1].seq)
+        if isinstance(value, OmsError):
+            raise value
+        return value
+
+    async def commit(self, fn: Callable[[Tx], T]) -> tuple[T, list[OutboxRow]]:
+        """Run and commit a unit of work without waiting for its events to be published."""
+        if self._writer is None:
+            raise RuntimeError("database is not open")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        unit = _Unit(fn, future, [])
+        self._queue.put_nowait(unit)
+        value = await future
+        return value, unit.events
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                outcomes = await self._on_db_thread(lambda conn, b=batch: self._run_batch(conn, b))
+            except Exception as exc:  # the COMMIT itself failed: nothing in the batch happened
+                log.exception("commit failed", extra={"service": self.service})
+                for unit in batch:
+                    if not unit.future.done():
+                        unit.future.set_exception(exc)
+                continue
+            self.commits += 1
+            self.units += len(batch)
+            committed: list[OutboxRow] = []
+            for unit, (ok, value) in zip(batch, outcomes, strict=True):
+                committed.extend(unit.events)
+                if unit.future.done():
+                    continue
+                if ok:
+                    unit.future.set_result(value)
+                else:
+                    unit.future.set_exception(value)
+            if committed and self.relay is not None:
+                self.relay.enqueue(committed)
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Unit]) -> list[tuple[bool, Any]]:
+        outcomes: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for unit in batch:
+                tx = Tx(conn, self.service)
+                conn.execute("SAVEPOINT unit")
+                try:
+                    value = unit.fn(tx)
+                except BaseException as exc:
+                    conn.execute("ROLLBACK TO unit")
+                    conn.execute("RELEASE unit")
+                    outcomes.append((False, exc))
+                    continue
+                conn.execute("RELEASE unit")
+                unit.events = tx.events
+                outcomes.append((True, value))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for unit in batch:
+                unit.events = []
+            raise
+        return outcomes
+
+    async def unsent_events(self) -> list[OutboxRow]:
+        return await self.read(
+            lambda tx: [
+                OutboxRow(r["seq"], r["event_id"], r["subject"], r["body"])
+                for r in tx.all("SELECT seq, event_id, subject, body FROM outbox ORDER BY seq")
+            ]
+        )
+
+    async def forget_sent(self, up_to_seq: int) -> None:
+        """Drop outbox rows the stream has acknowledged (history lives in JetStream, not here)."""
+        await self.commit(lambda tx: tx.execute("DELETE FROM outbox WHERE seq <= ?", (up_to_seq,)))
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]

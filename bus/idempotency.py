@@ -1,0 +1,77 @@
+"""Idempotency keys: the effect and its stored reply are written in one transaction.
+
+A repeat of a key returns the stored reply (also a concurrent repeat: units of
+work are serialized); the same key with a different request is a CONFLICT.
+Business errors are stored as replies too, so a repeat answers the same way;
+transient errors are not, so a retry can still succeed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from bus.db import Tx
+from bus.errors import BusinessError, Conflict, OmsError, from_wire
+from bus.ids import now_iso
+
+
+def request_hash(cmd: BaseModel, exclude: frozenset[str] = frozenset()) -> str:
+    body = cmd.model_dump(mode="json", exclude=set(exclude))
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def once(
+    key: str | None,
+    endpoint: str,
+    digest: str,
+    effect: Callable[[Tx], BaseModel | OmsError],
+) -> Callable[[Tx], BaseModel | dict[str, Any] | OmsError]:
+    """Wrap a unit of work so that it runs at most once per idempotency key."""
+    if key is None:
+        return effect
+
+    def unit(tx: Tx) -> BaseModel | dict[str, Any] | OmsError:
+        row = tx.one("SELECT endpoint, request_hash, reply FROM idempotency WHERE key = ?", (key,))
+        if row is not None:
+            if row["endpoint"] != endpoint or row["request_hash"] != digest:
+                return Conflict(
+                    f"Idempotency-Key {key!r} was already used for a different request",
+                    {"field": "Idempotency-Key", "endpoint": row["endpoint"]},
+                )
+            return replay(row["reply"])
+        tx.execute("SAVEPOINT effect")
+        try:
+            outcome = effect(tx)
+        except BusinessError as exc:
+            tx.execute("ROLLBACK TO effect")
+            outcome = exc
+        tx.execute("RELEASE effect")
+        if isinstance(outcome, OmsError) and not isinstance(outcome, BusinessError):
+            return outcome
+        tx.execute(
+            "INSERT INTO idempotency (key, endpoint, request_hash, reply, created_at) VALUES (?, ?, ?, ?, ?)",
+            (key, endpoint, digest, _stored(outcome), now_iso()),
+        )
+        return outcome
+
+    return unit
+
+
+def _stored(outcome: BaseModel | OmsError) -> bytes:
+    if isinstance(outcome, OmsError):
+        body: dict[str, Any] = {"ok": False, "error": outcome.to_wire()}
+    else:
+        body = {"ok": True, "result": outcome.model_dump(mode="json")}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def replay(reply: bytes) -> dict[str, Any] | OmsError:
+    body = json.loads(reply)
+    if body.get("ok"):
+        return body["result"]
+    return from_wire(body["error"])

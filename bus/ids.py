@@ -1,0 +1,25 @@
+"""Identifiers and timestamps: time-ordered ids, UTC ISO-8601 times."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import UTC, datetime
+
+
+def new_id(prefix: str) -> str:
+    """`<prefix>_` + 12 hex digits of milliseconds + 12 random hex digits: sortable by creation."""
+    return f"{prefix}_{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def iso(ts: float) -> str:
+    """A wall-clock timestamp (seconds since the epoch) as ISO-8601 UTC."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

@@ -1,0 +1,194 @@
+"""The outbox relay: publishes committed events to JetStream in order, pipelined, exactly once.
+
+Rows reach the relay straight from the writer after commit (and from the
+outbox table at start). Each is published with `Nats-Msg-Id` = event id, so
+a resend after a crash or an outage is dropped by the stream's duplicate
+window. Writers wait on `published(seq)` before answering their caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Iterable
+
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import Error as JsError
+
+from bus.db import Database, OutboxRow
+from bus.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BATCH = 256
+ACK_TIMEOUT_S = 5.0
+BACKOFF_CAP_S = 2.0
+
+
+async def ensure_stream(js: JetStreamContext, settings: Settings) -> js_api.StreamInfo:
+    """Create OMS_EVENTS, or bring its settings up to date; safe to call from every service at once."""
+    config = js_api.StreamConfig(
+        name=settings.stream_name,
+        subjects=["events.>"],
+        storage=js_api.StorageType.FILE,
+        retention=js_api.RetentionPolicy.LIMITS,
+        max_age=float(settings.stream_max_age_s),
+        duplicate_window=float(settings.stream_duplicate_window_s),
+        discard=js_api.DiscardPolicy.OLD,
+    )
+    try:
+        return await js.add_stream(config)
+    except JsError as exc:
+        if getattr(exc, "err_code", None) != 10058:  # stream name already in use
+            raise
+        return await js.update_stream(config)
+
+
+class Relay:
+    """Moves outbox rows to the stream; tracks the highest sequence acknowledged without gaps."""
+
+    def __init__(self, js: JetStreamContext, db: Database, stream: str) -> None:
+        self.js = js
+        self.db = db
+        self.stream = stream
+        self.acked_seq = 0
+        self.published_total = 0
+        self.duplicates = 0
+        self.last_ack_at = 0.0
+        self._pending: deque[OutboxRow] = deque()
+        self._wake = asyncio.Event()
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiter_ids = 0
+        self._task: asyncio.Task[None] | None = None
+        self._forget: asyncio.Task[None] | None = None
+        self._forget_upto = 0
+        db.relay = self
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    @property
+    def oldest_pending_age_s(self) -> float:
+        """How long the oldest unpublished event has waited (0 when none)."""
+        return 0.0 if not self._pending else max(0.0, time.monotonic() - self.last_ack_at)
+
+    async def start(self) -> None:
+        rows = await self.db.unsent_events()
+        if rows:
+            log.info("outbox resend", extra={"service": self.db.service, "events": len(rows)})
+            self.acked_seq = rows[0].seq - 1
+            self.enqueue(rows)
+        self.last_ack_at = time.monotonic()
+        self._task = asyncio.create_task(self._run(), name=f"relay-{self.db.service}")
+
+    async def stop(self) -> None:
+        for task in (self._task, self._forget):
+            if task:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._task = None
+        for _, _, fut in self._waiters:
+            if not fut.done():
+                fut.cancel()
+        self._waiters.clear()
+
+    def enqueue(self, rows: Iterable[OutboxRow]) -> None:
+        self._pending.extend(rows)
+        self._wake.set()
+
+    async def published(self, seq: int) -> None:
+        """Wait until every event up to `seq` is acknowledged by JetStream."""
+        if seq <= self.acked_seq:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiter_ids += 1
+        heapq.heappush(self._waiters, (seq, self._waiter_ids, fut))
+        await fut
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait (bounded) until nothing is pending; True if the outbox is empty."""
+        if self._pending:
+            try:
+                await asyncio.wait_for(self.published(self._pending[-1].seq), timeout)
+            except TimeoutError:
+                return False
+        return not self._pending
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            if not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = [self._pending[i] for i in range(min(BATCH, len(self._pending)))]
+            try:
+                await self._publish(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                delay = random.uniform(0, min(BACKOFF_CAP_S, 0.05 * 2**failures))
+                log.warning(
+                    "event publish failed; will retry",
+                    extra={"service": self.db.service, "error": repr(exc), "retry_in_s": round(delay, 3)},
+                )
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            for _ in batch:
+                self._pending.popleft()
+            self.acked_seq = batch[-1].seq
+            self.last_ack_at = time.monotonic()
+            self._release_waiters()
+            self._schedule_forget(batch[-1].seq)
+
+    async def _publish(self, batch: list[OutboxRow]) -> None:
+        futures: list[asyncio.Future[js_api.PubAck]] = []
+        try:
+            for row in batch:
+                futures.append(
+                    await self.js.publish_async(
+                        row.subject,
+                        row.body,
+                        stream=self.stream,
+                        headers={"Nats-Msg-Id": row.event_id},
+                        wait_stall=ACK_TIMEOUT_S,
+                    )
+                )
+            acks = await asyncio.wait_for(asyncio.gather(*futures), ACK_TIMEOUT_S)
+        except (nats.errors.Error, JsError, TimeoutError):
+            for fut in futures:
+                fut.cancel()  # frees publish_async's in-flight slot
+            raise
+        self.published_total += len(acks)
+        self.duplicates += sum(1 for ack in acks if ack.duplicate)
+
+    def _release_waiters(self) -> None:
+        while self._waiters and self._waiters[0][0] <= self.acked_seq:
+            _, _, fut = heapq.heappop(self._waiters)
+            if not fut.done():
+                fut.set_result(None)
+
+    def _schedule_forget(self, seq: int) -> None:
+        self._forget_upto = seq
+        if self._forget is None or self._forget.done():
+            self._forget = asyncio.create_task(self._forget_loop())
+
+    async def _forget_loop(self) -> None:
+        done = 0
+        while done < self._forget_upto:
+            upto = self._forget_upto
+            try:
+                await self.db.forget_sent(upto)
+            except Exception:
+                log.exception("outbox cleanup failed", extra={"service": self.db.service})
+                return
+            done = upto

@@ -1,0 +1,280 @@
+"""The service runner: `nats.micro` endpoints around plain async handlers.
+
+A handler is `async def handler(cmd: Model, call: Call) -> Model`; it never
+sees NATS. The runner owns the transport: size and header checks, strict
+validation, fault injection, the reply envelope with the micro error headers,
+and concurrency — `nats.micro` awaits each handler before taking the next
+message, so every request runs in its own task, bounded by a semaphore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.client import Client as Nats
+from nats.micro import add_service
+from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request
+from nats.micro.service import EndpointStats, Service
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+
+from bus import contract as c
+from bus.chaos import Chaos
+from bus.client import IDEMPOTENCY_HEADER
+from bus.db import Tx
+from bus.errors import InternalError, InvalidRequest, OmsError
+from bus.idempotency import once, request_hash
+from bus.ids import new_id
+from bus.metrics import Metrics
+from bus.settings import Settings
+from bus.subjects import Route, chaos_subject
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Any, "Call"], Awaitable[BaseModel | dict[str, Any]]]
+_KEY_RE = re.compile(r"^[A-Za-z0-9_.:@/+=-]+$")
+
+
+@dataclass(slots=True)
+class Call:
+    """What a handler knows about the request beyond its body."""
+
+    route: Route
+    idempotency_key: str | None = None
+
+    def once(
+        self, cmd: BaseModel, effect: Callable[[Tx], Any], exclude: frozenset[str] = frozenset()
+    ) -> Callable[[Tx], Any]:
+        """The unit of work `effect`, run at most once for this call's idempotency key."""
+        return once(self.idempotency_key, self.route.subject, request_hash(cmd, exclude), effect)
+
+
+@dataclass
+class _Tally:
+    errors: int = 0
+    by_code: Counter[str] = field(default_factory=Counter)
+    busy_ns: int = 0
+
+
+def validation_error(exc: PydanticValidationError) -> InvalidRequest:
+    """A pydantic error as VALIDATION_ERROR naming each field; never echoes the input back."""
+    problems = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False):
+        where = ".".join(str(part) for part in err["loc"]) or "body"
+        message = err["msg"]
+        if err["type"] == "json_invalid":
+            message = "body is not valid JSON"
+        elif err["type"] == "model_type":
+            message = "body must be a JSON object"
+        problems.append({"field": where, "message": message, "type": err["type"]})
+    summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems[:3])
+    if len(problems) > 3:
+        summary += f"; and {len(problems) - 3} more"
+    return InvalidRequest(f"invalid request: {summary}", {"errors": problems[:20]})
+
+
+def envelope(outcome: BaseModel | dict[str, Any] | OmsError) -> bytes:
+    if isinstance(outcome, OmsError):
+        body: dict[str, Any] = {"ok": False, "error": outcome.to_wire()}
+    elif isinstance(outcome, BaseModel):
+        body = {"ok": True, "result": outcome.model_dump(mode="json")}
+    else:
+        body = {"ok": True, "result": outcome}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class ServiceRunner:
+    """One OMS service on NATS: its business endpoints plus `chaos.<service>.*`."""
+
+    def __init__(
+        self,
+        nc: Nats,
+        service: str,
+        settings: Settings,
+        *,
+        version: str,
+        description: str,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.nc = nc
+        self.service = service
+        self.settings = settings
+        self.version = version
+        self.description = description
+        self.metrics = metrics or Metrics(service)
+        self.chaos = Chaos(service)
+        self._routes: list[tuple[Route, Handler]] = []
+        self._tallies: dict[str, _Tally] = {}
+        self._slots = asyncio.Semaphore(settings.handler_concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._micro: Service | None = None
+
+    def add(self, route: Route, handler: Handler) -> None:
+        self._routes.append((route, handler))
+
+    async def start(self) -> None:
+        self._micro = await add_service(
+            self.nc,
+            name=self.service,
+            version=self.version,
+            description=self.description,
+            stats_handler=self._endpoint_data,
+        )
+        for route, handler in self._routes:
+            self._tallies[route.name] = _Tally()
+            await self._micro.add_endpoint(
+                name=route.name,
+                subject=route.subject,
+                queue_group=self.service,
+                handler=self._dispatcher(route, handler, chaos=True),
+            )
+        for verb, model, handler in (
+            ("set", c.ChaosSet, self._chaos_set),
+            ("get", c.ChaosQuery, self._chaos_get),
+            ("clear", c.ChaosQuery, self._chaos_clear),
+        ):
+            route = Route(self.service, f"chaos_{verb}", model)
+            self._tallies[route.name] = _Tally()
+            # Fault injection is per instance; with one instance per service (or per partition) the
+            # queue group reaches exactly the instance that serves the business endpoints.
+            await self._micro.add_endpoint(
+                name=route.name,
+                subject=chaos_subject(self.service, verb),
+                queue_group=self.service,
+                handler=self._dispatcher(route, handler, chaos=False),
+            )
+        await self.nc.flush()
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop taking requests, then let the ones in flight finish (bounded)."""
+        if self._micro is not None:
+            await self._micro.stop()
+            self._micro = None
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=grace_s)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def _endpoint_data(self, stats: EndpointStats) -> dict[str, Any]:
+        tally = self._tallies.get(stats.name, _Tally())
+        return {"errors": tally.errors, "errors_by_code": dict(tally.by_code), "busy_ns": tally.busy_ns}
+
+    def _dispatcher(
+        self, route: Route, handler: Handler, *, chaos: bool
+    ) -> Callable[[Request], Awaitable[None]]:
+        async def dispatch(request: Request) -> None:
+            await self._slots.acquire()
+            task = asyncio.create_task(self._serve(route, handler, request, chaos))
+            self._tasks.add(task)
+            task.add_done_callback(self._finished)
+
+        return dispatch
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _serve(self, route: Route, handler: Handler, request: Request, chaos: bool) -> None:
+        started = time.perf_counter_ns()
+        drop = False
+        try:
+            call = Call(route, self._idempotency_key(request))
+            if chaos:
+                await self.chaos.before(route.name)
+            cmd = self._parse(route, request.data)
+            outcome: BaseModel | dict[str, Any] | OmsError = await handler(cmd, call)
+            drop = chaos and self.chaos.drop_reply(route.name)
+        except OmsError as exc:
+            outcome = exc
+        except Exception:
+            ref = new_id("err")
+            log.exception("handler failed", extra={"endpoint": route.subject, "ref": ref})
+            outcome = InternalError(
+                f"internal error (ref {ref}); the service log has the details", {"ref": ref}
+            )
+        elapsed = time.perf_counter_ns() - started
+        self._record(route, outcome, elapsed)
+        if drop:
+            log.info("reply dropped by fault injection", extra={"endpoint": route.subject})
+            return
+        await self._reply(request, outcome)
+
+    def _idempotency_key(self, request: Request) -> str | None:
+        key = (request.headers or {}).get(IDEMPOTENCY_HEADER)
+        if key is None:
+            return None
+        limit = self.settings.limits.max_idempotency_key_len
+        if not 1 <= len(key) <= limit or not _KEY_RE.match(key):
+            raise InvalidRequest(
+                f"{IDEMPOTENCY_HEADER} must be 1-{limit} characters of A-Z a-z 0-9 _ . : @ / + = -",
+                {"field": IDEMPOTENCY_HEADER},
+            )
+        return key
+
+    def _parse(self, route: Route, data: bytes) -> BaseModel:
+        limit = self.settings.limits.max_payload_bytes
+        if len(data) > limit:
+            raise InvalidRequest(
+                f"body is {len(data)} bytes; the limit is {limit}", {"field": "body", "limit": limit}
+            )
+        try:
+            return route.request.model_validate_json(
+                data.strip() or b"{}", context={"limits": self.settings.limits}
+            )
+        except PydanticValidationError as exc:
+            raise validation_error(exc) from None
+        except (ValueError, RecursionError):
+            raise InvalidRequest("body is not valid JSON", {"field": "body"}) from None
+
+    def _record(self, route: Route, outcome: object, elapsed_ns: int) -> None:
+        tally = self._tallies[route.name]
+        tally.busy_ns += elapsed_ns
+        code = outcome.code if isinstance(outcome, OmsError) else "OK"
+        if isinstance(outcome, OmsError):
+            tally.errors += 1
+            tally.by_code[code] += 1
+        self.metrics.requests.labels(route.subject, code).inc()
+        self.metrics.request_latency.labels(route.subject).observe(elapsed_ns / 1e9)
+
+    async def _reply(self, request: Request, outcome: BaseModel | dict[str, Any] | OmsError) -> None:
+        if not request._msg.reply:  # published without a reply subject: nobody to answer
+            return
+        headers = None
+        if isinstance(outcome, OmsError):
+            headers = {ERROR_HEADER: outcome.message[:200], ERROR_CODE_HEADER: str(outcome.status)}
+        try:
+            await request.respond(envelope(outcome), headers=headers)
+        except Exception:
+            log.warning("reply not sent", extra={"endpoint": request.subject}, exc_info=True)
+
+    # -- chaos endpoints --------------------------------------------------
+
+    async def _chaos_set(self, cmd: c.ChaosSet, call: Call) -> c.ChaosState:
+        state = self.chaos.set(cmd)
+        self._export_chaos()
+        log.warning("fault injection set", extra=state.model_dump())
+        return state
+
+    async def _chaos_get(self, cmd: c.ChaosQuery, call: Call) -> c.ChaosState:
+        return self.chaos.state()
+
+    async def _chaos_clear(self, cmd: c.ChaosQuery, call: Call) -> c.ChaosState:
+        state = self.chaos.clear()
+        self._export_chaos()
+        log.warning("fault injection cleared")
+        return state
+
+    def _export_chaos(self) -> None:
+        cfg = self.chaos.config
+        for name in ("error_rate", "latency_ms", "latency_jitter_ms", "drop_reply_rate"):
+            self.metrics.chaos_active.labels(name).set(getattr(cfg, name))

@@ -1,0 +1,82 @@
+"""Settings for every OMS process, read once from `OMS_*` and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SERVICES = ("orders", "inventory", "payment")
+
+
+class Limits(BaseModel):
+    """Input limits every endpoint enforces; a violation is a VALIDATION_ERROR naming the field."""
+
+    max_items_per_order: int = Field(50, ge=1)
+    max_qty_per_line: int = Field(1000, ge=1)
+    max_payload_bytes: int = Field(64 * 1024, ge=1024)
+    max_idempotency_key_len: int = Field(128, ge=8)
+
+
+class SagaSettings(BaseModel):
+    """Timeouts and retry policy of the place-order saga."""
+
+    step_timeout_ms: int = Field(2000, ge=10)
+    deadline_ms: int = Field(30_000, ge=100)
+    retry_initial_ms: int = Field(100, ge=1)
+    retry_multiplier: float = Field(2.0, ge=1.0)
+    retry_max_interval_ms: int = Field(2000, ge=1)
+    retry_max_attempts: int = Field(8, ge=1)
+    max_concurrent: int = Field(512, ge=1)
+    stuck_after_attempts: int = Field(5, ge=1)
+
+
+class BreakerSettings(BaseModel):
+    """Circuit breaker per downstream service."""
+
+    threshold: int = Field(5, ge=1)
+    ttl_ms: int = Field(2000, ge=10)
+
+
+class Settings(BaseSettings):
+    """Configuration shared by the services and the CLI."""
+
+    model_config = SettingsConfigDict(env_prefix="OMS_", env_nested_delimiter="__", extra="ignore")
+
+    home: Path = Path(".oms")
+    nats_url: str | None = None
+    nats_user: str | None = None
+    nats_password: str | None = None
+    handler_concurrency: int = Field(512, ge=1)
+    payment_limit_cents: int = Field(500_000, ge=0)
+    currency: str = "USD"
+    metrics_port_orders: int = 9101
+    metrics_port_inventory: int = 9102
+    metrics_port_payment: int = 9103
+    metrics_host: str = "127.0.0.1"
+    stream_name: str = "OMS_EVENTS"
+    stream_max_age_s: int = Field(0, ge=0, description="0 keeps events forever")
+    stream_duplicate_window_s: int = Field(600, ge=1)
+    limits: Limits = Limits()
+    saga: SagaSettings = SagaSettings()
+    breaker: BreakerSettings = BreakerSettings()
+
+    def db_path(self, service: str) -> Path:
+        return self.home / "data" / f"{service}.db"
+
+    def metrics_port(self, service: str) -> int:
+        return getattr(self, f"metrics_port_{service}")
+
+    @property
+    def embedded_url_file(self) -> Path:
+        """Where `oms up` records the URL of the nats-server it started."""
+        return self.home / "nats.url"
+
+    def resolved_nats_url(self) -> str:
+        """The server to use: OMS_NATS_URL, else the one `oms up` started, else the default port."""
+        if self.nats_url:
+            return self.nats_url
+        if self.embedded_url_file.exists():
+            return self.embedded_url_file.read_text().strip()
+        return "nats://127.0.0.1:4222"

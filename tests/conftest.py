@@ -1,0 +1,79 @@
+"""Fixtures: one real nats-server for the session, services in-process, a fresh OMS_HOME per test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bus import natsserver
+from bus.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real nats-server with JetStream, on a free port, for the whole session."""
+    store = tmp_path_factory.mktemp("nats")
+    proc, url = natsserver.start(store)
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+async def settings(nats_server: str, tmp_path: Path) -> AsyncIterator[Settings]:
+    """Settings for one test: its own OMS_HOME, metrics off; the event stream is removed afterwards."""
+    s = Settings(
+        home=tmp_path / "oms",
+        nats_url=nats_server,
+        metrics_port_orders=0,
+        metrics_port_inventory=0,
+        metrics_port_payment=0,
+    )
+    yield s
+    await delete_stream(nats_server, s.stream_name)
+
+
+async def delete_stream(url: str, name: str) -> None:
+    import nats
+    from nats.js.errors import NotFoundError
+
+    conn = await nats.connect(url)
+    try:
+        await conn.jetstream().delete_stream(name)
+    except NotFoundError:
+        pass
+    finally:
+        await conn.close()
+
+
+async def wait_for(
+    condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
+) -> Any:
+    """Poll a (sync or async) condition until it is truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+async def nc(settings: Settings) -> AsyncIterator[Any]:
+    """A plain nats-py connection, as a user of `nats req` would have."""
+    import nats
+
+    conn = await nats.connect(settings.nats_url)
+    yield conn
+    await conn.close()

@@ -1,0 +1,110 @@
+"""The shared kernel: group commit, the outbox relay, idempotency and the service runner."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import nats
+import pytest
+
+from bus import contract as c
+from bus.db import Database
+from bus.errors import Conflict, OutOfStock
+from bus.idempotency import once, request_hash
+from bus.outbox import Relay, ensure_stream
+from bus.settings import Settings
+
+MIGRATION = "CREATE TABLE counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+
+
+async def test_units_of_work_commit_together_and_fail_alone(tmp_path):
+    async with Database(tmp_path / "k.db", "test", (MIGRATION,)) as db:
+
+        def bump(tx):
+            tx.execute(
+                "INSERT INTO counter VALUES ('n', 1) ON CONFLICT(name) DO UPDATE SET value = value + 1"
+            )
+            return tx.one("SELECT value FROM counter WHERE name='n'")["value"]
+
+        def broken(tx):
+            tx.execute("INSERT INTO counter VALUES ('x', 1)")
+            raise RuntimeError("boom")
+
+        results = await asyncio.gather(
+            *(db.write(bump) for _ in range(200)), db.write(broken), return_exceptions=True
+        )
+        assert sorted(r for r in results if isinstance(r, int)) == list(range(1, 201))
+        assert isinstance(results[-1], RuntimeError)
+        assert await db.read(lambda tx: tx.one("SELECT count(*) FROM counter WHERE name='x'")[0]) == 0
+        assert db.commits < 200  # concurrent units shared commits
+
+
+async def test_a_returned_error_keeps_the_changes_and_is_raised(tmp_path):
+    async with Database(tmp_path / "k.db", "test", (MIGRATION,)) as db:
+
+        def declined(tx):
+            tx.execute("INSERT INTO counter VALUES ('d', 1)")
+            return OutOfStock("none left")
+
+        with pytest.raises(OutOfStock):
+            await db.write(declined)
+        assert await db.read(lambda tx: tx.one("SELECT value FROM counter WHERE name='d'")[0]) == 1
+
+
+async def test_migrations_run_once(tmp_path):
+    async with Database(tmp_path / "k.db", "test", (MIGRATION,)):
+        pass
+    async with Database(tmp_path / "k.db", "test", (MIGRATION,)) as db:
+        assert await db.read(lambda tx: tx.one("PRAGMA user_version")[0]) == 2
+
+
+async def test_idempotency_key_replays_the_stored_reply_and_refuses_a_different_request(tmp_path):
+    async with Database(tmp_path / "k.db", "test", (MIGRATION,)) as db:
+        cmd = c.Release(order_id="o1")
+        other = c.Release(order_id="o2")
+        calls = []
+
+        def effect(tx):
+            calls.append(1)
+            tx.execute("INSERT INTO counter VALUES ('o1', 1)")
+            return c.Released(order_id="o1")
+
+        first, second = await asyncio.gather(
+            db.write(once("k1", "inventory.release", request_hash(cmd), effect)),
+            db.write(once("k1", "inventory.release", request_hash(cmd), effect)),
+        )
+        assert len(calls) == 1
+        assert first.order_id == "o1" and second["order_id"] == "o1"
+        with pytest.raises(Conflict):
+            await db.write(once("k1", "inventory.release", request_hash(other), effect))
+
+
+async def test_relay_publishes_each_event_once_and_answers_after_the_ack(settings: Settings, tmp_path):
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    await ensure_stream(js, settings)
+    async with Database(tmp_path / "k.db", "inventory", (MIGRATION,)) as db:
+        relay = Relay(js, db, settings.stream_name)
+        await relay.start()
+
+        def emit(i):
+            return lambda tx: tx.emit("stock_restocked", f"SKU{i}", {"i": i})
+
+        await asyncio.gather(*(db.write(emit(i)) for i in range(50)))
+        info = await js.stream_info(settings.stream_name)
+        assert info.state.messages == 50  # every write returned only after its ack
+        await relay.stop()
+        assert relay.backlog == 0
+        leftover = await db.unsent_events()
+        assert len(leftover) <= 50
+        # a restarted relay resends what the outbox still holds; the stream drops the duplicates
+        relay2 = Relay(js, db, settings.stream_name)
+        await relay2.start()
+        await relay2.drain(5)
+        await relay2.stop()
+        info = await js.stream_info(settings.stream_name)
+        assert info.state.messages == 50
+        msg = await js.get_last_msg(settings.stream_name, "events.inventory.stock_restocked.SKU7")
+        assert json.loads(msg.data)["data"] == {"i": 7}
+    await nc.close()
