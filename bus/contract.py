@@ -112,6 +112,20 @@ class OrderEventsQuery(Command):
     order_id: OrderId
 
 
+class SagaQuery(Command):
+    status: Literal["RUNNING", "COMPENSATING", "COMPLETED", "FAILED", "CANCELLED"] | None = None
+    stuck: bool = False
+    limit: int = Field(50, ge=1, le=1000)
+
+
+class SagaRef(Command):
+    saga_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+
+
+class SagaAbort(SagaRef):
+    reason: Reason | None = None
+
+
 class PricedLine(Result):
     sku: str
     qty: int
@@ -125,13 +139,19 @@ class StepRecord(Result):
     attempts: int
     started_at: str | None = None
     finished_at: str | None = None
+    duration_ms: float | None = None
+    uncertain: bool = False
     last_error: dict[str, Any] | None = None
 
 
 class SagaView(Result):
     saga_id: str
     name: str
+    ref: str | None = None
     status: str
+    failure_reason: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
     step: str | None = None
     compensating: bool = False
     attempts: int = 0
@@ -155,6 +175,10 @@ class Order(Result):
     created_at: str
     updated_at: str
     saga: SagaView | None = None
+
+
+class SagaList(Result):
+    sagas: list[SagaView]
 
 
 class OrderList(Result):

@@ -17,10 +17,11 @@ class Route:
     name: str
     request: type[BaseModel]
     mutating: bool = False
+    path: str | None = None  # the subject after `<service>.` when it is not the name
 
     @property
     def subject(self) -> str:
-        return f"{self.service}.{self.name}"
+        return f"{self.service}.{self.path or self.name}"
 
 
 ORDERS_PLACE = Route("orders", "place", c.PlaceOrder, mutating=True)
@@ -28,6 +29,10 @@ ORDERS_GET = Route("orders", "get", c.GetOrder)
 ORDERS_LIST = Route("orders", "list", c.ListOrders)
 ORDERS_CANCEL = Route("orders", "cancel", c.CancelOrder, mutating=True)
 ORDERS_EVENTS = Route("orders", "events", c.OrderEventsQuery)
+SAGA_LIST = Route("orders", "saga_list", c.SagaQuery, path="saga.list")
+SAGA_GET = Route("orders", "saga_get", c.SagaRef, path="saga.get")
+SAGA_RETRY = Route("orders", "saga_retry", c.SagaRef, mutating=True, path="saga.retry")
+SAGA_ABORT = Route("orders", "saga_abort", c.SagaAbort, mutating=True, path="saga.abort")
 
 INVENTORY_CHECK = Route("inventory", "check", c.CheckStock)
 INVENTORY_RESERVE = Route("inventory", "reserve", c.Reserve, mutating=True)
@@ -47,6 +52,10 @@ ROUTES: tuple[Route, ...] = (
     ORDERS_LIST,
     ORDERS_CANCEL,
     ORDERS_EVENTS,
+    SAGA_LIST,
+    SAGA_GET,
+    SAGA_RETRY,
+    SAGA_ABORT,
     INVENTORY_CHECK,
     INVENTORY_RESERVE,
     INVENTORY_RELEASE,

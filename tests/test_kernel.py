@@ -22,18 +22,14 @@ async def test_units_of_work_commit_together_and_fail_alone(tmp_path):
     async with Database(tmp_path / "k.db", "test", (MIGRATION,)) as db:
 
         def bump(tx):
-            tx.execute(
-                "INSERT INTO counter VALUES ('n', 1) ON CONFLICT(name) DO UPDATE SET value = value + 1"
-            )
+            tx.execute("INSERT INTO counter VALUES ('n', 1) ON CONFLICT(name) DO UPDATE SET value = value + 1")
             return tx.one("SELECT value FROM counter WHERE name='n'")["value"]
 
         def broken(tx):
             tx.execute("INSERT INTO counter VALUES ('x', 1)")
             raise RuntimeError("boom")
 
-        results = await asyncio.gather(
-            *(db.write(bump) for _ in range(200)), db.write(broken), return_exceptions=True
-        )
+        results = await asyncio.gather(*(db.write(bump) for _ in range(200)), db.write(broken), return_exceptions=True)
         assert sorted(r for r in results if isinstance(r, int)) == list(range(1, 201))
         assert isinstance(results[-1], RuntimeError)
         assert await db.read(lambda tx: tx.one("SELECT count(*) FROM counter WHERE name='x'")[0]) == 0

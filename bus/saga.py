@@ -1,0 +1,679 @@
+"""The durable saga engine: steps declared as data, every transition persisted, resumed after a crash.
+
+Forward: each step's attempt is recorded *before* its request and its outcome
+*after*, with the idempotency key `{saga_id}:{step}:{action}`, so a resumed
+saga re-sends the same request safely. Transient errors (timeout, no
+responders, UNAVAILABLE, breaker open) are unknown outcomes: retried with
+backoff until the step's attempts or the saga's deadline run out. Business
+errors are final and start compensation at once.
+
+Backward: every step that succeeded *or might have* (an attempt whose outcome
+is unknown) is compensated in reverse order. Compensations are idempotent on
+the participant side and retried with capped backoff until they succeed; a
+saga that keeps failing them is reported as stuck but never gives up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from bus.contract import SagaView, StepRecord
+from bus.db import Database, Tx
+from bus.errors import BreakerOpen, BusinessError, OmsError
+from bus.ids import iso
+from bus.metrics import Metrics
+from bus.settings import SagaSettings
+from bus.subjects import Route
+
+log = logging.getLogger(__name__)
+
+RUNNING, COMPENSATING, COMPLETED, FAILED, CANCELLED = (
+    "RUNNING",
+    "COMPENSATING",
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+)
+ACTIVE = frozenset({RUNNING, COMPENSATING})
+CANCEL_REASONS = frozenset({"CANCELLED"})
+
+SAGA_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE sagas (
+        saga_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        status TEXT NOT NULL,
+        step_index INTEGER NOT NULL DEFAULT 0,
+        data TEXT NOT NULL,
+        deadline_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        comp_failures INTEGER NOT NULL DEFAULT 0,
+        next_retry_at REAL,
+        last_error TEXT,
+        failure_reason TEXT,
+        stop_reason TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        finished_at REAL
+    );
+    CREATE INDEX sagas_status ON sagas (status);
+    CREATE INDEX sagas_ref ON sagas (ref);
+    CREATE TABLE saga_steps (
+        saga_id TEXT NOT NULL,
+        step TEXT NOT NULL,
+        action TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        uncertain INTEGER NOT NULL DEFAULT 0,
+        started_at REAL,
+        finished_at REAL,
+        duration_ms REAL,
+        last_error TEXT,
+        PRIMARY KEY (saga_id, step, action)
+    );
+    """,
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter; `maximum_attempts` 0 means retry forever."""
+
+    initial_interval: float = 0.1
+    backoff_coefficient: float = 2.0
+    maximum_interval: float = 2.0
+    maximum_attempts: int = 8
+
+    @classmethod
+    def from_settings(cls, s: SagaSettings, *, forever: bool = False) -> RetryPolicy:
+        return cls(
+            s.retry_initial_ms / 1000,
+            s.retry_multiplier,
+            s.retry_max_interval_ms / 1000,
+            0 if forever else s.retry_max_attempts,
+        )
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        ceiling = min(self.maximum_interval, self.initial_interval * self.backoff_coefficient ** (attempt - 1))
+        return rng.uniform(0, ceiling)
+
+    def exhausted(self, attempt: int) -> bool:
+        return bool(self.maximum_attempts) and attempt >= self.maximum_attempts
+
+
+@dataclass(frozen=True)
+class Action:
+    """A request to a participant, built from the saga's data."""
+
+    route: Route
+    payload: Callable[[dict[str, Any]], BaseModel]
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    invoke: Action | None = None
+    compensate: Action | None = None
+    local: Callable[[Tx, SagaRun], None] | None = None
+    on_success: Callable[[Tx, SagaRun, dict[str, Any]], None] | None = None
+    retry: RetryPolicy | None = None
+
+
+class SagaHooks(Protocol):
+    """What the owning service does, in the same transaction, when a saga changes course."""
+
+    def on_compensating(self, tx: Tx, run: SagaRun, reason: str) -> None: ...
+    def on_finished(self, tx: Tx, run: SagaRun, status: str, reason: str | None) -> None: ...
+
+
+@dataclass(frozen=True)
+class Saga:
+    name: str
+    steps: tuple[Step, ...]
+    hooks: SagaHooks
+
+    def __init__(self, name: str, *steps: Step, hooks: SagaHooks) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "steps", steps)
+        object.__setattr__(self, "hooks", hooks)
+
+
+@dataclass
+class SagaRun:
+    """A saga's execution state: which step, which direction, and its data."""
+
+    saga_id: str
+    name: str
+    ref: str
+    status: str
+    step_index: int
+    data: dict[str, Any]
+    deadline_at: float
+    attempts: int = 0
+    comp_failures: int = 0
+    failure_reason: str | None = None
+    stop_reason: str | None = None
+    created_at: float = 0.0
+    wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @classmethod
+    def from_row(cls, row: Any) -> SagaRun:
+        return cls(
+            saga_id=row["saga_id"],
+            name=row["name"],
+            ref=row["ref"],
+            status=row["status"],
+            step_index=row["step_index"],
+            data=json.loads(row["data"]),
+            deadline_at=row["deadline_at"],
+            attempts=row["attempts"],
+            comp_failures=row["comp_failures"],
+            failure_reason=row["failure_reason"],
+            stop_reason=row["stop_reason"],
+            created_at=row["created_at"],
+        )
+
+
+Send = Callable[..., Awaitable[dict[str, Any]]]
+
+
+def _error_json(exc: BaseException) -> str:
+    if isinstance(exc, OmsError):
+        return json.dumps({"code": exc.code, "message": exc.message})
+    return json.dumps({"code": "INTERNAL", "message": type(exc).__name__})
+
+
+class SagaEngine:
+    """Runs one saga definition's instances: many at once (bounded), each one step at a time."""
+
+    def __init__(
+        self,
+        db: Database,
+        saga: Saga,
+        send: Send,
+        settings: SagaSettings,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.db = db
+        self.saga = saga
+        self.send = send
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.step_timeout_s = settings.step_timeout_ms / 1000
+        self.retry = RetryPolicy.from_settings(settings)
+        self.comp_retry = RetryPolicy.from_settings(settings, forever=True)
+        self._runs: dict[str, SagaRun] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(settings.max_concurrent)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def create(self, tx: Tx, saga_id: str, ref: str, data: dict[str, Any]) -> SagaRun:
+        """Insert a new saga in the caller's transaction; `start` it after commit."""
+        now = self.clock()
+        run = SagaRun(saga_id, self.saga.name, ref, RUNNING, 0, data, now + self.settings.deadline_ms / 1000)
+        run.created_at = now
+        tx.execute(
+            "INSERT INTO sagas (saga_id, name, ref, status, step_index, data, deadline_at, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?)",
+            (saga_id, run.name, ref, RUNNING, json.dumps(data), run.deadline_at, now, now),
+        )
+        return run
+
+    def start(self, run: SagaRun) -> None:
+        if run.saga_id in self._runs or run.status not in ACTIVE:
+            return
+        self._runs[run.saga_id] = run
+        if self.metrics:
+            self.metrics.sagas_in_flight.inc()
+        task = asyncio.create_task(self._drive(run), name=f"saga-{run.saga_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def resume_all(self) -> int:
+        """Start every saga that was running or compensating when the service last stopped."""
+        rows = await self.db.read(
+            lambda tx: tx.all(
+                "SELECT * FROM sagas WHERE status IN (?, ?) AND name = ? ORDER BY created_at",
+                (RUNNING, COMPENSATING, self.saga.name),
+            )
+        )
+        for row in rows:
+            self.start(SagaRun.from_row(row))
+        if rows:
+            log.info("sagas resumed", extra={"count": len(rows)})
+        return len(rows)
+
+    async def stop(self) -> None:
+        """Stop driving sagas; their state is durable and they resume at the next start."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._runs)
+
+    async def wait(self, saga_id: str, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for the saga to end; True once it is not active here."""
+        run = self._runs.get(saga_id)
+        if run is None:
+            return True
+        try:
+            await asyncio.wait_for(run.done.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    # -- operator and user actions -------------------------------------------
+
+    def retry_now(self, saga_id: str) -> bool:
+        run = self._runs.get(saga_id)
+        if run is None:
+            return False
+        run.wake.set()
+        return True
+
+    async def stop_forward(self, saga_id: str, reason: str) -> str:
+        """Cancel or abort: a running saga compensates at its next step boundary; a completed one
+        is reopened and compensated. Returns the saga's status afterwards."""
+
+        def unit(tx: Tx) -> SagaRun | None:
+            row = tx.one("SELECT * FROM sagas WHERE saga_id = ?", (saga_id,))
+            if row is None:
+                return None
+            run = self._runs.get(saga_id) or SagaRun.from_row(row)
+            if row["status"] == RUNNING:
+                tx.execute(
+                    "UPDATE sagas SET stop_reason = ?, updated_at = ? WHERE saga_id = ?",
+                    (reason, self.clock(), saga_id),
+                )
+                run.stop_reason = reason
+            elif row["status"] == COMPLETED:
+                run.status = RUNNING  # so that the transition below is the normal one
+                self._begin_compensation(tx, run, reason, index=len(self.saga.steps) - 1)
+            return run
+
+        run = await self.db.write(unit)
+        if run is None:
+            return "UNKNOWN"
+        if run.saga_id in self._runs:
+            run.wake.set()
+        else:
+            self.start(run)
+        return run.status
+
+    # -- driving --------------------------------------------------------------
+
+    async def _drive(self, run: SagaRun) -> None:
+        started = time.monotonic()
+        try:
+            async with self._slots:
+                while run.status in ACTIVE:
+                    if run.status == RUNNING:
+                        await self._forward(run)
+                    else:
+                        await self._compensate(run)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(
+                "saga driver failed; it resumes at the next start",
+                extra={"saga_id": run.saga_id, "order_id": run.ref},
+            )
+        finally:
+            self._runs.pop(run.saga_id, None)
+            run.done.set()
+            if self.metrics:
+                self.metrics.sagas_in_flight.dec()
+                if run.status not in ACTIVE:
+                    outcome = run.status.lower()
+                    self.metrics.sagas.labels(outcome).inc()
+                    self.metrics.saga_duration.labels(outcome).observe(time.monotonic() - started)
+
+    async def _forward(self, run: SagaRun) -> None:
+        if run.stop_reason:
+            await self.db.write(lambda tx: self._begin_compensation(tx, run, run.stop_reason or "CANCELLED"))
+            return
+        if self.clock() >= run.deadline_at:
+            await self.db.write(lambda tx: self._begin_compensation(tx, run, "DEADLINE_EXCEEDED"))
+            return
+        step = self.saga.steps[run.step_index]
+        if step.local is not None:
+            await self.db.write(lambda tx: self._run_local(tx, run, step))
+            return
+        assert step.invoke is not None
+        attempt = run.attempts + 1
+        await self.db.commit(lambda tx: self._record_start(tx, run, step, "invoke", attempt))
+        run.attempts = attempt
+        began = time.monotonic()
+        try:
+            result = await self.send(
+                step.invoke.route,
+                step.invoke.payload(run.data),
+                timeout_s=self.step_timeout_s,
+                idempotency_key=f"{run.saga_id}:{step.name}:invoke",
+            )
+        except BusinessError as exc:
+            self._count(step, exc.code)
+            await self.db.write(lambda tx, e=exc: self._step_failed(tx, run, step, e, e.code, uncertain=False))
+            return
+        except OmsError as exc:
+            self._count(step, exc.code)
+            if not exc.retryable:
+                await self.db.write(lambda tx, e=exc: self._step_failed(tx, run, step, e, e.code, uncertain=True))
+                return
+            await self._after_transient(run, step, exc, attempt)
+            return
+        self._count(step, "OK")
+        elapsed_ms = (time.monotonic() - began) * 1000
+        await self.db.commit(lambda tx: self._step_succeeded(tx, run, step, result, elapsed_ms))
+
+    async def _after_transient(self, run: SagaRun, step: Step, exc: OmsError, attempt: int) -> None:
+        policy = step.retry or self.retry
+        if isinstance(exc, BreakerOpen):
+            # Nothing was sent: not an attempt, and the outcome is not in doubt.
+            run.attempts = attempt - 1
+            delay = float(exc.details.get("retry_in_s") or policy.backoff(max(1, attempt), self.rng))
+        elif policy.exhausted(attempt):
+            await self.db.write(lambda tx: self._step_failed(tx, run, step, exc, "RETRIES_EXHAUSTED", uncertain=True))
+            return
+        else:
+            delay = policy.backoff(attempt, self.rng)
+            if self.metrics:
+                self.metrics.step_retries.labels(step.name).inc()
+        delay = max(0.0, min(delay, run.deadline_at - self.clock()))
+        retry_at = self.clock() + delay
+        uncertain = not isinstance(exc, BreakerOpen)
+        await self.db.commit(lambda tx: self._record_retry(tx, run, step, exc, retry_at, uncertain))
+        await self._sleep(run, delay)
+
+    async def _compensate(self, run: SagaRun) -> None:
+        index = await self.db.read(lambda tx: self._next_to_compensate(tx, run))
+        if index is None:
+            final = CANCELLED if run.failure_reason in CANCEL_REASONS else FAILED
+            await self.db.write(lambda tx: self._finish(tx, run, final))
+            return
+        step = self.saga.steps[index]
+        assert step.compensate is not None
+        run.step_index = index
+        attempt = run.comp_failures + 1
+        await self.db.commit(lambda tx: self._record_start(tx, run, step, "compensate", attempt))
+        began = time.monotonic()
+        try:
+            await self.send(
+                step.compensate.route,
+                step.compensate.payload(run.data),
+                timeout_s=self.step_timeout_s,
+                idempotency_key=f"{run.saga_id}:{step.name}:compensate",
+            )
+        except OmsError as exc:
+            if self.metrics:
+                self.metrics.compensations.labels(step.name, exc.code).inc()
+            run.comp_failures = attempt
+            delay = self.comp_retry.backoff(attempt, self.rng)
+            retry_at = self.clock() + delay
+            await self.db.commit(lambda tx, e=exc: self._record_comp_failure(tx, run, step, e, retry_at))
+            await self._sleep(run, delay)
+            return
+        if self.metrics:
+            self.metrics.compensations.labels(step.name, "OK").inc()
+        elapsed_ms = (time.monotonic() - began) * 1000
+        await self.db.commit(lambda tx: self._compensated(tx, run, step, elapsed_ms))
+
+    async def _sleep(self, run: SagaRun, delay: float) -> None:
+        run.wake.clear()
+        try:
+            await asyncio.wait_for(run.wake.wait(), delay)
+        except TimeoutError:
+            pass
+
+    def _count(self, step: Step, outcome: str) -> None:
+        if self.metrics:
+            self.metrics.step_attempts.labels(step.name, outcome).inc()
+
+    # -- units of work (run on the database thread) ---------------------------
+
+    def _save(self, tx: Tx, run: SagaRun, **extra: Any) -> None:
+        columns = {
+            "status": run.status,
+            "step_index": run.step_index,
+            "attempts": run.attempts,
+            "comp_failures": run.comp_failures,
+            "failure_reason": run.failure_reason,
+            "updated_at": self.clock(),
+            **extra,
+        }
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        tx.execute(f"UPDATE sagas SET {assignments} WHERE saga_id = ?", (*columns.values(), run.saga_id))
+
+    def _record_start(self, tx: Tx, run: SagaRun, step: Step, action: str, attempt: int) -> None:
+        now = self.clock()
+        tx.execute(
+            "INSERT INTO saga_steps (saga_id, step, action, status, attempts, started_at)"
+            " VALUES (?, ?, ?, 'RUNNING', ?, ?)"
+            " ON CONFLICT (saga_id, step, action) DO UPDATE SET status = 'RUNNING', attempts = excluded.attempts",
+            (run.saga_id, step.name, action, attempt, now),
+        )
+        if action == "invoke":
+            tx.execute(
+                "UPDATE sagas SET attempts = ?, next_retry_at = NULL, updated_at = ? WHERE saga_id = ?",
+                (attempt, now, run.saga_id),
+            )
+
+    def _step_succeeded(self, tx: Tx, run: SagaRun, step: Step, result: dict[str, Any], elapsed_ms: float) -> None:
+        tx.execute(
+            "UPDATE saga_steps SET status = 'SUCCEEDED', finished_at = ?, duration_ms = ?, last_error = NULL"
+            " WHERE saga_id = ? AND step = ? AND action = 'invoke'",
+            (self.clock(), elapsed_ms, run.saga_id, step.name),
+        )
+        if step.on_success is not None:
+            step.on_success(tx, run, result)
+        run.step_index += 1
+        run.attempts = 0
+        self._save(tx, run, data=json.dumps(run.data), last_error=None, next_retry_at=None)
+
+    def _run_local(self, tx: Tx, run: SagaRun, step: Step) -> None:
+        now = self.clock()
+        assert step.local is not None
+        step.local(tx, run)
+        tx.execute(
+            "INSERT OR REPLACE INTO saga_steps (saga_id, step, action, status, attempts, started_at, finished_at,"
+            " duration_ms) VALUES (?, ?, 'invoke', 'SUCCEEDED', 1, ?, ?, 0)",
+            (run.saga_id, step.name, now, now),
+        )
+        run.step_index += 1
+        run.attempts = 0
+        if run.step_index >= len(self.saga.steps):
+            run.status = COMPLETED
+            self._save(tx, run, data=json.dumps(run.data), finished_at=now)
+        else:
+            self._save(tx, run, data=json.dumps(run.data))
+
+    def _step_failed(self, tx: Tx, run: SagaRun, step: Step, exc: OmsError, reason: str, *, uncertain: bool) -> None:
+        tx.execute(
+            "UPDATE saga_steps SET status = 'FAILED', finished_at = ?, last_error = ?, uncertain = uncertain OR ?"
+            " WHERE saga_id = ? AND step = ? AND action = 'invoke'",
+            (self.clock(), _error_json(exc), int(uncertain), run.saga_id, step.name),
+        )
+        tx.emit(
+            "step_failed",
+            run.ref,
+            {"step": step.name, "attempt": run.attempts, "error": exc.code, "message": exc.message},
+            order_id=run.ref,
+            saga_id=run.saga_id,
+        )
+        self._begin_compensation(tx, run, reason)
+
+    def _record_retry(self, tx: Tx, run: SagaRun, step: Step, exc: OmsError, retry_at: float, uncertain: bool) -> None:
+        tx.execute(
+            "UPDATE saga_steps SET status = 'RETRYING', last_error = ?, uncertain = uncertain OR ?, attempts = ?"
+            " WHERE saga_id = ? AND step = ? AND action = 'invoke'",
+            (_error_json(exc), int(uncertain), run.attempts, run.saga_id, step.name),
+        )
+        tx.execute(
+            "UPDATE sagas SET attempts = ?, next_retry_at = ?, last_error = ?, updated_at = ? WHERE saga_id = ?",
+            (run.attempts, retry_at, _error_json(exc), self.clock(), run.saga_id),
+        )
+        if uncertain:
+            tx.emit(
+                "step_retried",
+                run.ref,
+                {
+                    "step": step.name,
+                    "attempt": run.attempts,
+                    "error": exc.code,
+                    "message": exc.message,
+                    "retry_in_ms": round((retry_at - self.clock()) * 1000),
+                },
+                order_id=run.ref,
+                saga_id=run.saga_id,
+            )
+
+    def _begin_compensation(self, tx: Tx, run: SagaRun, reason: str, index: int | None = None) -> None:
+        run.status = COMPENSATING
+        run.failure_reason = reason
+        run.attempts = 0
+        run.comp_failures = 0
+        if index is not None:
+            run.step_index = index
+        if self._next_to_compensate(tx, run) is None:
+            self._finish(tx, run, CANCELLED if reason in CANCEL_REASONS else FAILED)
+            return
+        self._save(tx, run, next_retry_at=None)
+        self.saga.hooks.on_compensating(tx, run, reason)
+
+    def _next_to_compensate(self, tx: Tx, run: SagaRun) -> int | None:
+        done = {
+            r["step"]: r
+            for r in tx.all("SELECT step, action, status, uncertain FROM saga_steps WHERE saga_id = ?", (run.saga_id,))
+            if r["action"] == "invoke"
+        }
+        compensated = {
+            r["step"]
+            for r in tx.all(
+                "SELECT step FROM saga_steps WHERE saga_id = ? AND action = 'compensate' AND status = 'SUCCEEDED'",
+                (run.saga_id,),
+            )
+        }
+        for index in range(min(run.step_index, len(self.saga.steps) - 1), -1, -1):
+            step = self.saga.steps[index]
+            record = done.get(step.name)
+            if step.compensate is None or record is None or step.name in compensated:
+                continue
+            if record["status"] in ("SUCCEEDED", "RUNNING", "RETRYING") or record["uncertain"]:
+                return index
+        return None
+
+    def _compensated(self, tx: Tx, run: SagaRun, step: Step, elapsed_ms: float) -> None:
+        tx.execute(
+            "UPDATE saga_steps SET status = 'SUCCEEDED', finished_at = ?, duration_ms = ?"
+            " WHERE saga_id = ? AND step = ? AND action = 'compensate'",
+            (self.clock(), elapsed_ms, run.saga_id, step.name),
+        )
+        tx.emit(
+            "step_compensated",
+            run.ref,
+            {"step": step.name, "attempts": run.comp_failures + 1, "duration_ms": round(elapsed_ms, 2)},
+            order_id=run.ref,
+            saga_id=run.saga_id,
+        )
+        run.comp_failures = 0
+        self._save(tx, run, last_error=None, next_retry_at=None)
+
+    def _record_comp_failure(self, tx: Tx, run: SagaRun, step: Step, exc: OmsError, retry_at: float) -> None:
+        tx.execute(
+            "UPDATE saga_steps SET status = 'RETRYING', last_error = ?, attempts = ?"
+            " WHERE saga_id = ? AND step = ? AND action = 'compensate'",
+            (_error_json(exc), run.comp_failures, run.saga_id, step.name),
+        )
+        self._save(tx, run, last_error=_error_json(exc), next_retry_at=retry_at)
+        if run.comp_failures in (1, self.settings.stuck_after_attempts):
+            tx.emit(
+                "compensation_retried",
+                run.ref,
+                {
+                    "step": step.name,
+                    "attempt": run.comp_failures,
+                    "error": exc.code,
+                    "message": exc.message,
+                    "stuck": run.comp_failures >= self.settings.stuck_after_attempts,
+                },
+                order_id=run.ref,
+                saga_id=run.saga_id,
+            )
+
+    def _finish(self, tx: Tx, run: SagaRun, status: str) -> None:
+        run.status = status
+        self._save(tx, run, finished_at=self.clock(), next_retry_at=None)
+        self.saga.hooks.on_finished(tx, run, status, run.failure_reason)
+
+    # -- views ----------------------------------------------------------------
+
+    def view(self, tx: Tx, saga_id: str, *, with_steps: bool = True) -> SagaView | None:
+        row = tx.one("SELECT * FROM sagas WHERE saga_id = ?", (saga_id,))
+        return None if row is None else self._view(tx, row, with_steps)
+
+    def list(self, tx: Tx, status: str | None, stuck: bool, limit: int) -> list[SagaView]:
+        clauses, params = [], []
+        if status:
+            clauses.append("status = ?")
+            params.append(status)
+        if stuck:
+            clauses.append("status IN ('RUNNING', 'COMPENSATING') AND comp_failures >= ?")
+            params.append(self.settings.stuck_after_attempts)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = tx.all(f"SELECT * FROM sagas {where} ORDER BY created_at DESC LIMIT ?", (*params, limit))
+        return [self._view(tx, row, False) for row in rows]
+
+    def _view(self, tx: Tx, row: Any, with_steps: bool) -> SagaView:
+        steps: list[StepRecord] = []
+        if with_steps:
+            for r in tx.all("SELECT * FROM saga_steps WHERE saga_id = ? ORDER BY started_at, rowid", (row["saga_id"],)):
+                steps.append(
+                    StepRecord(
+                        step=r["step"],
+                        action=r["action"],
+                        status=r["status"],
+                        attempts=r["attempts"],
+                        started_at=iso(r["started_at"]) if r["started_at"] else None,
+                        finished_at=iso(r["finished_at"]) if r["finished_at"] else None,
+                        duration_ms=r["duration_ms"],
+                        uncertain=bool(r["uncertain"]),
+                        last_error=json.loads(r["last_error"]) if r["last_error"] else None,
+                    )
+                )
+        index = row["step_index"]
+        return SagaView(
+            saga_id=row["saga_id"],
+            name=row["name"],
+            ref=row["ref"],
+            status=row["status"],
+            failure_reason=row["failure_reason"],
+            created_at=iso(row["created_at"]),
+            updated_at=iso(row["updated_at"]),
+            step=self.saga.steps[index].name if 0 <= index < len(self.saga.steps) else None,
+            compensating=row["status"] == COMPENSATING,
+            attempts=row["attempts"] if row["status"] == RUNNING else row["comp_failures"],
+            deadline_at=iso(row["deadline_at"]),
+            next_retry_at=iso(row["next_retry_at"]) if row["next_retry_at"] else None,
+            last_error=json.loads(row["last_error"]) if row["last_error"] else None,
+            stuck=row["status"] in ACTIVE and row["comp_failures"] >= self.settings.stuck_after_attempts,
+            steps=steps,
+        )

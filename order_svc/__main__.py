@@ -1,0 +1,4 @@
+from bus.app import main
+from order_svc.service import SPEC
+
+main(SPEC)

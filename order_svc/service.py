@@ -1,0 +1,153 @@
+"""Order endpoints: place, get, list, cancel, events, and the saga operator's endpoints."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from bus import contract as c
+from bus import subjects as s
+from bus.app import Kernel, ServiceSpec
+from bus.breaker import Breakers
+from bus.client import Client
+from bus.db import Tx
+from bus.errors import Conflict, NotFound, OmsError
+from bus.ids import new_id
+from bus.saga import SAGA_MIGRATIONS, SagaEngine, SagaRun
+from bus.service import Call
+from order_svc import store
+from order_svc.saga import PLACE_ORDER
+from order_svc.timeline import order_events
+
+log = logging.getLogger(__name__)
+
+CANCEL_WAIT_S = 10.0
+BREAKER_STATE = {"closed": 0, "half_open": 1, "open": 2}
+
+
+@dataclass
+class Orders:
+    k: Kernel
+    engine: SagaEngine
+
+    async def place(self, cmd: c.PlaceOrder, call: Call) -> c.Order:
+        order_id = new_id("ord")
+        saga_id = "saga_" + order_id.removeprefix("ord_")
+        created: list[SagaRun] = []
+
+        def effect(tx: Tx) -> c.Order:
+            order = store.create(tx, order_id, saga_id, cmd)
+            data = {
+                "order_id": order_id,
+                "customer_id": cmd.customer_id,
+                "items": [line.model_dump() for line in cmd.items],
+                "payment_method": cmd.payment_method,
+            }
+            created.append(self.engine.create(tx, saga_id, order_id, data))
+            return order
+
+        outcome, events = await self.k.db.commit(call.once(cmd, effect, exclude=frozenset({"wait_ms"})))
+        if isinstance(outcome, OmsError):
+            raise outcome
+        if created:
+            self.engine.start(created[0])  # the saga runs while the creation event is being acknowledged
+        if events:
+            await self.k.relay.published(events[-1].seq)
+        placed_id = outcome.order_id if isinstance(outcome, c.Order) else outcome["order_id"]
+        row = await self.k.db.read(lambda tx: tx.one("SELECT saga_id FROM orders WHERE order_id = ?", (placed_id,)))
+        if cmd.wait_ms:
+            await self.engine.wait(row["saga_id"], cmd.wait_ms / 1000)
+        return await self.k.db.read(lambda tx: store.to_order(store.get(tx, placed_id)))
+
+    async def get(self, cmd: c.GetOrder, call: Call) -> c.Order:
+        def read(tx: Tx) -> c.Order:
+            row = store.get(tx, cmd.order_id)
+            order = store.to_order(row)
+            order.saga = self.engine.view(tx, row["saga_id"])
+            return order
+
+        return await self.k.db.read(read)
+
+    async def list(self, cmd: c.ListOrders, call: Call) -> c.OrderList:
+        return c.OrderList(orders=await self.k.db.read(lambda tx: store.listing(tx, cmd)))
+
+    async def cancel(self, cmd: c.CancelOrder, call: Call) -> c.Order:
+        outcome = await self.k.db.write(call.once(cmd, lambda tx: store.request_cancel(tx, cmd)))
+        if isinstance(outcome, tuple):
+            saga_id, _ = outcome
+            await self.engine.stop_forward(saga_id, "CANCELLED")
+            await self.engine.wait(saga_id, CANCEL_WAIT_S)
+        return await self.k.db.read(lambda tx: store.to_order(store.get(tx, cmd.order_id)))
+
+    async def events(self, cmd: c.OrderEventsQuery, call: Call) -> c.EventList:
+        await self.k.db.read(lambda tx: store.get(tx, cmd.order_id))  # NOT_FOUND for an unknown order
+        return c.EventList(
+            order_id=cmd.order_id,
+            events=await order_events(self.k.js, self.k.settings.stream_name, cmd.order_id),
+        )
+
+    # -- operator endpoints ---------------------------------------------------
+
+    async def saga_list(self, cmd: c.SagaQuery, call: Call) -> c.SagaList:
+        return c.SagaList(sagas=await self.k.db.read(lambda tx: self.engine.list(tx, cmd.status, cmd.stuck, cmd.limit)))
+
+    async def saga_get(self, cmd: c.SagaRef, call: Call) -> c.SagaView:
+        view = await self.k.db.read(lambda tx: self.engine.view(tx, cmd.saga_id))
+        if view is None:
+            raise NotFound(f"no saga {cmd.saga_id}", {"saga_id": cmd.saga_id})
+        return view
+
+    async def saga_retry(self, cmd: c.SagaRef, call: Call) -> c.SagaView:
+        view = await self.saga_get(c.SagaRef(saga_id=cmd.saga_id), call)
+        if view.status not in ("RUNNING", "COMPENSATING"):
+            raise Conflict(f"saga {cmd.saga_id} is {view.status}; only a running saga can be retried")
+        if not self.engine.retry_now(cmd.saga_id):
+            raise Conflict(f"saga {cmd.saga_id} is not being driven by this instance")
+        return view
+
+    async def saga_abort(self, cmd: c.SagaAbort, call: Call) -> c.SagaView:
+        view = await self.saga_get(c.SagaRef(saga_id=cmd.saga_id), call)
+        if view.status != "RUNNING":
+            raise Conflict(f"saga {cmd.saga_id} is {view.status}; only a running saga can be aborted")
+        await self.engine.stop_forward(cmd.saga_id, "ABORTED")
+        await self.engine.wait(cmd.saga_id, CANCEL_WAIT_S)
+        return await self.saga_get(c.SagaRef(saga_id=cmd.saga_id), call)
+
+
+async def build(k: Kernel) -> None:
+    def on_breaker_change(target: str, old: str, new: str) -> None:
+        log.warning("circuit breaker changed", extra={"target": target, "from": old, "to": new})
+        k.metrics.breaker_state.labels(target).set(BREAKER_STATE.get(new, 0))
+
+    breakers = Breakers(k.settings.breaker, on_change=on_breaker_change)
+    client = Client(k.nc, breakers=breakers, timeout_s=k.settings.saga.step_timeout_ms / 1000)
+
+    async def send(route: s.Route, payload: Any, *, timeout_s: float, idempotency_key: str) -> dict[str, Any]:
+        return await client.call(route, payload, timeout_s=timeout_s, idempotency_key=idempotency_key)
+
+    engine = SagaEngine(k.db, PLACE_ORDER, send, k.settings.saga, metrics=k.metrics)
+    k.extras.update(engine=engine, breakers=breakers)
+    orders = Orders(k, engine)
+    for route, handler in (
+        (s.ORDERS_PLACE, orders.place),
+        (s.ORDERS_GET, orders.get),
+        (s.ORDERS_LIST, orders.list),
+        (s.ORDERS_CANCEL, orders.cancel),
+        (s.ORDERS_EVENTS, orders.events),
+        (s.SAGA_LIST, orders.saga_list),
+        (s.SAGA_GET, orders.saga_get),
+        (s.SAGA_RETRY, orders.saga_retry),
+        (s.SAGA_ABORT, orders.saga_abort),
+    ):
+        k.runner.add(route, handler)
+    k.stack.push_async_callback(engine.stop)
+    await engine.resume_all()
+
+
+SPEC = ServiceSpec(
+    name="orders",
+    description="Orders and the place-order saga",
+    migrations=(*SAGA_MIGRATIONS, *store.MIGRATIONS),
+    build=build,
+)

@@ -1,0 +1,181 @@
+"""Orders in SQLite: rows, the units of work that change them, and their events."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bus import contract as c
+from bus.db import Tx
+from bus.errors import Conflict, NotFound
+from bus.ids import now_iso
+from bus.saga import SagaRun
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE orders (
+        order_id TEXT PRIMARY KEY,
+        customer_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        items TEXT NOT NULL,
+        payment_method TEXT NOT NULL,
+        total_cents INTEGER,
+        currency TEXT,
+        failure_reason TEXT,
+        cancel_reason TEXT,
+        saga_id TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX orders_status ON orders (status, created_at);
+    CREATE INDEX orders_customer ON orders (customer_id, created_at);
+    CREATE INDEX orders_created ON orders (created_at);
+    """,
+)
+
+
+def to_order(row: Any) -> c.Order:
+    return c.Order(
+        order_id=row["order_id"],
+        customer_id=row["customer_id"],
+        status=row["status"],
+        items=json.loads(row["items"]),
+        payment_method=row["payment_method"],
+        total_cents=row["total_cents"],
+        currency=row["currency"],
+        failure_reason=row["failure_reason"],
+        cancel_reason=row["cancel_reason"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def create(tx: Tx, order_id: str, saga_id: str, cmd: c.PlaceOrder) -> c.Order:
+    now = now_iso()
+    items = [line.model_dump() for line in cmd.items]
+    tx.execute(
+        "INSERT INTO orders (order_id, customer_id, status, items, payment_method, saga_id, created_at, updated_at)"
+        " VALUES (?, ?, 'PENDING', ?, ?, ?, ?, ?)",
+        (order_id, cmd.customer_id, json.dumps(items), cmd.payment_method, saga_id, now, now),
+    )
+    tx.emit(
+        "order_created",
+        order_id,
+        {"customer_id": cmd.customer_id, "items": items, "payment_method": cmd.payment_method},
+        order_id=order_id,
+        saga_id=saga_id,
+    )
+    return c.Order(
+        order_id=order_id,
+        customer_id=cmd.customer_id,
+        status=c.OrderStatus.PENDING,
+        items=items,
+        payment_method=cmd.payment_method,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def get(tx: Tx, order_id: str) -> Any:
+    row = tx.one("SELECT * FROM orders WHERE order_id = ?", (order_id,))
+    if row is None:
+        raise NotFound(f"no order {order_id}", {"order_id": order_id})
+    return row
+
+
+def listing(tx: Tx, q: c.ListOrders) -> list[c.Order]:
+    clauses, params = [], []
+    if q.status:
+        clauses.append("status = ?")
+        params.append(q.status.value)
+    if q.customer_id:
+        clauses.append("customer_id = ?")
+        params.append(q.customer_id)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    rows = tx.all(f"SELECT * FROM orders {where} ORDER BY created_at DESC, order_id DESC LIMIT ?", (*params, q.limit))
+    return [to_order(r) for r in rows]
+
+
+def priced(tx: Tx, run: SagaRun, reservation: dict[str, Any]) -> None:
+    """The reservation fixed the unit prices: the order's total comes from them."""
+    run.data["total_cents"] = reservation["total_cents"]
+    run.data["currency"] = reservation["currency"]
+    tx.execute(
+        "UPDATE orders SET items = ?, total_cents = ?, currency = ?, updated_at = ? WHERE order_id = ?",
+        (
+            json.dumps(reservation["items"]),
+            reservation["total_cents"],
+            reservation["currency"],
+            now_iso(),
+            run.ref,
+        ),
+    )
+
+
+def confirm(tx: Tx, run: SagaRun) -> None:
+    tx.execute("UPDATE orders SET status = 'CONFIRMED', updated_at = ? WHERE order_id = ?", (now_iso(), run.ref))
+    steps = [
+        {"step": r["step"], "attempts": r["attempts"], "duration_ms": round(r["duration_ms"] or 0, 2)}
+        for r in tx.all(
+            "SELECT step, attempts, duration_ms FROM saga_steps WHERE saga_id = ? AND action = 'invoke'"
+            " ORDER BY started_at",
+            (run.saga_id,),
+        )
+    ]
+    tx.emit(
+        "order_confirmed",
+        run.ref,
+        {"total_cents": run.data.get("total_cents"), "currency": run.data.get("currency"), "steps": steps},
+        order_id=run.ref,
+        saga_id=run.saga_id,
+    )
+
+
+class OrderHooks:
+    """The order's status follows its saga."""
+
+    def on_compensating(self, tx: Tx, run: SagaRun, reason: str) -> None:
+        tx.execute(
+            "UPDATE orders SET status = 'COMPENSATING', failure_reason = ?, updated_at = ? WHERE order_id = ?",
+            (None if reason == "CANCELLED" else reason, now_iso(), run.ref),
+        )
+        tx.emit("order_compensating", run.ref, {"reason": reason}, order_id=run.ref, saga_id=run.saga_id)
+
+    def on_finished(self, tx: Tx, run: SagaRun, status: str, reason: str | None) -> None:
+        if status == "CANCELLED":
+            tx.execute(
+                "UPDATE orders SET status = 'CANCELLED', updated_at = ? WHERE order_id = ?",
+                (now_iso(), run.ref),
+            )
+            row = tx.one("SELECT cancel_reason FROM orders WHERE order_id = ?", (run.ref,))
+            data = {"reason": row["cancel_reason"] if row else None}
+            tx.emit("order_cancelled", run.ref, data, order_id=run.ref, saga_id=run.saga_id)
+            return
+        tx.execute(
+            "UPDATE orders SET status = 'FAILED', failure_reason = ?, updated_at = ? WHERE order_id = ?",
+            (reason, now_iso(), run.ref),
+        )
+        tx.emit("order_failed", run.ref, {"reason": reason}, order_id=run.ref, saga_id=run.saga_id)
+
+
+def request_cancel(tx: Tx, cmd: c.CancelOrder) -> tuple[str, str] | c.Order:
+    """Check that the order can be cancelled and note why; returns (saga_id, status) or the order as it is."""
+    row = get(tx, cmd.order_id)
+    status = row["status"]
+    if status == "CANCELLED" or (status == "COMPENSATING" and row["cancel_reason"] is not None):
+        return to_order(row)
+    if status == "FAILED":
+        raise Conflict(
+            f"order {cmd.order_id} already FAILED ({row['failure_reason']}); nothing to cancel",
+            {"status": status},
+        )
+    if status == "COMPENSATING":
+        raise Conflict(
+            f"order {cmd.order_id} is being compensated after {row['failure_reason']}; it will end FAILED",
+            {"status": status},
+        )
+    tx.execute(
+        "UPDATE orders SET cancel_reason = ?, updated_at = ? WHERE order_id = ?",
+        (cmd.reason or "cancelled by request", now_iso(), cmd.order_id),
+    )
+    return row["saga_id"], status

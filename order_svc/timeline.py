@@ -1,0 +1,31 @@
+"""An order's timeline across all services, read from OMS_EVENTS (`events.*.*.<order_id>`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from bus.subjects import order_timeline_subject
+
+MAX_EVENTS = 500
+
+
+async def order_events(js: JetStreamContext, stream: str, order_id: str) -> list[dict[str, Any]]:
+    """Every event of the order, in stream order, each with its stream sequence."""
+    events: list[dict[str, Any]] = []
+    seq = 1
+    subject = order_timeline_subject(order_id)
+    while len(events) < MAX_EVENTS:
+        try:
+            msg = await js.get_msg(stream, seq=seq, subject=subject, next=True)
+        except NotFoundError:
+            break
+        body = json.loads(msg.data or b"{}")
+        body["seq"] = msg.seq
+        body["subject"] = msg.subject
+        events.append(body)
+        seq = (msg.seq or seq) + 1
+    return events
