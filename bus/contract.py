@@ -96,6 +96,7 @@ class ListOrders(Command):
     status: OrderStatus | None = None
     customer_id: CustomerId | None = None
     limit: int = Field(50, ge=1, le=1000)
+    before: OrderId | None = Field(None, description="page on: orders older than this order id")
 
     @field_validator("status", mode="before")
     @classmethod
@@ -172,6 +173,7 @@ class Order(Result):
     currency: str | None = None
     failure_reason: str | None = None
     cancel_reason: str | None = None
+    idempotency_key: str | None = None
     created_at: str
     updated_at: str
     saga: SagaView | None = None
@@ -220,7 +222,8 @@ class Restock(Command):
 class ReservationQuery(Command):
     order_id: OrderId | None = None
     status: Literal["ACTIVE", "RELEASED"] | None = None
-    limit: int = Field(1000, ge=1, le=100_000)
+    limit: int = Field(1000, ge=1, le=1000)
+    after: OrderId | None = Field(None, description="page on: order ids after this one, ascending")
 
 
 class CheckLine(Result):
@@ -289,7 +292,8 @@ class GetPayment(Command):
 
 class PaymentQuery(Command):
     status: Literal["AUTHORIZED", "DECLINED", "REFUNDED", "VOIDED"] | None = None
-    limit: int = Field(1000, ge=1, le=100_000)
+    limit: int = Field(1000, ge=1, le=1000)
+    after: OrderId | None = Field(None, description="page on: order ids after this one, ascending")
 
 
 class Payment(Result):

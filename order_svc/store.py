@@ -24,12 +24,12 @@ MIGRATIONS: tuple[str, ...] = (
         failure_reason TEXT,
         cancel_reason TEXT,
         saga_id TEXT NOT NULL,
+        idempotency_key TEXT UNIQUE,
         created_at TEXT NOT NULL,
         updated_at TEXT NOT NULL
     );
-    CREATE INDEX orders_status ON orders (status, created_at);
-    CREATE INDEX orders_customer ON orders (customer_id, created_at);
-    CREATE INDEX orders_created ON orders (created_at);
+    CREATE INDEX orders_status ON orders (status, order_id);
+    CREATE INDEX orders_customer ON orders (customer_id, order_id);
     """,
 )
 
@@ -45,23 +45,24 @@ def to_order(row: Any) -> c.Order:
         currency=row["currency"],
         failure_reason=row["failure_reason"],
         cancel_reason=row["cancel_reason"],
+        idempotency_key=row["idempotency_key"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
 
 
-def create(tx: Tx, order_id: str, saga_id: str, cmd: c.PlaceOrder) -> c.Order:
+def create(tx: Tx, order_id: str, saga_id: str, cmd: c.PlaceOrder, key: str | None = None) -> c.Order:
     now = now_iso()
     items = [line.model_dump() for line in cmd.items]
     tx.execute(
-        "INSERT INTO orders (order_id, customer_id, status, items, payment_method, saga_id, created_at, updated_at)"
-        " VALUES (?, ?, 'PENDING', ?, ?, ?, ?, ?)",
-        (order_id, cmd.customer_id, json.dumps(items), cmd.payment_method, saga_id, now, now),
+        "INSERT INTO orders (order_id, customer_id, status, items, payment_method, saga_id, idempotency_key,"
+        " created_at, updated_at) VALUES (?, ?, 'PENDING', ?, ?, ?, ?, ?, ?)",
+        (order_id, cmd.customer_id, json.dumps(items), cmd.payment_method, saga_id, key, now, now),
     )
     tx.emit(
         "order_created",
         order_id,
-        {"customer_id": cmd.customer_id, "items": items, "payment_method": cmd.payment_method},
+        {"customer_id": cmd.customer_id, "items": items, "payment_method": cmd.payment_method, "idempotency_key": key},
         order_id=order_id,
         saga_id=saga_id,
     )
@@ -71,6 +72,7 @@ def create(tx: Tx, order_id: str, saga_id: str, cmd: c.PlaceOrder) -> c.Order:
         status=c.OrderStatus.PENDING,
         items=items,
         payment_method=cmd.payment_method,
+        idempotency_key=key,
         created_at=now,
         updated_at=now,
     )
@@ -91,8 +93,12 @@ def listing(tx: Tx, q: c.ListOrders) -> list[c.Order]:
     if q.customer_id:
         clauses.append("customer_id = ?")
         params.append(q.customer_id)
+    if q.before:
+        clauses.append("order_id < ?")
+        params.append(q.before)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    rows = tx.all(f"SELECT * FROM orders {where} ORDER BY created_at DESC, order_id DESC LIMIT ?", (*params, q.limit))
+    # Order ids begin with their creation time, so id order is creation order.
+    rows = tx.all(f"SELECT * FROM orders {where} ORDER BY order_id DESC LIMIT ?", (*params, q.limit))
     return [to_order(r) for r in rows]
 
 

@@ -77,3 +77,25 @@ async def nc(settings: Settings) -> AsyncIterator[Any]:
     conn = await nats.connect(settings.nats_url)
     yield conn
     await conn.close()
+
+
+@pytest.fixture
+async def stack(settings: Settings) -> AsyncIterator[dict[str, Any]]:
+    """The three services in-process on the test's nats-server, plus a client and JetStream."""
+    from contextlib import AsyncExitStack
+
+    import nats
+
+    from bus.app import running
+    from bus.client import Client
+    from inventory_svc.service import SPEC as INVENTORY
+    from order_svc.service import SPEC as ORDERS
+    from payment_svc.service import SPEC as PAYMENT
+
+    async with AsyncExitStack() as exits:
+        kernels = {}
+        for spec in (INVENTORY, PAYMENT, ORDERS):
+            kernels[spec.name] = await exits.enter_async_context(running(spec, settings, serve_metrics=False))
+        conn = await nats.connect(settings.nats_url)
+        exits.push_async_callback(conn.close)
+        yield {"client": Client(conn, timeout_s=15), "nc": conn, "js": conn.jetstream(), **kernels}

@@ -1,0 +1,231 @@
+"""The invariant audit: reads all three services and the event stream, checks DESIGN section 4."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+
+from bus import subjects as s
+from bus.client import Client
+from bus.ids import parse_iso
+from bus.settings import SagaSettings
+
+MAX_LISTED = 20
+
+
+@dataclass
+class Check:
+    number: int
+    name: str
+    checked: int = 0
+    violations: list[str] = field(default_factory=list)
+
+    def fail(self, what: str) -> None:
+        self.violations.append(what)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "invariant": self.number,
+            "name": self.name,
+            "checked": self.checked,
+            "violations": len(self.violations),
+            "offending": self.violations[:MAX_LISTED],
+        }
+
+
+@dataclass
+class Report:
+    checks: list[Check]
+    orders: int
+    events: int
+
+    @property
+    def ok(self) -> bool:
+        return not any(check.violations for check in self.checks)
+
+    @property
+    def violations(self) -> int:
+        return sum(len(check.violations) for check in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "violations": self.violations,
+            "orders": self.orders,
+            "events": self.events,
+            "checks": [check.to_dict() for check in self.checks],
+        }
+
+
+async def _pages(
+    client: Client, route: s.Route, body: dict[str, Any], key: str, cursor: str, id_of: Callable[[dict], str]
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    page: dict[str, Any] = dict(body)
+    while True:
+        result = await client.call(route, page, timeout_s=10)
+        batch = result[key]
+        rows.extend(batch)
+        if len(batch) < page["limit"]:
+            return rows
+        page[cursor] = id_of(batch[-1])
+
+
+async def stream_subjects(js: JetStreamContext, stream: str, timeout_s: float = 30.0) -> Counter[str]:
+    """How many messages the stream holds on each subject (read once, headers only)."""
+    info = await js.stream_info(stream)
+    last = info.state.last_seq
+    seen: Counter[str] = Counter()
+    if info.state.messages == 0:
+        return seen
+    sub = await js.subscribe(
+        "events.>",
+        stream=stream,
+        ordered_consumer=True,
+        config=js_api.ConsumerConfig(headers_only=True, deliver_policy=js_api.DeliverPolicy.ALL),
+    )
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            msg = await sub.next_msg(timeout=max(0.1, deadline - time.monotonic()))
+            seen[msg.subject] += 1
+            if msg.metadata.sequence.stream >= last:
+                break
+    finally:
+        await sub.unsubscribe()
+    return seen
+
+
+async def run_audit(client: Client, js: JetStreamContext, stream: str, saga: SagaSettings) -> Report:
+    orders, products, reservations, payments, events = await asyncio.gather(
+        _pages(client, s.ORDERS_LIST, {"limit": 1000}, "orders", "before", lambda o: o["order_id"]),
+        client.call(s.INVENTORY_STOCK, {}, timeout_s=10),
+        _pages(client, s.INVENTORY_RESERVATIONS, {"limit": 1000}, "reservations", "after", lambda r: r["order_id"]),
+        _pages(client, s.PAYMENT_LIST, {"limit": 1000}, "payments", "after", lambda p: p["order_id"]),
+        stream_subjects(js, stream),
+    )
+    by_order = {o["order_id"]: o for o in orders}
+    active = {r["order_id"]: r for r in reservations if r["status"] == "ACTIVE"}
+    pay = {p["order_id"]: p for p in payments}
+    charged = {oid for oid, p in pay.items() if p["status"] == "AUTHORIZED"}
+
+    # 1. no SKU is oversold
+    oversold = Check(1, "no SKU is oversold")
+    held: Counter[str] = Counter()
+    for r in active.values():
+        for line in r["items"]:
+            held[line["sku"]] += line["qty"]
+    for p in products["products"]:
+        oversold.checked += 1
+        if p["reserved"] != held[p["sku"]]:
+            oversold.fail(f"{p['sku']}: reserved {p['reserved']} but active reservations hold {held[p['sku']]}")
+        if p["available"] != p["on_hand"] - p["reserved"] or p["available"] < 0:
+            oversold.fail(f"{p['sku']}: on_hand {p['on_hand']} reserved {p['reserved']} available {p['available']}")
+
+    # 2. a CONFIRMED order holds one matching reservation and one exact authorization
+    confirmed = Check(2, "confirmed orders are reserved and charged exactly")
+    # 3. FAILED and CANCELLED orders hold nothing
+    settled = Check(3, "failed and cancelled orders hold nothing")
+    for o in orders:
+        oid = o["order_id"]
+        if o["status"] == "CONFIRMED":
+            confirmed.checked += 1
+            r = active.get(oid)
+            want = {line["sku"]: line["qty"] for line in o["items"]}
+            if r is None:
+                confirmed.fail(f"{oid}: no active reservation")
+            elif {line["sku"]: line["qty"] for line in r["items"]} != want:
+                confirmed.fail(f"{oid}: reservation items differ from the order")
+            p = pay.get(oid)
+            if p is None or p["status"] != "AUTHORIZED":
+                confirmed.fail(f"{oid}: no authorized payment ({p['status'] if p else 'none'})")
+            elif p["amount_cents"] != o["total_cents"] or p["currency"] != o["currency"]:
+                confirmed.fail(f"{oid}: charged {p['amount_cents']} {p['currency']}, total {o['total_cents']}")
+        elif o["status"] in ("FAILED", "CANCELLED"):
+            settled.checked += 1
+            if oid in active:
+                settled.fail(f"{oid}: {o['status']} but still holds a reservation")
+            if oid in charged:
+                settled.fail(f"{oid}: {o['status']} but still charged")
+
+    # 4. nothing stays PENDING or COMPENSATING past its deadline plus the retry cap
+    quiet = Check(4, "no order outlives its deadline")
+    grace = (saga.retry_max_interval_ms + saga.step_timeout_ms) / 1000
+    now = time.time()
+    for o in orders:
+        if o["status"] in ("PENDING", "COMPENSATING"):
+            quiet.checked += 1
+            full = await client.call(s.ORDERS_GET, {"order_id": o["order_id"]}, timeout_s=10)
+            saga_view = full.get("saga") or {}
+            deadline = saga_view.get("deadline_at")
+            if deadline and now > parse_iso(deadline) + grace:
+                quiet.fail(f"{o['order_id']}: {o['status']} past its deadline {deadline}")
+
+    # 5. one idempotency key, one order; every charge and reservation belongs to an order
+    once = Check(5, "one key, one order, at most one charge")
+    keys = Counter(o["idempotency_key"] for o in orders if o.get("idempotency_key"))
+    once.checked = len(orders)
+    for key, n in keys.items():
+        if n > 1:
+            once.fail(f"key {key}: {n} orders")
+    for oid in charged | {p["order_id"] for p in payments if p["status"] == "REFUNDED"}:
+        if oid not in by_order:
+            once.fail(f"{oid}: payment without an order")
+    for oid in active:
+        if oid not in by_order:
+            once.fail(f"{oid}: reservation without an order")
+
+    # 6. every state change has its event, and no event lacks its state
+    evented = Check(6, "every state change has its event")
+    expected: list[str] = []
+    for o in orders:
+        expected.append(s.event_subject("orders", "order_created", o["order_id"]))
+        final = {"CONFIRMED": "order_confirmed", "FAILED": "order_failed", "CANCELLED": "order_cancelled"}
+        if o["status"] in final:
+            expected.append(s.event_subject("orders", final[o["status"]], o["order_id"]))
+    for r in reservations:
+        if r["items"]:
+            expected.append(s.event_subject("inventory", "stock_reserved", r["order_id"]))
+        if r["status"] == "RELEASED":
+            expected.append(s.event_subject("inventory", "stock_released", r["order_id"]))
+    payment_events = {
+        "AUTHORIZED": ["payment_authorized"],
+        "DECLINED": ["payment_declined"],
+        "REFUNDED": ["payment_authorized", "payment_refunded"],
+        "VOIDED": ["payment_voided"],
+    }
+    for p in payments:
+        expected += [s.event_subject("payment", t, p["order_id"]) for t in payment_events[p["status"]]]
+    for p in products["products"]:
+        expected.append(s.event_subject("inventory", "stock_restocked", p["sku"]))
+    evented.checked = len(expected)
+    for subject in expected:
+        if not events.get(subject):
+            evented.fail(f"missing {subject}")
+    reserved_ids = {r["order_id"] for r in reservations if r["items"]}
+    for subject in events:
+        _, _service, kind, key = subject.split(".", 3)
+        if kind == "stock_reserved" and key not in reserved_ids:
+            evented.fail(f"{subject} but inventory has no such reservation")
+        elif kind == "payment_authorized" and pay.get(key, {}).get("status") not in ("AUTHORIZED", "REFUNDED"):
+            evented.fail(f"{subject} but payment has no such authorization")
+        elif kind == "order_created" and key not in by_order:
+            evented.fail(f"{subject} but orders has no such order")
+
+    return Report(
+        checks=[oversold, confirmed, settled, quiet, once, evented],
+        orders=len(orders),
+        events=sum(events.values()),
+    )
+
+
+def summary(report: Report) -> str:
+    return json.dumps(report.to_dict(), indent=2)

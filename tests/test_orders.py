@@ -1,0 +1,155 @@
+"""Orders end to end, with the three services on a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from bus import subjects as s
+from bus.audit import run_audit
+from bus.errors import Conflict, InvalidRequest, NotFound
+
+
+async def place(stack, customer="c1", items=(("KB-101", 2),), method="card", key=None, wait_ms=10_000):
+    body = {
+        "customer_id": customer,
+        "items": [{"sku": k, "qty": q} for k, q in items],
+        "payment_method": method,
+        "wait_ms": wait_ms,
+    }
+    return await stack["client"].call(s.ORDERS_PLACE, body, idempotency_key=key)
+
+
+async def stock_of(stack, sku):
+    result = await stack["client"].call(s.INVENTORY_STOCK, {"sku": sku})
+    return result["products"][0]
+
+
+async def assert_audit_clean(stack, settings):
+    report = await run_audit(stack["client"], stack["js"], settings.stream_name, settings.saga)
+    assert report.ok, json.dumps(report.to_dict(), indent=1)
+    return report
+
+
+async def test_a_happy_order_is_confirmed_with_its_total_and_the_stock_moves(stack, settings):
+    before = await stock_of(stack, "KB-101")
+    order = await place(stack)
+    assert order["status"] == "CONFIRMED"
+    assert order["total_cents"] == 2 * before["price_cents"]
+    after = await stock_of(stack, "KB-101")
+    assert after["reserved"] == before["reserved"] + 2
+    payment = await stack["client"].call(s.PAYMENT_GET, {"order_id": order["order_id"]})
+    assert payment["status"] == "AUTHORIZED" and payment["amount_cents"] == order["total_cents"]
+    await assert_audit_clean(stack, settings)
+
+
+async def test_out_of_stock_fails_and_nothing_is_reserved_or_charged(stack, settings):
+    before = await stock_of(stack, "LAMP-1")
+    order = await place(stack, items=(("LAMP-1", before["available"] + 1),))
+    assert order["status"] == "FAILED" and order["failure_reason"] == "OUT_OF_STOCK"
+    assert await stock_of(stack, "LAMP-1") == before
+    with pytest.raises(NotFound):
+        await stack["client"].call(s.PAYMENT_GET, {"order_id": order["order_id"]})
+    await assert_audit_clean(stack, settings)
+
+
+async def test_payment_declined_releases_the_reservation(stack, settings):
+    before = await stock_of(stack, "MS-202")
+    order = await place(stack, items=(("MS-202", 3),), method="card_declined")
+    assert order["status"] == "FAILED" and order["failure_reason"] == "PAYMENT_DECLINED"
+    assert await stock_of(stack, "MS-202") == before
+    await assert_audit_clean(stack, settings)
+
+
+async def test_the_same_idempotency_key_gives_one_order_and_one_charge(stack, settings):
+    first, second = await asyncio.gather(place(stack, key="k-42"), place(stack, key="k-42"))
+    third = await place(stack, key="k-42")
+    assert first["order_id"] == second["order_id"] == third["order_id"]
+    orders = await stack["client"].call(s.ORDERS_LIST, {"customer_id": "c1"})
+    assert [o["order_id"] for o in orders["orders"]] == [first["order_id"]]
+    with pytest.raises(Conflict):
+        await place(stack, key="k-42", items=(("MS-202", 1),))
+    await assert_audit_clean(stack, settings)
+
+
+async def test_wait_ms_zero_answers_at_once_and_the_saga_goes_on(stack, settings):
+    order = await place(stack, wait_ms=0)
+    assert order["status"] in ("PENDING", "CONFIRMED")
+    for _ in range(200):
+        current = await stack["client"].call(s.ORDERS_GET, {"order_id": order["order_id"]})
+        if current["status"] == "CONFIRMED":
+            break
+        await asyncio.sleep(0.02)
+    assert current["status"] == "CONFIRMED"
+    assert [step["step"] for step in current["saga"]["steps"]] == [
+        "reserve_stock",
+        "authorize_payment",
+        "confirm_order",
+    ]
+
+
+async def test_cancelling_a_confirmed_order_refunds_and_releases(stack, settings):
+    before = await stock_of(stack, "HD-404")
+    order = await place(stack, items=(("HD-404", 1),))
+    cancelled = await stack["client"].call(s.ORDERS_CANCEL, {"order_id": order["order_id"], "reason": "changed mind"})
+    assert cancelled["status"] == "CANCELLED" and cancelled["cancel_reason"] == "changed mind"
+    assert await stock_of(stack, "HD-404") == before
+    payment = await stack["client"].call(s.PAYMENT_GET, {"order_id": order["order_id"]})
+    assert payment["status"] == "REFUNDED"
+    again = await stack["client"].call(s.ORDERS_CANCEL, {"order_id": order["order_id"]})
+    assert again["status"] == "CANCELLED"
+    await assert_audit_clean(stack, settings)
+
+
+async def test_a_failed_order_cannot_be_cancelled(stack):
+    order = await place(stack, method="card_declined")
+    with pytest.raises(Conflict):
+        await stack["client"].call(s.ORDERS_CANCEL, {"order_id": order["order_id"]})
+
+
+async def test_the_timeline_tells_each_story(stack):
+    ok = await place(stack)
+    declined = await place(stack, method="card_declined")
+    events = await stack["client"].call(s.ORDERS_EVENTS, {"order_id": ok["order_id"]})
+    assert [e["type"] for e in events["events"]] == [
+        "order_created",
+        "stock_reserved",
+        "payment_authorized",
+        "order_confirmed",
+    ]
+    events = await stack["client"].call(s.ORDERS_EVENTS, {"order_id": declined["order_id"]})
+    assert [e["type"] for e in events["events"]] == [
+        "order_created",
+        "stock_reserved",
+        "payment_declined",
+        "step_failed",
+        "order_compensating",
+        "stock_released",
+        "step_compensated",
+        "order_failed",
+    ]
+
+
+async def test_orders_list_filters_and_pages(stack):
+    placed = [await place(stack, customer=f"pager-{i % 2}") for i in range(5)]
+    listed = await stack["client"].call(s.ORDERS_LIST, {"customer_id": "pager-0"})
+    assert [o["order_id"] for o in listed["orders"]] == [o["order_id"] for o in reversed(placed[::2])]
+    page = await stack["client"].call(s.ORDERS_LIST, {"limit": 2, "before": placed[-1]["order_id"]})
+    assert [o["order_id"] for o in page["orders"]] == [placed[3]["order_id"], placed[2]["order_id"]]
+    with pytest.raises(InvalidRequest):
+        await stack["client"].call(s.ORDERS_LIST, {"status": "SHIPPED"})
+
+
+async def test_concurrent_orders_for_scarce_stock_never_oversell(stack, settings):
+    await stack["client"].call(
+        s.INVENTORY_RESTOCK, {"sku": "SCARCE-1", "qty": 10, "name": "Scarce", "price_cents": 100}
+    )
+    orders = await asyncio.gather(*(place(stack, customer=f"c{i}", items=(("SCARCE-1", 1),)) for i in range(200)))
+    statuses = [o["status"] for o in orders]
+    assert statuses.count("CONFIRMED") == 10
+    assert statuses.count("FAILED") == 190
+    product = await stock_of(stack, "SCARCE-1")
+    assert product["reserved"] == 10 and product["available"] == 0
+    await assert_audit_clean(stack, settings)
