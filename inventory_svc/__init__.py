@@ -1,0 +1,1 @@
+"""The inventory service: catalog and stock, reservations per order."""

@@ -1,0 +1,261 @@
+"""Inventory storage: the schema and the units of work that move stock, each with its event."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from bus import contract as c
+from bus.db import Tx
+from bus.errors import Conflict, InvalidRequest, NotFound, OmsError, OutOfStock
+from bus.ids import now_iso
+
+# The CHECKs are the last line of defence against overselling: a unit that got the arithmetic
+# wrong fails with an IntegrityError and is rolled back instead of committing a bad count.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE products (
+        sku TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        price_cents INTEGER NOT NULL CHECK (price_cents >= 0),
+        on_hand INTEGER NOT NULL CHECK (on_hand >= 0),
+        reserved INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0),
+        CHECK (on_hand >= reserved)
+    );
+    CREATE TABLE reservations (
+        order_id TEXT PRIMARY KEY,
+        status TEXT NOT NULL CHECK (status IN ('ACTIVE', 'RELEASED')),
+        items TEXT NOT NULL,
+        total_cents INTEGER NOT NULL CHECK (total_cents >= 0),
+        currency TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        released_at TEXT,
+        tombstone INTEGER NOT NULL DEFAULT 0 CHECK (tombstone IN (0, 1))
+    );
+    CREATE INDEX reservations_by_status ON reservations (status, order_id);
+    """,
+)
+
+# Event types this service emits (subject `events.inventory.<type>.<key>`).
+STOCK_RESTOCKED = "stock_restocked"  # key: sku
+STOCK_RESERVED = "stock_reserved"  # key: order id
+STOCK_RELEASED = "stock_released"  # key: order id
+RESERVATION_REJECTED = "reservation_rejected"  # key: order id
+
+# What a unit changed, sku -> (on_hand, reserved): the handler sets the stock gauges from it
+# after the commit, because a unit's value must be the reply alone (it is what idempotency stores).
+Levels = dict[str, tuple[int, int]]
+
+
+# -- commands -------------------------------------------------------------
+
+
+def reserve(tx: Tx, cmd: c.Reserve, currency: str, levels: Levels) -> c.Reservation | OmsError:
+    """All lines or none. Idempotent per order_id; refuses a reserve after a release."""
+    wanted = {line.sku: line.qty for line in cmd.items}
+    row = tx.one("SELECT * FROM reservations WHERE order_id = ?", (cmd.order_id,))
+    if row is not None:
+        if row["status"] == "RELEASED":
+            raise Conflict(
+                f"order {cmd.order_id} was released; a late reserve is refused",
+                {"order_id": cmd.order_id, "tombstone": bool(row["tombstone"])},
+            )
+        held = {item["sku"]: item["qty"] for item in json.loads(row["items"])}
+        if held != wanted:
+            raise Conflict(
+                f"order {cmd.order_id} already holds a reservation for different items",
+                {"order_id": cmd.order_id, "items": [{"sku": s, "qty": q} for s, q in held.items()]},
+            )
+        return _reservation(row)
+
+    products = _products(tx, list(wanted))
+    short = [
+        {"sku": sku, "requested": qty, "available": products[sku]["on_hand"] - products[sku]["reserved"]}
+        for sku, qty in wanted.items()
+        if qty > products[sku]["on_hand"] - products[sku]["reserved"]
+    ]
+    if short:
+        # Returned, not raised: the rejection event is kept while nothing is reserved.
+        tx.emit(RESERVATION_REJECTED, cmd.order_id, {"order_id": cmd.order_id, "lines": short}, order_id=cmd.order_id)
+        first = short[0]
+        return OutOfStock(
+            f"not enough {first['sku']}: requested {first['requested']}, available {first['available']}"
+            + (f" (and {len(short) - 1} more lines)" if len(short) > 1 else ""),
+            {"lines": short},
+        )
+
+    tx.executemany(
+        "UPDATE products SET reserved = reserved + ? WHERE sku = ?", [(qty, sku) for sku, qty in wanted.items()]
+    )
+    items = [{"sku": sku, "qty": qty, "unit_price_cents": products[sku]["price_cents"]} for sku, qty in wanted.items()]
+    total = sum(item["qty"] * item["unit_price_cents"] for item in items)
+    now = now_iso()
+    tx.execute(
+        "INSERT INTO reservations (order_id, status, items, total_cents, currency, created_at)"
+        " VALUES (?, 'ACTIVE', ?, ?, ?, ?)",
+        (cmd.order_id, json.dumps(items), total, currency, now),
+    )
+    data = {
+        "order_id": cmd.order_id,
+        "status": "ACTIVE",
+        "items": items,
+        "total_cents": total,
+        "currency": currency,
+        "created_at": now,
+    }
+    tx.emit(STOCK_RESERVED, cmd.order_id, data, order_id=cmd.order_id)
+    for sku, qty in wanted.items():
+        levels[sku] = (products[sku]["on_hand"], products[sku]["reserved"] + qty)
+    return c.Reservation.model_validate(data)
+
+
+def release(tx: Tx, cmd: c.Release, currency: str, levels: Levels) -> c.Released:
+    """Give the order's stock back; for an unknown order leave a tombstone. Idempotent."""
+    row = tx.one("SELECT * FROM reservations WHERE order_id = ?", (cmd.order_id,))
+    if row is not None and row["status"] == "RELEASED":
+        return c.Released(order_id=cmd.order_id, tombstone=bool(row["tombstone"]))
+    now = now_iso()
+    if row is None:
+        # The release overtook (or replaced) the reserve: remember it, so a late reserve is refused.
+        tx.execute(
+            "INSERT INTO reservations (order_id, status, items, total_cents, currency, created_at,"
+            " released_at, tombstone) VALUES (?, 'RELEASED', '[]', 0, ?, ?, ?, 1)",
+            (cmd.order_id, currency, now, now),
+        )
+        data: dict[str, Any] = {
+            "order_id": cmd.order_id,
+            "status": "RELEASED",
+            "items": [],
+            "total_cents": 0,
+            "currency": currency,
+            "created_at": now,
+            "released_at": now,
+            "tombstone": True,
+            "reason": cmd.reason,
+        }
+        tx.emit(STOCK_RELEASED, cmd.order_id, data, order_id=cmd.order_id)
+        return c.Released(order_id=cmd.order_id, tombstone=True)
+
+    items = json.loads(row["items"])
+    tx.executemany("UPDATE products SET reserved = reserved - ? WHERE sku = ?", [(i["qty"], i["sku"]) for i in items])
+    tx.execute("UPDATE reservations SET status = 'RELEASED', released_at = ? WHERE order_id = ?", (now, cmd.order_id))
+    data = {
+        **_reservation(row).model_dump(mode="json"),
+        "status": "RELEASED",
+        "released_at": now,
+        "tombstone": False,
+        "reason": cmd.reason,
+    }
+    tx.emit(STOCK_RELEASED, cmd.order_id, data, order_id=cmd.order_id)
+    levels.update(_levels(tx, [i["sku"] for i in items]))
+    return c.Released(order_id=cmd.order_id, tombstone=False)
+
+
+def restock(tx: Tx, cmd: c.Restock, levels: Levels) -> c.Product:
+    """Add units to a SKU; a new SKU needs its name and price, an existing one may change them."""
+    row = tx.one("SELECT sku FROM products WHERE sku = ?", (cmd.sku,))
+    if row is None:
+        for field in ("name", "price_cents"):
+            if getattr(cmd, field) is None:
+                raise InvalidRequest(f"{cmd.sku} is a new SKU: {field} is required", {"field": field})
+        tx.execute(
+            "INSERT INTO products (sku, name, price_cents, on_hand, reserved) VALUES (?, ?, ?, ?, 0)",
+            (cmd.sku, cmd.name, cmd.price_cents, cmd.qty),
+        )
+    else:
+        tx.execute(
+            "UPDATE products SET on_hand = on_hand + ?, name = coalesce(?, name),"
+            " price_cents = coalesce(?, price_cents) WHERE sku = ?",
+            (cmd.qty, cmd.name, cmd.price_cents, cmd.sku),
+        )
+    product = _product(_products(tx, [cmd.sku])[cmd.sku])
+    data = {
+        "sku": product.sku,
+        "name": product.name,
+        "price_cents": product.price_cents,
+        "qty": cmd.qty,
+        "on_hand": product.on_hand,
+    }
+    tx.emit(STOCK_RESTOCKED, cmd.sku, data)
+    levels[product.sku] = (product.on_hand, product.reserved)
+    return product
+
+
+# -- queries --------------------------------------------------------------
+
+
+def check(tx: Tx, cmd: c.CheckStock) -> c.Availability:
+    """Would these lines fit right now? Read-only; raises NotFound for an unknown SKU."""
+    products = _products(tx, [line.sku for line in cmd.items])
+    lines = [
+        c.CheckLine(
+            sku=line.sku,
+            requested=line.qty,
+            available=products[line.sku]["on_hand"] - products[line.sku]["reserved"],
+        )
+        for line in cmd.items
+    ]
+    return c.Availability(available=all(line.requested <= line.available for line in lines), lines=lines)
+
+
+def stock(tx: Tx, cmd: c.StockQuery) -> c.Stock:
+    if cmd.sku is not None:
+        return c.Stock(products=[_product(_products(tx, [cmd.sku])[cmd.sku])])
+    return c.Stock(products=[_product(row) for row in tx.all("SELECT * FROM products ORDER BY sku")])
+
+
+def reservations(tx: Tx, cmd: c.ReservationQuery) -> c.ReservationList:
+    """One page, ascending by order id after `cmd.after`; tombstones are included (RELEASED, no items)."""
+    where, params = [], []
+    for column, value in (("order_id = ?", cmd.order_id), ("status = ?", cmd.status), ("order_id > ?", cmd.after)):
+        if value is not None:
+            where.append(column)
+            params.append(value)
+    sql = "SELECT * FROM reservations" + (" WHERE " + " AND ".join(where) if where else "")
+    rows = tx.all(sql + " ORDER BY order_id LIMIT ?", (*params, cmd.limit))
+    return c.ReservationList(reservations=[_reservation(row) for row in rows])
+
+
+def all_levels(tx: Tx) -> Levels:
+    return {row["sku"]: (row["on_hand"], row["reserved"]) for row in tx.all("SELECT * FROM products")}
+
+
+# -- rows -----------------------------------------------------------------
+
+
+def _products(tx: Tx, skus: list[str]) -> dict[str, sqlite3.Row]:
+    """The rows for these SKUs; raises NotFound naming the first unknown one."""
+    marks = ",".join("?" * len(skus))
+    rows = {row["sku"]: row for row in tx.all(f"SELECT * FROM products WHERE sku IN ({marks})", skus)}
+    for sku in skus:
+        if sku not in rows:
+            raise NotFound(f"unknown SKU {sku}", {"sku": sku})
+    return rows
+
+
+def _levels(tx: Tx, skus: list[str]) -> Levels:
+    return {sku: (row["on_hand"], row["reserved"]) for sku, row in _products(tx, skus).items()}
+
+
+def _product(row: sqlite3.Row) -> c.Product:
+    return c.Product(
+        sku=row["sku"],
+        name=row["name"],
+        price_cents=row["price_cents"],
+        on_hand=row["on_hand"],
+        reserved=row["reserved"],
+        available=row["on_hand"] - row["reserved"],
+    )
+
+
+def _reservation(row: sqlite3.Row) -> c.Reservation:
+    return c.Reservation(
+        order_id=row["order_id"],
+        status=row["status"],
+        items=[c.PricedLine.model_validate(item) for item in json.loads(row["items"])],
+        total_cents=row["total_cents"],
+        currency=row["currency"],
+        created_at=row["created_at"],
+        released_at=row["released_at"],
+    )

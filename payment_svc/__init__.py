@@ -1,0 +1,1 @@
+"""The payment service: authorizations, refunds and deterministic decline rules."""
