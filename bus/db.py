@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 
-from bus.contract import Event
 from bus.errors import OmsError
 from bus.ids import new_id, now_iso
 from bus.subjects import event_subject
@@ -98,24 +97,25 @@ class Tx:
         *,
         order_id: str | None = None,
         saga_id: str | None = None,
-    ) -> Event:
+    ) -> dict[str, Any]:
         """Record an event in the outbox, in this transaction; the relay publishes it after commit."""
-        event = Event(
-            event_id=new_id("evt"),
-            type=event_type,
-            occurred_at=now_iso(),
-            service=self.service,
-            order_id=order_id,
-            saga_id=saga_id,
-            data=data,
-        )
-        body = json.dumps(event.model_dump(mode="json"), separators=(",", ":")).encode()
+        event_id = new_id("evt")
+        body = {
+            "event_id": event_id,
+            "type": event_type,
+            "occurred_at": now_iso(),
+            "service": self.service,
+            "order_id": order_id,
+            "saga_id": saga_id,
+            "data": data,
+        }
+        raw = json.dumps(body, separators=(",", ":")).encode()
         subject = event_subject(self.service, event_type, key)
         cur = self._conn.execute(
-            "INSERT INTO outbox (event_id, subject, body) VALUES (?, ?, ?)", (event.event_id, subject, body)
+            "INSERT INTO outbox (event_id, subject, body) VALUES (?, ?, ?)", (event_id, subject, raw)
         )
-        self.events.append(OutboxRow(cur.lastrowid or 0, event.event_id, subject, body))
-        return event
+        self.events.append(OutboxRow(cur.lastrowid or 0, event_id, subject, raw))
+        return body
 
 
 @dataclass(slots=True)

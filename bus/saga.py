@@ -164,6 +164,7 @@ class SagaRun:
     failure_reason: str | None = None
     stop_reason: str | None = None
     created_at: float = 0.0
+    start_recorded: bool = False  # the current step's attempt was recorded with the previous outcome
     wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -234,6 +235,7 @@ class SagaEngine:
             " VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?)",
             (saga_id, run.name, ref, RUNNING, json.dumps(data), run.deadline_at, now, now),
         )
+        self._prepare(tx, run)
         return run
 
     def start(self, run: SagaRun) -> None:
@@ -359,9 +361,12 @@ class SagaEngine:
             await self.db.write(lambda tx: self._run_local(tx, run, step))
             return
         assert step.invoke is not None
-        attempt = run.attempts + 1
-        await self.db.commit(lambda tx: self._record_start(tx, run, step, "invoke", attempt))
-        run.attempts = attempt
+        if run.start_recorded:
+            run.start_recorded = False
+        else:
+            await self.db.write(lambda tx: self._record_start(tx, run, step, "invoke", run.attempts + 1))
+            run.start_recorded = False
+        attempt = run.attempts
         began = time.monotonic()
         try:
             result = await self.send(
@@ -383,7 +388,7 @@ class SagaEngine:
             return
         self._count(step, "OK")
         elapsed_ms = (time.monotonic() - began) * 1000
-        await self.db.commit(lambda tx: self._step_succeeded(tx, run, step, result, elapsed_ms))
+        await self.db.write(lambda tx: self._step_succeeded(tx, run, step, result, elapsed_ms))
 
     async def _after_transient(self, run: SagaRun, step: Step, exc: OmsError, attempt: int) -> None:
         policy = step.retry or self.retry
@@ -472,6 +477,8 @@ class SagaEngine:
             (run.saga_id, step.name, action, attempt, now),
         )
         if action == "invoke":
+            run.attempts = attempt
+            run.start_recorded = True
             tx.execute(
                 "UPDATE sagas SET attempts = ?, next_retry_at = NULL, updated_at = ? WHERE saga_id = ?",
                 (attempt, now, run.saga_id),
@@ -488,6 +495,18 @@ class SagaEngine:
         run.step_index += 1
         run.attempts = 0
         self._save(tx, run, data=json.dumps(run.data), last_error=None, next_retry_at=None)
+        self._prepare(tx, run)
+
+    def _prepare(self, tx: Tx, run: SagaRun) -> None:
+        """Start the next step in this same transaction: record a remote step's first attempt, or
+        run a local step outright. Saves one commit per step; a stop or deadline waits for `_forward`."""
+        if run.step_index >= len(self.saga.steps) or run.stop_reason or self.clock() >= run.deadline_at:
+            return
+        step = self.saga.steps[run.step_index]
+        if step.local is not None:
+            self._run_local(tx, run, step)
+        else:
+            self._record_start(tx, run, step, "invoke", 1)
 
     def _run_local(self, tx: Tx, run: SagaRun, step: Step) -> None:
         now = self.clock()

@@ -116,6 +116,8 @@ class ServiceRunner:
         self._slots = asyncio.Semaphore(settings.handler_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._micro: Service | None = None
+        self._counters: dict[tuple[str, str], Any] = {}
+        self._latency: dict[str, Any] = {}
 
     def add(self, route: Route, handler: Handler) -> None:
         self._routes.append((route, handler))
@@ -130,6 +132,7 @@ class ServiceRunner:
         )
         for route, handler in self._routes:
             self._tallies[route.name] = _Tally()
+            self._latency[route.name] = self.metrics.request_latency.labels(route.subject)
             await self._micro.add_endpoint(
                 name=route.name,
                 subject=route.subject,
@@ -143,6 +146,7 @@ class ServiceRunner:
         ):
             route = Route(self.service, f"chaos_{verb}", model)
             self._tallies[route.name] = _Tally()
+            self._latency[route.name] = self.metrics.request_latency.labels(route.subject)
             # Fault injection is per instance; with one instance per service (or per partition) the
             # queue group reaches exactly the instance that serves the business endpoints.
             await self._micro.add_endpoint(
@@ -169,9 +173,7 @@ class ServiceRunner:
         tally = self._tallies.get(stats.name, _Tally())
         return {"errors": tally.errors, "errors_by_code": dict(tally.by_code), "busy_ns": tally.busy_ns}
 
-    def _dispatcher(
-        self, route: Route, handler: Handler, *, chaos: bool
-    ) -> Callable[[Request], Awaitable[None]]:
+    def _dispatcher(self, route: Route, handler: Handler, *, chaos: bool) -> Callable[[Request], Awaitable[None]]:
         async def dispatch(request: Request) -> None:
             await self._slots.acquire()
             task = asyncio.create_task(self._serve(route, handler, request, chaos))
@@ -199,9 +201,7 @@ class ServiceRunner:
         except Exception:
             ref = new_id("err")
             log.exception("handler failed", extra={"endpoint": route.subject, "ref": ref})
-            outcome = InternalError(
-                f"internal error (ref {ref}); the service log has the details", {"ref": ref}
-            )
+            outcome = InternalError(f"internal error (ref {ref}); the service log has the details", {"ref": ref})
         elapsed = time.perf_counter_ns() - started
         self._record(route, outcome, elapsed)
         if drop:
@@ -224,13 +224,9 @@ class ServiceRunner:
     def _parse(self, route: Route, data: bytes) -> BaseModel:
         limit = self.settings.limits.max_payload_bytes
         if len(data) > limit:
-            raise InvalidRequest(
-                f"body is {len(data)} bytes; the limit is {limit}", {"field": "body", "limit": limit}
-            )
+            raise InvalidRequest(f"body is {len(data)} bytes; the limit is {limit}", {"field": "body", "limit": limit})
         try:
-            return route.request.model_validate_json(
-                data.strip() or b"{}", context={"limits": self.settings.limits}
-            )
+            return route.request.model_validate_json(data.strip() or b"{}", context={"limits": self.settings.limits})
         except PydanticValidationError as exc:
             raise validation_error(exc) from None
         except (ValueError, RecursionError):
@@ -243,8 +239,11 @@ class ServiceRunner:
         if isinstance(outcome, OmsError):
             tally.errors += 1
             tally.by_code[code] += 1
-        self.metrics.requests.labels(route.subject, code).inc()
-        self.metrics.request_latency.labels(route.subject).observe(elapsed_ns / 1e9)
+        counter = self._counters.get((route.subject, code))
+        if counter is None:
+            counter = self._counters[(route.subject, code)] = self.metrics.requests.labels(route.subject, code)
+        counter.inc()
+        self._latency[route.name].observe(elapsed_ns / 1e9)
 
     async def _reply(self, request: Request, outcome: BaseModel | dict[str, Any] | OmsError) -> None:
         if not request._msg.reply:  # published without a reply subject: nobody to answer

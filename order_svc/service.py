@@ -26,6 +26,11 @@ CANCEL_WAIT_S = 10.0
 BREAKER_STATE = {"closed": 0, "half_open": 1, "open": 2}
 
 
+def saga_of(order_id: str) -> str:
+    """An order's saga id follows from its id, so a repeated request finds it without a lookup."""
+    return "saga_" + order_id.removeprefix("ord_")
+
+
 @dataclass
 class Orders:
     k: Kernel
@@ -33,7 +38,7 @@ class Orders:
 
     async def place(self, cmd: c.PlaceOrder, call: Call) -> c.Order:
         order_id = new_id("ord")
-        saga_id = "saga_" + order_id.removeprefix("ord_")
+        saga_id = saga_of(order_id)
         created: list[SagaRun] = []
 
         def effect(tx: Tx) -> c.Order:
@@ -55,9 +60,8 @@ class Orders:
         if events:
             await self.k.relay.published(events[-1].seq)
         placed_id = outcome.order_id if isinstance(outcome, c.Order) else outcome["order_id"]
-        row = await self.k.db.read(lambda tx: tx.one("SELECT saga_id FROM orders WHERE order_id = ?", (placed_id,)))
         if cmd.wait_ms:
-            await self.engine.wait(row["saga_id"], cmd.wait_ms / 1000)
+            await self.engine.wait(saga_of(placed_id), cmd.wait_ms / 1000)
         return await self.k.db.read(lambda tx: store.to_order(store.get(tx, placed_id)))
 
     async def get(self, cmd: c.GetOrder, call: Call) -> c.Order:
