@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +54,7 @@ class Orders:
             created.append(self.engine.create(tx, saga_id, order_id, data))
             return order
 
-        outcome, events = await self.k.db.commit(call.once(cmd, effect, exclude=frozenset({"wait_ms"})))
+        outcome, events = await self.k.db.commit(call.once(cmd, effect, exclude=store.PLACE_HASH_EXCLUDES))
         if isinstance(outcome, OmsError):
             raise outcome
         if created:
@@ -120,9 +122,17 @@ class Orders:
 
 
 async def build(k: Kernel) -> None:
+    transitions: deque[tuple[str, str]] = deque(maxlen=100)
+    background: set[asyncio.Task[Any]] = set()
+
     def on_breaker_change(target: str, old: str, new: str) -> None:
         log.warning("circuit breaker changed", extra={"target": target, "from": old, "to": new})
         k.metrics.breaker_state.labels(target).set(BREAKER_STATE.get(new, 0))
+        transitions.append((old, new))
+        data = {"target": target, "from": old, "to": new}
+        task = asyncio.create_task(k.db.commit(lambda tx: tx.emit("breaker_changed", target, data)))
+        background.add(task)
+        task.add_done_callback(background.discard)
 
     breakers = Breakers(k.settings.breaker, on_change=on_breaker_change)
     client = Client(k.nc, breakers=breakers, timeout_s=k.settings.saga.step_timeout_ms / 1000)
@@ -131,7 +141,7 @@ async def build(k: Kernel) -> None:
         return await client.call(route, payload, timeout_s=timeout_s, idempotency_key=idempotency_key)
 
     engine = SagaEngine(k.db, PLACE_ORDER, send, k.settings.saga, metrics=k.metrics)
-    k.extras.update(engine=engine, breakers=breakers)
+    k.extras.update(engine=engine, breakers=breakers, breaker_transitions=transitions)
     orders = Orders(k, engine)
     for route, handler in (
         (s.ORDERS_PLACE, orders.place),
