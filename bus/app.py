@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -17,9 +19,12 @@ from nats.js import JetStreamContext
 from bus import logs
 from bus.client import Client
 from bus.connect import connect
-from bus.db import Database
+from bus.contract import Event
+from bus.db import Database, Tx
 from bus.metrics import Metrics
 from bus.outbox import Relay, ensure_stream
+from bus.replay import ReplayError
+from bus.replay import recover as recover_by_replay
 from bus.service import ServiceRunner
 from bus.settings import Settings
 
@@ -51,17 +56,24 @@ class ServiceSpec:
     description: str
     migrations: tuple[str, ...]
     build: Callable[[Kernel], Awaitable[None]]
+    # Recovery by replay (bus.replay): the rows one event leaves behind, without emitting anything ...
+    apply: Callable[[Tx, Event], None] | None = None
+    # ... and, once after the last event, what the events alone cannot tell (deadlines, steps to re-send).
+    settle: Callable[[Tx, Settings], None] | None = None
 
 
 @asynccontextmanager
 async def running(
-    spec: ServiceSpec, settings: Settings, *, serve_metrics: bool = True
+    spec: ServiceSpec, settings: Settings, *, serve_metrics: bool = True, recover: bool = False
 ) -> AsyncIterator[Kernel]:
-    """Start the service and yield it; leaving the block drains and stops everything in reverse."""
+    """Start the service and yield it; leaving the block drains and stops everything in reverse.
+
+    With `recover`, the database is first rebuilt from the event stream (bus.replay).
+    """
+    if recover:
+        await recover_by_replay(settings, spec)
     async with AsyncExitStack() as stack:
-        db = await stack.enter_async_context(
-            Database(settings.db_path(spec.name), spec.name, spec.migrations)
-        )
+        db = await stack.enter_async_context(Database(settings.db_path(spec.name), spec.name, spec.migrations))
         nc = await connect(settings, spec.name, user=settings.nats_user, password=settings.nats_password)
         stack.push_async_callback(_close_nats, nc)
         js = nc.jetstream()
@@ -70,9 +82,7 @@ async def running(
         await relay.start()
         stack.push_async_callback(relay.stop)
         metrics = Metrics(spec.name)
-        runner = ServiceRunner(
-            nc, spec.name, settings, version=VERSION, description=spec.description, metrics=metrics
-        )
+        runner = ServiceRunner(nc, spec.name, settings, version=VERSION, description=spec.description, metrics=metrics)
         kernel = Kernel(
             settings=settings,
             name=spec.name,
@@ -102,17 +112,25 @@ async def _close_nats(nc: Nats) -> None:
         await nc.close()
 
 
-async def serve_forever(spec: ServiceSpec, settings: Settings) -> None:
+async def serve_forever(spec: ServiceSpec, settings: Settings, *, recover: bool = False) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running(spec, settings):
+    async with running(spec, settings, recover=recover):
         await stop.wait()
 
 
-def main(spec: ServiceSpec) -> None:
-    """`python -m <service>`: settings from the environment, JSON logs, uvloop when installed."""
+def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> None:
+    """`python -m <service> [--recover]`: settings from the environment, JSON logs, uvloop when installed."""
+    package = getattr(sys.modules["__main__"].__spec__, "parent", None) or spec.name
+    parser = argparse.ArgumentParser(prog=f"python -m {package}", description=spec.description)
+    parser.add_argument(
+        "--recover",
+        action="store_true",
+        help=f"rebuild the database from the event stream before serving (stop the {spec.name} service first)",
+    )
+    args = parser.parse_args(argv)
     settings = Settings()
     logs.setup(spec.name)
     try:
@@ -121,4 +139,8 @@ def main(spec: ServiceSpec) -> None:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    runner(serve_forever(spec, settings))
+    try:
+        runner(serve_forever(spec, settings, recover=args.recover))
+    except ReplayError as exc:
+        log.error("recovery failed", extra={"error": str(exc)})
+        sys.exit(f"{spec.name}: recovery by replay failed: {exc}")

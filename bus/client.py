@@ -98,9 +98,7 @@ class Client:
         try:
             return result.model_validate(body)
         except PydanticValidationError as exc:
-            raise InternalError(
-                f"{route.subject} answered a result that does not fit {result.__name__}"
-            ) from exc
+            raise InternalError(f"{route.subject} answered a result that does not fit {result.__name__}") from exc
 
     async def request(
         self,
@@ -117,9 +115,7 @@ class Client:
         except nats.errors.NoRespondersError:
             raise NoResponders(f"no service answers on {subject}", {"subject": subject}) from None
         except nats.errors.TimeoutError:
-            raise RequestTimeout(
-                f"no reply from {subject} within {timeout:.3g}s", {"subject": subject}
-            ) from None
+            raise RequestTimeout(f"no reply from {subject} within {timeout:.3g}s", {"subject": subject}) from None
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
             raise Unavailable(f"not connected to NATS ({type(exc).__name__})", {"subject": subject}) from None
         except nats.errors.Error as exc:

@@ -55,7 +55,8 @@ async def connect(
     if persistent:
         options |= dict(max_reconnect_attempts=-1, reconnect_time_wait=0.25, ping_interval=5)
     else:
-        options |= dict(allow_reconnect=False, max_reconnect_attempts=0)
+        # nats-py keeps retrying a refused server when max_reconnect_attempts is 0: one attempt, then fail.
+        options |= dict(allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.1)
 
     async def quiet(exc: Exception) -> None:
         return None

@@ -37,9 +37,7 @@ class Metrics:
             "oms_outbox_backlog_events", "Events committed but not yet in JetStream", registry=r
         )
         self.outbox_lag = Gauge("oms_outbox_lag_seconds", "Age of the oldest unpublished event", registry=r)
-        self.events_published = Counter(
-            "oms_events_published_total", "Events acknowledged by JetStream", registry=r
-        )
+        self.events_published = Counter("oms_events_published_total", "Events acknowledged by JetStream", registry=r)
         self.sagas = Counter("oms_sagas_total", "Sagas finished, by outcome", ["outcome"], registry=r)
         self.saga_duration = Histogram(
             "oms_saga_duration_seconds",

@@ -52,13 +52,17 @@ def start(
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"nats://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"nats-server exited with {proc.returncode}; see {log_path}")
-        with open(log_path, "rb") as log:
-            log.seek(offset)
-            if b"Server is ready" in log.read():
-                return proc, url
-        time.sleep(0.02)
-    proc.kill()
-    raise TimeoutError(f"nats-server did not listen on {port} within {timeout_s}s; see {log_path}")
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited with {proc.returncode}; see {log_path}")
+            with open(log_path, "rb") as log:
+                log.seek(offset)
+                if b"Server is ready" in log.read():
+                    return proc, url
+            time.sleep(0.02)
+        raise TimeoutError(f"nats-server was not ready on port {port} within {timeout_s}s; see {log_path}")
+    except BaseException:  # also Ctrl-C: never leave a half-started server behind
+        proc.kill()
+        proc.wait()
+        raise

@@ -591,7 +591,9 @@ class SagaEngine:
                 (run.saga_id,),
             )
         }
-        for index in range(min(run.step_index, len(self.saga.steps) - 1), -1, -1):
+        # From the last step, not from step_index: a saga rebuilt by replay starts again at its first step
+        # while later steps may already have taken effect (the rebuild records those as RUNNING).
+        for index in range(len(self.saga.steps) - 1, -1, -1):
             step = self.saga.steps[index]
             record = done.get(step.name)
             if step.compensate is None or record is None or step.name in compensated:

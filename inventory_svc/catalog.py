@@ -27,7 +27,7 @@ CATALOG: tuple[CatalogItem, ...] = (
     CatalogItem("LAMP-1", "Desk lamp", 4500, 3),  # scarce on purpose: out-of-stock demos
 )
 
-_SEEDED = "catalog_seeded"
+SEEDED = "catalog_seeded"
 
 
 def seed(tx: Tx, levels: store.Levels) -> int:
@@ -35,10 +35,10 @@ def seed(tx: Tx, levels: store.Levels) -> int:
 
     A rebuild by replay must load the events before this runs, or the seed is counted twice.
     """
-    if tx.one("SELECT 1 FROM meta WHERE name = ?", (_SEEDED,)) or tx.one("SELECT 1 FROM products LIMIT 1"):
+    if tx.one("SELECT 1 FROM meta WHERE name = ?", (SEEDED,)) or tx.one("SELECT 1 FROM products LIMIT 1"):
         return 0
     for item in CATALOG:
         cmd = c.Restock(sku=item.sku, qty=item.on_hand, name=item.name, price_cents=item.price_cents)
         store.restock(tx, cmd, levels)
-    tx.execute("INSERT INTO meta (name, value) VALUES (?, ?)", (_SEEDED, str(len(CATALOG))))
+    tx.execute("INSERT INTO meta (name, value) VALUES (?, ?)", (SEEDED, str(len(CATALOG))))
     return len(CATALOG)

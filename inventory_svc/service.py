@@ -8,7 +8,7 @@ from bus import contract as c
 from bus import subjects as s
 from bus.app import Kernel, ServiceSpec
 from bus.service import Call
-from inventory_svc import catalog, store
+from inventory_svc import catalog, replay, store
 
 Reply = c.Result | dict[str, Any]  # a dict when an idempotency key replays its stored reply
 
@@ -70,4 +70,5 @@ SPEC = ServiceSpec(
     description="Catalog and stock; reserves and releases stock per order, never oversells",
     migrations=store.MIGRATIONS,
     build=build,
+    apply=replay.apply,
 )

@@ -18,7 +18,7 @@ from bus.errors import Conflict, NotFound, OmsError
 from bus.ids import new_id
 from bus.saga import SAGA_MIGRATIONS, SagaEngine, SagaRun
 from bus.service import Call
-from order_svc import store
+from order_svc import replay, store
 from order_svc.saga import PLACE_ORDER
 from order_svc.timeline import order_events
 
@@ -79,12 +79,15 @@ class Orders:
         return c.OrderList(orders=await self.k.db.read(lambda tx: store.listing(tx, cmd)))
 
     async def cancel(self, cmd: c.CancelOrder, call: Call) -> c.Order:
-        outcome = await self.k.db.write(call.once(cmd, lambda tx: store.request_cancel(tx, cmd)))
-        if isinstance(outcome, tuple):
-            saga_id, _ = outcome
+        await self.k.db.write(call.once(cmd, lambda tx: store.request_cancel(tx, cmd)))
+        order = await self.k.db.read(lambda tx: store.to_order(store.get(tx, cmd.order_id)))
+        # Also on a repeat: a cancel noted just before a crash still turns the saga back.
+        if store.wants_cancel(order):
+            saga_id = saga_of(cmd.order_id)
             await self.engine.stop_forward(saga_id, "CANCELLED")
             await self.engine.wait(saga_id, CANCEL_WAIT_S)
-        return await self.k.db.read(lambda tx: store.to_order(store.get(tx, cmd.order_id)))
+            order = await self.k.db.read(lambda tx: store.to_order(store.get(tx, cmd.order_id)))
+        return order
 
     async def events(self, cmd: c.OrderEventsQuery, call: Call) -> c.EventList:
         await self.k.db.read(lambda tx: store.get(tx, cmd.order_id))  # NOT_FOUND for an unknown order
@@ -164,4 +167,6 @@ SPEC = ServiceSpec(
     description="Orders and the place-order saga",
     migrations=(*SAGA_MIGRATIONS, *store.MIGRATIONS),
     build=build,
+    apply=replay.apply,
+    settle=replay.settle,
 )

@@ -8,8 +8,12 @@ from typing import Any
 from bus import contract as c
 from bus.db import Tx
 from bus.errors import Conflict, NotFound
+from bus.idempotency import request_hash
 from bus.ids import now_iso
 from bus.saga import SagaRun
+
+# What `orders.place` leaves out of its idempotency hash: how long to wait is not part of the order.
+PLACE_HASH_EXCLUDES = frozenset({"wait_ms"})
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -59,13 +63,16 @@ def create(tx: Tx, order_id: str, saga_id: str, cmd: c.PlaceOrder, key: str | No
         " created_at, updated_at) VALUES (?, ?, 'PENDING', ?, ?, ?, ?, ?, ?)",
         (order_id, cmd.customer_id, json.dumps(items), cmd.payment_method, saga_id, key, now, now),
     )
-    tx.emit(
-        "order_created",
-        order_id,
-        {"customer_id": cmd.customer_id, "items": items, "payment_method": cmd.payment_method, "idempotency_key": key},
-        order_id=order_id,
-        saga_id=saga_id,
-    )
+    # created_at and the key's request hash let a rebuild by replay restore the row and the key exactly.
+    data = {
+        "customer_id": cmd.customer_id,
+        "items": items,
+        "payment_method": cmd.payment_method,
+        "idempotency_key": key,
+        "request_hash": request_hash(cmd, PLACE_HASH_EXCLUDES) if key else None,
+        "created_at": now,
+    }
+    tx.emit("order_created", order_id, data, order_id=order_id, saga_id=saga_id)
     return c.Order(
         order_id=order_id,
         customer_id=cmd.customer_id,
@@ -119,7 +126,9 @@ def priced(tx: Tx, run: SagaRun, reservation: dict[str, Any]) -> None:
 
 
 def confirm(tx: Tx, run: SagaRun) -> None:
-    tx.execute("UPDATE orders SET status = 'CONFIRMED', updated_at = ? WHERE order_id = ?", (now_iso(), run.ref))
+    now = now_iso()
+    tx.execute("UPDATE orders SET status = 'CONFIRMED', updated_at = ? WHERE order_id = ?", (now, run.ref))
+    row = tx.one("SELECT items FROM orders WHERE order_id = ?", (run.ref,))
     steps = [
         {"step": r["step"], "attempts": r["attempts"], "duration_ms": round(r["duration_ms"] or 0, 2)}
         for r in tx.all(
@@ -131,7 +140,13 @@ def confirm(tx: Tx, run: SagaRun) -> None:
     tx.emit(
         "order_confirmed",
         run.ref,
-        {"total_cents": run.data.get("total_cents"), "currency": run.data.get("currency"), "steps": steps},
+        {
+            "total_cents": run.data.get("total_cents"),
+            "currency": run.data.get("currency"),
+            "items": json.loads(row["items"]) if row else None,  # priced: no order event records the pricing
+            "steps": steps,
+            "updated_at": now,
+        },
         order_id=run.ref,
         saga_id=run.saga_id,
     )
@@ -141,34 +156,43 @@ class OrderHooks:
     """The order's status follows its saga."""
 
     def on_compensating(self, tx: Tx, run: SagaRun, reason: str) -> None:
+        now = now_iso()
         tx.execute(
             "UPDATE orders SET status = 'COMPENSATING', failure_reason = ?, updated_at = ? WHERE order_id = ?",
-            (None if reason == "CANCELLED" else reason, now_iso(), run.ref),
+            (None if reason == "CANCELLED" else reason, now, run.ref),
         )
-        tx.emit("order_compensating", run.ref, {"reason": reason}, order_id=run.ref, saga_id=run.saga_id)
+        row = tx.one("SELECT items, total_cents, currency, cancel_reason FROM orders WHERE order_id = ?", (run.ref,))
+        data: dict[str, Any] = {"reason": reason, "updated_at": now}
+        if row is not None:
+            # The pricing and the cancel request have no events of their own: a rebuild learns them here.
+            data |= {
+                "items": json.loads(row["items"]),
+                "total_cents": row["total_cents"],
+                "currency": row["currency"],
+                "cancel_reason": row["cancel_reason"],
+            }
+        tx.emit("order_compensating", run.ref, data, order_id=run.ref, saga_id=run.saga_id)
 
     def on_finished(self, tx: Tx, run: SagaRun, status: str, reason: str | None) -> None:
+        now = now_iso()
         if status == "CANCELLED":
-            tx.execute(
-                "UPDATE orders SET status = 'CANCELLED', updated_at = ? WHERE order_id = ?",
-                (now_iso(), run.ref),
-            )
+            tx.execute("UPDATE orders SET status = 'CANCELLED', updated_at = ? WHERE order_id = ?", (now, run.ref))
             row = tx.one("SELECT cancel_reason FROM orders WHERE order_id = ?", (run.ref,))
-            data = {"reason": row["cancel_reason"] if row else None}
+            data = {"reason": row["cancel_reason"] if row else None, "updated_at": now}
             tx.emit("order_cancelled", run.ref, data, order_id=run.ref, saga_id=run.saga_id)
             return
         tx.execute(
             "UPDATE orders SET status = 'FAILED', failure_reason = ?, updated_at = ? WHERE order_id = ?",
-            (reason, now_iso(), run.ref),
+            (reason, now, run.ref),
         )
-        tx.emit("order_failed", run.ref, {"reason": reason}, order_id=run.ref, saga_id=run.saga_id)
+        tx.emit("order_failed", run.ref, {"reason": reason, "updated_at": now}, order_id=run.ref, saga_id=run.saga_id)
 
 
-def request_cancel(tx: Tx, cmd: c.CancelOrder) -> tuple[str, str] | c.Order:
-    """Check that the order can be cancelled and note why; returns (saga_id, status) or the order as it is."""
+def request_cancel(tx: Tx, cmd: c.CancelOrder) -> c.Order:
+    """Check that the order can be cancelled and note why; the saga then turns back (see `wants_cancel`)."""
     row = get(tx, cmd.order_id)
     status = row["status"]
-    if status == "CANCELLED" or (status == "COMPENSATING" and row["cancel_reason"] is not None):
+    if status == "CANCELLED" or row["cancel_reason"] is not None:
         return to_order(row)
     if status == "FAILED":
         raise Conflict(
@@ -180,8 +204,19 @@ def request_cancel(tx: Tx, cmd: c.CancelOrder) -> tuple[str, str] | c.Order:
             f"order {cmd.order_id} is being compensated after {row['failure_reason']}; it will end FAILED",
             {"status": status},
         )
-    tx.execute(
-        "UPDATE orders SET cancel_reason = ?, updated_at = ? WHERE order_id = ?",
-        (cmd.reason or "cancelled by request", now_iso(), cmd.order_id),
+    reason = cmd.reason or "cancelled by request"
+    now = now_iso()
+    tx.execute("UPDATE orders SET cancel_reason = ?, updated_at = ? WHERE order_id = ?", (reason, now, cmd.order_id))
+    tx.emit(
+        "cancel_requested",
+        cmd.order_id,
+        {"reason": reason, "status": status, "updated_at": now},
+        order_id=cmd.order_id,
+        saga_id=row["saga_id"],
     )
-    return row["saga_id"], status
+    return to_order(get(tx, cmd.order_id))
+
+
+def wants_cancel(order: c.Order) -> bool:
+    """A cancel was asked for and the saga has not turned back yet."""
+    return order.cancel_reason is not None and order.status in (c.OrderStatus.PENDING, c.OrderStatus.CONFIRMED)

@@ -8,7 +8,7 @@ from bus import contract as c
 from bus import subjects as s
 from bus.app import Kernel, ServiceSpec
 from bus.service import Call
-from payment_svc import store
+from payment_svc import replay, store
 
 Reply = c.Result | dict[str, Any]  # a dict when an idempotency key replays its stored reply
 
@@ -43,4 +43,5 @@ SPEC = ServiceSpec(
     description="Authorizes and refunds payments per order, with deterministic decline rules",
     migrations=store.MIGRATIONS,
     build=build,
+    apply=replay.apply,
 )

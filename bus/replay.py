@@ -1,0 +1,265 @@
+"""Recovery by replay: rebuild a service's SQLite file from OMS_EVENTS, then swap it in atomically.
+
+The service's own events (`events.<service>.>`) are read in stream order by
+ordered consumers and applied with its projection (`ServiceSpec.apply`) to a
+fresh file next to the real one, in large group-committed batches. A
+projection writes rows only and emits nothing: the events already are in the
+stream, so the rebuilt outbox is empty. `ServiceSpec.settle` then fills in what
+the events alone cannot say (for the order service: saga deadlines and which
+steps a resumed saga must re-send). Only when all of it has committed does the
+fresh file replace the real one (`os.replace`); a failed rebuild leaves the old
+file as it was.
+
+The service must not be running meanwhile; refusing when its pid file says it
+is, is the caller's job (`oms recover`). `rebuild` needs only settings and a
+JetStream context, so a CLI process can run it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import NotFoundError
+from pydantic import ValidationError
+
+from bus.connect import connect
+from bus.contract import Event
+from bus.db import Database, Tx
+from bus.settings import Settings
+
+if TYPE_CHECKING:
+    from bus.app import ServiceSpec
+
+log = logging.getLogger(__name__)
+
+WINDOW = 50_000  # events one consumer reads before it is stopped and they are applied: bounds memory
+BATCH = 2_000  # events per unit of work
+IDLE_TIMEOUT_S = 10.0  # no event for this long while some are still due: the stream stalled
+REPLAYED_THROUGH = "replayed_through_seq"  # meta row: the stream sequence the file was rebuilt up to
+
+Progress = Callable[[int, int], None]
+Projection = Callable[[Tx, Event], None]
+
+
+class ReplayError(RuntimeError):
+    """The rebuild cannot be done or went wrong; the real database file was not touched."""
+
+
+@dataclass(frozen=True)
+class ReplayStats:
+    service: str
+    applied: int
+    total: int
+    last_seq: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        """Events applied per second."""
+        return self.applied / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"rate": round(self.rate, 1)}
+
+
+async def rebuild(
+    settings: Settings, spec: ServiceSpec, js: JetStreamContext, *, progress: Progress | None = None
+) -> ReplayStats:
+    """Rebuild `spec`'s database from the stream up to its last sequence now; returns what was applied."""
+    if spec.apply is None:
+        raise ReplayError(f"the {spec.name} service has no projection to rebuild its database with")
+    try:
+        info = await js.stream_info(settings.stream_name)
+    except NotFoundError:
+        raise ReplayError(f"stream {settings.stream_name} not found: nothing to rebuild {spec.name} from") from None
+    real = settings.db_path(spec.name)
+    fresh = real.with_name(real.name + ".rebuild")
+    _remove(fresh)  # what a crashed rebuild left behind
+    started = time.perf_counter()
+    reader = _Reader(js, settings.stream_name, f"events.{spec.name}.>", info.state.last_seq)
+    try:
+        async with Database(fresh, spec.name, spec.migrations) as db:
+            applied = await _load(db, reader, spec.apply, progress)
+            await db.commit(lambda tx: _settle(tx, spec, settings, reader.last_seq))
+            # One self-contained file: the WAL is folded in, so nothing next to it is needed.
+            await db.read(lambda tx: tx.one("PRAGMA journal_mode=DELETE"))
+    except BaseException:
+        _remove(fresh)
+        raise
+    _swap(fresh, real)
+    stats = ReplayStats(spec.name, applied, reader.total, reader.last_seq, time.perf_counter() - started)
+    log.info("database rebuilt from the event stream", extra=stats.to_dict())
+    return stats
+
+
+async def recover(settings: Settings, spec: ServiceSpec, *, progress: Progress | None = None) -> ReplayStats:
+    """`rebuild` on a connection of its own, as the service's user (for `--recover`)."""
+    nc = await connect(settings, f"{spec.name}-recover", persistent=False)
+    try:
+        return await rebuild(settings, spec, nc.jetstream(), progress=progress)
+    finally:
+        await nc.close()
+
+
+async def _load(db: Database, reader: _Reader, apply: Projection, progress: Progress | None) -> int:
+    """Read a window, apply it, repeat: events are applied in stream order."""
+    # Reading and applying are both CPU-bound Python under one GIL; overlapping them was measured
+    # slower (the writer thread waits for the GIL after every statement), so they take turns.
+    applied = 0
+    while not reader.finished:
+        window = await reader.next_window()
+        if progress is not None and reader.windows == 1:
+            progress(0, reader.total)
+        # All batches of a window go to the writer at once: it commits them as one group.
+        commits = [
+            asyncio.create_task(db.commit(_applier(apply, window[start : start + BATCH])))
+            for start in range(0, len(window), BATCH)
+        ]
+        try:
+            for commit in commits:
+                applied += (await commit)[0]
+                if progress is not None:
+                    progress(applied, reader.total)
+        finally:
+            for commit in commits:
+                commit.cancel()
+    return applied
+
+
+def _applier(apply: Projection, batch: list[tuple[int, bytes]]) -> Callable[[Tx], int]:
+    def unit(tx: Tx) -> int:
+        for seq, body in batch:
+            try:
+                event = Event.model_validate_json(body)
+            except ValidationError:
+                raise ReplayError(f"stream message {seq} is not an OMS event; remove it or fix it first") from None
+            apply(tx, event)
+        if tx.events:
+            raise ReplayError(f"the projection emitted {tx.events[0].subject}; replay must not add events")
+        return len(batch)
+
+    return unit
+
+
+def _settle(tx: Tx, spec: ServiceSpec, settings: Settings, last_seq: int) -> None:
+    if spec.settle is not None:
+        spec.settle(tx, settings)
+    tx.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (REPLAYED_THROUGH, str(last_seq)))
+    if tx.events or tx.one("SELECT 1 FROM outbox LIMIT 1"):
+        raise ReplayError("the rebuilt outbox is not empty; replay must not add events")
+
+
+class _Reader:
+    """The subject's events up to `end_seq`, in windows; each window is one ordered consumer.
+
+    Messages arrive by callback (several times faster than `next_msg`), so flow
+    control cannot pace them; stopping the consumer when its window is full is
+    what bounds memory. A callback-mode subscription that fell behind would drop
+    messages silently, so every event's `num_pending` is checked against the
+    previous one: a gap fails the rebuild rather than leaving a hole in it.
+    """
+
+    def __init__(self, js: JetStreamContext, stream: str, subject: str, end_seq: int) -> None:
+        self.js = js
+        self.stream = stream
+        self.subject = subject
+        self.end_seq = end_seq
+        self.total = 0
+        self.last_seq = 0
+        self.finished = end_seq == 0
+        self.windows = 0
+        self._pending: int | None = None
+
+    async def next_window(self) -> list[tuple[int, bytes]]:
+        events: list[tuple[int, bytes]] = []
+        full = asyncio.Event()
+        lost: str | None = None
+        heard = time.monotonic()
+
+        async def on_msg(msg: Msg) -> None:
+            nonlocal lost, heard
+            if full.is_set():
+                return
+            meta = msg.metadata
+            seq, left = meta.sequence.stream, meta.num_pending
+            heard = time.monotonic()
+            if seq <= self.last_seq:
+                return  # redelivered after the client reset its consumer
+            if seq > self.end_seq:
+                self.finished = True
+                full.set()
+                return
+            if self._pending is not None and left < self._pending - 1:
+                lost = f"events before stream sequence {seq} were not delivered"
+                full.set()
+                return
+            events.append((seq, msg.data))
+            self.last_seq, self._pending = seq, left
+            if left == 0 or seq >= self.end_seq:
+                self.finished = True
+                full.set()
+            elif len(events) >= WINDOW:
+                full.set()
+
+        if self.last_seq:
+            config = js_api.ConsumerConfig(
+                deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.last_seq + 1
+            )
+        else:
+            config = js_api.ConsumerConfig(deliver_policy=js_api.DeliverPolicy.ALL)
+        sub = await self.js.subscribe(self.subject, stream=self.stream, ordered_consumer=True, config=config, cb=on_msg)
+        self.windows += 1
+        try:
+            if self.windows == 1:
+                info = await sub.consumer_info()
+                self.total = info.num_pending + (info.delivered.consumer_seq or 0)
+                if self.total == 0:
+                    self.finished = True
+                    return []
+            while not full.is_set():
+                try:
+                    await asyncio.wait_for(full.wait(), IDLE_TIMEOUT_S)
+                except TimeoutError:
+                    if time.monotonic() - heard >= IDLE_TIMEOUT_S:
+                        raise ReplayError(
+                            f"no event from {self.stream} for {IDLE_TIMEOUT_S:.0f}s after sequence {self.last_seq}"
+                        ) from None
+        finally:
+            await sub.unsubscribe()
+        if lost is not None:
+            raise ReplayError(lost + "; run the rebuild again")
+        return events
+
+
+def _swap(fresh: Path, real: Path) -> None:
+    """Put the rebuilt file in place of the real one, durably; the old file's WAL must not outlive it."""
+    with open(fresh, "rb") as f:
+        os.fsync(f.fileno())
+    # SQLite would replay an old -wal (or roll back with an old -journal) into the new file.
+    for leftover in _companions(real):
+        leftover.unlink(missing_ok=True)
+    os.replace(fresh, real)
+    directory = os.open(real.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _companions(path: Path) -> list[Path]:
+    return [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal")]
+
+
+def _remove(path: Path) -> None:
+    for leftover in (path, *_companions(path)):
+        leftover.unlink(missing_ok=True)

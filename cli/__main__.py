@@ -1,0 +1,5 @@
+"""`python -m cli` runs `oms`."""
+
+from cli.app import main
+
+main()

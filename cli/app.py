@@ -1,0 +1,58 @@
+"""The `oms` Typer app: one sub-app per module, composed here; settings are read once, here."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markup import escape
+
+from bus.settings import Settings
+from cli import demo, inventory, lifecycle, orders, payment, schema
+from cli.failures import ExitCode
+from cli.session import Config
+from cli.stack import StackSettings
+
+app = typer.Typer(
+    name="oms",
+    help="OMS: orders, inventory and payment on NATS. Start with `oms up` (or `oms demo`).",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(lifecycle.app)
+app.add_typer(orders.app, name="order")
+app.add_typer(inventory.app, name="inventory")
+app.add_typer(payment.app, name="payment")
+app.add_typer(demo.app)
+app.add_typer(schema.app)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    home: Annotated[Path | None, typer.Option("--home", help="OMS_HOME: data, logs and pids (default ./.oms).")] = None,
+    nats_url: Annotated[
+        str | None,
+        typer.Option("--nats-url", help="OMS_NATS_URL: use this server instead of the embedded one."),
+    ] = None,
+) -> None:
+    overrides = {k: v for k, v in (("home", home), ("nats_url", nats_url)) if v is not None}
+    try:
+        ctx.obj = Config(Settings(**overrides), StackSettings())
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"OMS_{'__'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False)
+        )
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] bad configuration: {escape(problems)}")
+        raise typer.Exit(ExitCode.USAGE) from None
+
+
+def main() -> None:
+    # Connection notices (e.g. "nats disconnected" when the CLI closes) are for services' logs.
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    app()

@@ -1,0 +1,169 @@
+"""`oms order`: place, get, list, cancel orders and show an order's timeline."""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+from typing import Annotated, get_args
+
+import typer
+
+from bus import contract as c
+from bus.subjects import ORDERS_CANCEL, ORDERS_EVENTS, ORDERS_GET, ORDERS_LIST, ORDERS_PLACE
+from cli import views
+from cli.failures import order_outcome, reported
+from cli.options import JsonFlag, KeyOption
+from cli.output import Output
+from cli.session import call, command, parse, settings_of
+
+app = typer.Typer(help="Place, look up, list and cancel orders.", no_args_is_help=True)
+
+# Choices come from the contract, so a new payment method needs no CLI change.
+Method = StrEnum("Method", [(m, m) for m in get_args(c.PaymentMethod)])
+
+# The reply to orders.place comes when the saga ends or `wait_ms` runs out; allow for the trip.
+PLACE_MARGIN_S = 5.0
+DEFAULT_WAIT_MS = c.PlaceOrder.model_fields["wait_ms"].default
+
+PLACE_FLAGS = {
+    "customer_id": "--customer",
+    "items": "--item",
+    "payment_method": "--method",
+    "wait_ms": "--wait-ms",
+}
+
+
+def parse_items(values: list[str]) -> list[dict[str, object]]:
+    """`KB-101:2` -> {"sku": "KB-101", "qty": 2}; anything else is a usage error naming --item."""
+    lines: dict[str, int] = {}
+    for value in values:
+        sku, sep, qty_text = value.rpartition(":")
+        sku = sku.strip().upper()
+        if not sep or not sku:
+            raise typer.BadParameter(f"{value!r} is not SKU:QTY (for example KB-101:2)", param_hint="'--item'")
+        try:
+            qty = int(qty_text)
+        except ValueError:
+            raise typer.BadParameter(
+                f"{value!r}: the quantity {qty_text!r} is not a whole number", param_hint="'--item'"
+            ) from None
+        if qty < 1:
+            raise typer.BadParameter(f"{value!r}: the quantity must be at least 1", param_hint="'--item'")
+        if sku in lines:
+            raise typer.BadParameter(f"{sku} appears more than once; give it one line", param_hint="'--item'")
+        lines[sku] = qty
+    return [{"sku": sku, "qty": qty} for sku, qty in lines.items()]
+
+
+@app.command()
+def place(
+    ctx: typer.Context,
+    customer: Annotated[str, typer.Option("--customer", "-c", help="Customer id.")],
+    item: Annotated[
+        list[str], typer.Option("--item", "-i", help="A line as SKU:QTY, e.g. KB-101:2; repeat for more lines.")
+    ],
+    method: Annotated[Method, typer.Option("--method", "-m", help="Payment method.")] = Method("card"),
+    wait_ms: Annotated[
+        int | None,
+        typer.Option(
+            "--wait-ms",
+            min=0,
+            max=60_000,
+            help=f"How long to wait for the outcome (default {DEFAULT_WAIT_MS}); the saga goes on after.",
+        ),
+    ] = None,
+    key: KeyOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Place an order and wait for its outcome. Exit 1 when it fails (out of stock, declined...)."""
+    settings = settings_of(ctx)
+    cmd = command(
+        c.PlaceOrder,
+        PLACE_FLAGS,
+        customer_id=customer,
+        items=parse_items(item),
+        payment_method=str(method.value),
+        wait_ms=wait_ms,
+    )
+    key = key or str(uuid.uuid4())
+    out = Output(as_json)
+    with reported(settings, as_json=as_json):
+        raw = call(settings, ORDERS_PLACE, cmd, timeout_s=cmd.wait_ms / 1000 + PLACE_MARGIN_S, key=key)
+        order = parse(c.Order, raw, ORDERS_PLACE)
+    out.result(raw, views.order(order))
+    out.note(f"[dim]idempotency key {key}[/]")
+    if order.status not in c.TERMINAL and order.status is not c.OrderStatus.COMPENSATING:
+        out.note(f"still in progress: `oms order get {order.order_id}` shows how it ends")
+    raise typer.Exit(order_outcome(order.status))
+
+
+@app.command()
+def get(
+    ctx: typer.Context,
+    order_id: Annotated[str, typer.Argument(help="The order id.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show one order with its saga: steps, attempts, last error."""
+    settings = settings_of(ctx)
+    cmd = command(c.GetOrder, {"order_id": "ORDER_ID"}, order_id=order_id)
+    with reported(settings, as_json=as_json):
+        raw = call(settings, ORDERS_GET, cmd)
+        order = parse(c.Order, raw, ORDERS_GET)
+    Output(as_json).result(raw, views.order(order, with_saga=True))
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    status: Annotated[
+        c.OrderStatus | None, typer.Option("--status", "-s", case_sensitive=False, help="Only this status.")
+    ] = None,
+    customer: Annotated[str | None, typer.Option("--customer", "-c", help="Only this customer.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000, help="At most this many.")] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """List orders, newest first."""
+    settings = settings_of(ctx)
+    cmd = command(
+        c.ListOrders,
+        {"status": "--status", "customer_id": "--customer", "limit": "--limit"},
+        status=status,
+        customer_id=customer,
+        limit=limit,
+    )
+    with reported(settings, as_json=as_json):
+        raw = call(settings, ORDERS_LIST, cmd)
+        found = parse(c.OrderList, raw, ORDERS_LIST)
+    Output(as_json).result(raw, views.orders(found.orders))
+
+
+@app.command()
+def cancel(
+    ctx: typer.Context,
+    order_id: Annotated[str, typer.Argument(help="The order id.")],
+    reason: Annotated[str | None, typer.Option("--reason", "-r", help="Why; kept with the order.")] = None,
+    key: KeyOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Cancel a PENDING or CONFIRMED order: its payment is refunded and its stock released."""
+    settings = settings_of(ctx)
+    cmd = command(c.CancelOrder, {"order_id": "ORDER_ID", "reason": "--reason"}, order_id=order_id, reason=reason)
+    with reported(settings, as_json=as_json):
+        raw = call(settings, ORDERS_CANCEL, cmd, key=key or str(uuid.uuid4()))
+        order = parse(c.Order, raw, ORDERS_CANCEL)
+    Output(as_json).result(raw, views.order(order, with_saga=True))
+
+
+@app.command()
+def events(
+    ctx: typer.Context,
+    order_id: Annotated[str, typer.Argument(help="The order id.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show an order's timeline across every service, from the event stream."""
+    settings = settings_of(ctx)
+    cmd = command(c.OrderEventsQuery, {"order_id": "ORDER_ID"}, order_id=order_id)
+    with reported(settings, as_json=as_json):
+        raw = call(settings, ORDERS_EVENTS, cmd)
+        timeline = parse(c.EventList, raw, ORDERS_EVENTS)
+    Output(as_json).result(raw, views.timeline(timeline))

@@ -1,0 +1,104 @@
+"""One command's conversation with OMS: check the request, connect, call, close."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import typer
+from pydantic import BaseModel, ValidationError
+
+from bus.client import Client
+from bus.errors import InternalError, RequestTimeout
+from bus.settings import Settings
+from bus.subjects import Route
+from cli.connection import connect_briefly
+from cli.stack import StackSettings
+
+M = TypeVar("M", bound=BaseModel)
+
+QUERY_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything read from OMS_* and the global flags, once, by the root command (see `cli.app`)."""
+
+    settings: Settings
+    stack: StackSettings
+
+
+def config_of(ctx: typer.Context) -> Config:
+    return ctx.find_root().obj
+
+
+def settings_of(ctx: typer.Context) -> Settings:
+    return config_of(ctx).settings
+
+
+def command(model: type[M], flags: Mapping[str, str], **fields: Any) -> M:
+    """The request, checked against the contract before it is sent; a problem is a usage error that
+    names the flag (`flags` maps contract field -> flag). The service still validates with its limits."""
+    try:
+        return model.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors(include_url=False, include_input=False)[0]
+        field = str(err["loc"][0]) if err["loc"] else ""
+        where = ".".join(str(part) for part in err["loc"][1:])
+        hint = flags.get(field, field)
+        message = err["msg"] + (f" (at {where})" if where else "")
+        raise typer.BadParameter(message, param_hint=f"'{hint}'") from None
+
+
+@asynccontextmanager
+async def client(settings: Settings) -> AsyncIterator[Client]:
+    """A client on a short-lived connection: fails fast, never reconnects."""
+    nc = await connect_briefly(settings, "oms-cli")
+    try:
+        yield Client(nc, timeout_s=QUERY_TIMEOUT_S)
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
+async def request(
+    settings: Settings,
+    route: Route,
+    payload: BaseModel | dict[str, Any],
+    *,
+    timeout_s: float | None = None,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """The `result` of one call. A timeout carries the idempotency key, so the message can say how to
+    learn the outcome without doing it twice."""
+    async with client(settings) as cl:
+        try:
+            return await cl.call(route, payload, timeout_s=timeout_s, idempotency_key=key)
+        except RequestTimeout as exc:
+            if key:
+                exc.details["idempotency_key"] = key
+            raise
+
+
+def call(
+    settings: Settings,
+    route: Route,
+    payload: BaseModel | dict[str, Any],
+    *,
+    timeout_s: float | None = None,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """`request` for a sync command."""
+    return asyncio.run(request(settings, route, payload, timeout_s=timeout_s, key=key))
+
+
+def parse(model: type[M], raw: dict[str, Any], route: Route) -> M:
+    """A result as its contract model (for the views); a misfit is the service's fault: INTERNAL."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError:
+        raise InternalError(f"{route.subject} answered a result that does not fit {model.__name__}") from None

@@ -1,0 +1,309 @@
+"""Rich views of contract results and of the local stack: tables, money as $89.00, coloured status."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from bus import contract as c
+from cli.stack import NATS_SERVER, Stack, StackStatus, Stopped
+
+SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}
+STATUS_STYLE = {
+    "CONFIRMED": "bold green",
+    "PENDING": "yellow",
+    "COMPENSATING": "magenta",
+    "FAILED": "bold red",
+    "CANCELLED": "dim",
+    "AUTHORIZED": "bold green",
+    "DECLINED": "bold red",
+    "REFUNDED": "cyan",
+    "VOIDED": "dim",
+    "ACTIVE": "green",
+    "RELEASED": "dim",
+}
+
+
+def money(cents: int | None, currency: str | None = "USD") -> str:
+    """Integer cents as text: 8900 -> $89.00; unknown currencies as `89.00 CHF`."""
+    if cents is None:
+        return "—"
+    sign = "-" if cents < 0 else ""
+    whole, frac = divmod(abs(cents), 100)
+    amount = f"{whole:,}.{frac:02d}"
+    code = currency or "USD"
+    symbol = SYMBOLS.get(code)
+    return f"{sign}{symbol}{amount}" if symbol else f"{sign}{amount} {code}"
+
+
+def status(value: str) -> Text:
+    return Text(str(value), style=STATUS_STYLE.get(str(value), ""))
+
+
+def when(iso: str | None) -> str:
+    """2026-11-26T11:52:04.314Z -> 2026-11-26 11:52:04 (UTC)."""
+    return iso[:19].replace("T", " ") if iso else "—"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+# -- orders -----------------------------------------------------------------
+
+
+def order(o: c.Order, *, with_saga: bool = False) -> RenderableType:
+    head = Text.assemble(
+        ("Order ", "bold"), (o.order_id, "bold cyan"), "  ", status(o.status), f"  customer {o.customer_id}"
+    )
+    lines = Table(box=None, pad_edge=False, show_edge=False)
+    lines.add_column("SKU")
+    lines.add_column("Qty", justify="right")
+    lines.add_column("Unit", justify="right")
+    lines.add_column("Line", justify="right")
+    for line in o.items:
+        unit = line.unit_price_cents
+        lines.add_row(
+            line.sku,
+            str(line.qty),
+            money(unit, o.currency),
+            money(None if unit is None else unit * line.qty, o.currency),
+        )
+    parts: list[RenderableType] = [head, lines]
+    facts = [f"total [bold]{money(o.total_cents, o.currency)}[/]", f"payment {o.payment_method}"]
+    if o.failure_reason:
+        facts.append(f"failure [bold red]{o.failure_reason}[/]")
+    if o.cancel_reason:
+        facts.append(f"cancelled: {o.cancel_reason}")
+    facts.append(f"created {when(o.created_at)}")
+    parts.append(Text.from_markup("  ".join(facts)))
+    if with_saga and o.saga is not None:
+        parts.append(saga(o.saga))
+    return Group(*parts)
+
+
+def saga(s: c.SagaView) -> RenderableType:
+    table = Table(title=f"saga {s.saga_id} ({s.name}) {s.status}", title_justify="left", expand=False)
+    for column in ("Step", "Action", "Status", "Attempts", "Last error"):
+        table.add_column(column)
+    for step in s.steps:
+        table.add_row(step.step, step.action, status(step.status), str(step.attempts), _error(step.last_error))
+    notes = []
+    if s.compensating:
+        notes.append("[magenta]compensating[/]")
+    if s.stuck:
+        notes.append("[bold red]stuck[/]: retry or abort it")
+    if s.last_error:
+        notes.append(f"last error {_error(s.last_error)}")
+    if notes:
+        table.caption = "  ".join(notes)
+    return table
+
+
+def _error(error: dict | None) -> str:
+    if not error:
+        return ""
+    return f"{error.get('code', '')} {error.get('message', '')}".strip()
+
+
+def orders(items: Iterable[c.Order]) -> RenderableType:
+    table = Table()
+    table.add_column("Order", no_wrap=True)
+    table.add_column("Status")
+    table.add_column("Customer")
+    table.add_column("Items")
+    table.add_column("Total", justify="right")
+    table.add_column("Created")
+    count = 0
+    for o in items:
+        count += 1
+        table.add_row(
+            o.order_id,
+            status(o.status),
+            o.customer_id,
+            ", ".join(f"{line.sku}:{line.qty}" for line in o.items),
+            money(o.total_cents, o.currency),
+            when(o.created_at),
+        )
+    table.caption = f"{count} order(s), newest first"
+    return table
+
+
+QUIET_EVENT_FIELDS = frozenset(
+    {"order_id", "customer_id", "items", "steps", "created_at", "updated_at", "request_hash", "idempotency_key"}
+)
+
+
+def timeline(t: c.EventList) -> RenderableType:
+    table = Table(title=f"Events of {t.order_id}", title_justify="left")
+    table.add_column("When (UTC)", no_wrap=True)
+    table.add_column("Service")
+    table.add_column("Type", no_wrap=True)
+    table.add_column("Details")
+    for event in t.events:
+        data = event.get("data") if isinstance(event.get("data"), dict) else {}
+        details = ", ".join(
+            f"{k}={v}"
+            for k, v in data.items()
+            if k not in QUIET_EVENT_FIELDS and v is not None and not isinstance(v, dict | list)
+        )
+        stamp = str(event.get("occurred_at") or "")
+        table.add_row(stamp[11:23] or "—", str(event.get("service", "")), str(event.get("type", "")), details)
+    table.caption = f"{len(t.events)} event(s); `--json` has every field"
+    return table
+
+
+# -- inventory and payment ------------------------------------------------
+
+
+def stock(products: Iterable[c.Product], title: str | None = None) -> RenderableType:
+    table = Table(title=title, title_justify="left")
+    for column, justify in (
+        ("SKU", "left"),
+        ("Name", "left"),
+        ("Price", "right"),
+        ("On hand", "right"),
+        ("Reserved", "right"),
+        ("Available", "right"),
+    ):
+        table.add_column(column, justify=justify)
+    for p in products:
+        available = Text(str(p.available), style="bold red" if p.available <= 0 else "")
+        table.add_row(p.sku, p.name, money(p.price_cents), str(p.on_hand), str(p.reserved), available)
+    return table
+
+
+def payment(p: c.Payment) -> RenderableType:
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("order", p.order_id)
+    table.add_row("status", status(p.status))
+    table.add_row("amount", money(p.amount_cents, p.currency))
+    table.add_row("method", p.method or "—")
+    if p.customer_id:
+        table.add_row("customer", p.customer_id)
+    if p.decline_reason:
+        table.add_row("declined", Text(p.decline_reason, style="red"))
+    table.add_row("created", when(p.created_at))
+    table.add_row("updated", when(p.updated_at))
+    return table
+
+
+# -- the local stack --------------------------------------------------------
+
+
+def stack_up(s: Stack, home: Path) -> RenderableType:
+    table = Table(title=f"OMS on {s.url}, home {home}", title_justify="left")
+    table.add_column("Service", no_wrap=True)
+    table.add_column("PID", justify="right")
+    table.add_column("State")
+    table.add_column("Subjects")
+    table.add_column("Log", no_wrap=True)
+    procs = ([s.nats] if s.nats else []) + s.services
+    for p in procs:
+        state = Text("started", style="green") if p.started else Text("was running", style="dim")
+        subjects = s.url if p.name == NATS_SERVER else subject_group(p.subjects)
+        log = p.log.relative_to(home) if p.log.is_relative_to(home) else p.log
+        table.add_row(p.name, str(p.pid), state, subjects, str(log))
+    return table
+
+
+def subject_group(subjects: list[str]) -> str:
+    """orders.place, orders.get -> orders.{place, get}"""
+    prefixes = {subject.split(".", 1)[0] for subject in subjects}
+    if len(prefixes) != 1 or any("." not in subject for subject in subjects):
+        return ", ".join(subjects)
+    prefix = prefixes.pop()
+    return f"{prefix}.{{{', '.join(subject.split('.', 1)[1] for subject in subjects)}}}"
+
+
+def stack_down(stopped: list[Stopped]) -> RenderableType:
+    if not stopped:
+        return Text("nothing was running")
+    table = Table()
+    for column in ("Process", "PID", "Outcome"):
+        table.add_column(column)
+    style = {"stopped": "green", "killed": "yellow", "not running": "dim"}
+    for s in stopped:
+        table.add_row(s.name, str(s.pid), Text(s.outcome, style=style.get(s.outcome, "")))
+    return table
+
+
+def stack_status(st: StackStatus) -> RenderableType:
+    table = Table(title="Services", title_justify="left")
+    for column, justify in (
+        ("Service", "left"),
+        ("State", "left"),
+        ("PID", "right"),
+        ("Version", "left"),
+        ("Uptime", "right"),
+        ("Requests", "right"),
+        ("Errors", "right"),
+        ("Endpoints", "right"),
+    ):
+        table.add_column(column, justify=justify)
+    busy = Table(title="Endpoints that served requests", title_justify="left")
+    for column, justify in (("Subject", "left"), ("Requests", "right"), ("Errors", "right")):
+        busy.add_column(column, justify=justify)
+    for s in st.services:
+        if s.answering:
+            state = Text("up", style="bold green")
+        elif s.running:
+            state = Text("running, not answering", style="yellow")
+        else:
+            state = Text("down", style="bold red")
+        endpoints = [e for e in s.endpoints if not e.subject.startswith("chaos.")]
+        for e in endpoints:
+            if e.requests:
+                busy.add_row(e.subject, str(e.requests), Text(str(e.errors), style="red" if e.errors else ""))
+        table.add_row(
+            s.name,
+            state,
+            str(s.pid) if s.running else "—",
+            s.version or "—",
+            duration(s.uptime_s),
+            str(s.requests) if s.answering else "—",
+            Text(str(s.errors), style="red" if s.errors else "") if s.answering else "—",
+            str(len(endpoints)) if s.answering else "—",
+        )
+    if st.nats_reachable:
+        nats_line = f"[bold]NATS[/] {st.url} [green]reachable[/]"
+    else:
+        nats_line = f"[bold]NATS[/] {st.url} [bold red]unreachable[/]: {st.nats_error}"
+    if st.nats_pid:
+        nats_line += f"  (embedded nats-server, pid {st.nats_pid})"
+    parts: list[RenderableType] = [table]
+    if busy.row_count:
+        parts.append(busy)
+    parts.append(Text.from_markup(nats_line))
+    if st.stream is not None:
+        parts.append(
+            Text.from_markup(
+                f"[bold]Stream[/] {st.stream.name}: {st.stream.messages} messages, "
+                f"{_bytes(st.stream.bytes)}, {st.stream.consumers} consumers"
+            )
+        )
+    elif st.nats_reachable:
+        parts.append(Text("Stream: none yet (a service creates it when it starts)", style="dim"))
+    return Group(*parts)
+
+
+def _bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

@@ -1,0 +1,366 @@
+"""Recovery by replay: each service rebuilds its SQLite file from OMS_EVENTS and carries on as before."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from bus import subjects as s
+from bus.app import Kernel, ServiceSpec, running
+from bus.audit import run_audit
+from bus.client import Client
+from bus.errors import Conflict, OmsError
+from bus.replay import REPLAYED_THROUGH, ReplayError, rebuild
+from bus.settings import SagaSettings, Settings
+from inventory_svc.service import SPEC as INVENTORY
+from order_svc.service import SPEC as ORDERS
+from payment_svc.service import SPEC as PAYMENT
+from tests.conftest import wait_for
+
+TERMINAL = ("CONFIRMED", "FAILED", "CANCELLED")
+# What a rebuilt saga cannot know exactly: when its steps ran (the events carry their own times).
+SAGA_TIMINGS = {"created_at", "updated_at", "deadline_at", "next_retry_at"}
+STEP_TIMINGS = {"started_at", "finished_at", "duration_ms"}
+
+
+class Services:
+    """The three services in-process, each stopped and started on its own, plus a client of them."""
+
+    def __init__(self, settings: Settings, conn: Any) -> None:
+        self.settings = settings
+        self.client = Client(conn, timeout_s=15)
+        self.js = conn.jetstream()
+        self._running: dict[str, AsyncExitStack] = {}
+
+    async def start(self, spec: ServiceSpec, **options: Any) -> Kernel:
+        stack = AsyncExitStack()
+        kernel = await stack.enter_async_context(running(spec, self.settings, serve_metrics=False, **options))
+        self._running[spec.name] = stack
+        return kernel
+
+    async def stop(self, spec: ServiceSpec) -> None:
+        await self._running.pop(spec.name).aclose()
+
+    async def close(self) -> None:
+        for name in list(self._running)[::-1]:
+            await self._running.pop(name).aclose()
+
+    def lose_database(self, spec: ServiceSpec) -> None:
+        path = self.settings.db_path(spec.name)
+        for lost in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            lost.unlink(missing_ok=True)
+        assert not path.exists()
+
+
+@pytest.fixture
+async def services(settings: Settings) -> AsyncIterator[Services]:
+    conn = await nats.connect(settings.nats_url)
+    svc = Services(settings, conn)
+    try:
+        for spec in (INVENTORY, PAYMENT, ORDERS):
+            await svc.start(spec)
+        yield svc
+    finally:
+        await svc.close()
+        await conn.close()
+
+
+# -- what the read endpoints show ---------------------------------------------
+
+
+async def inventory_view(svc: Services) -> dict[str, Any]:
+    stock = await svc.client.call(s.INVENTORY_STOCK, {})
+    reservations = await svc.client.call(s.INVENTORY_RESERVATIONS, {"limit": 1000})
+    return {"stock": stock, "reservations": reservations}
+
+
+async def payment_view(svc: Services) -> dict[str, Any]:
+    return await svc.client.call(s.PAYMENT_LIST, {"limit": 1000})
+
+
+async def orders_view(svc: Services) -> dict[str, Any]:
+    """orders.list and orders.get of each order; a saga's step timings are left out."""
+    listed = await svc.client.call(s.ORDERS_LIST, {"limit": 1000})
+    got = {}
+    for order in listed["orders"]:
+        full = await svc.client.call(s.ORDERS_GET, {"order_id": order["order_id"]})
+        saga = {k: v for k, v in full.pop("saga").items() if k not in SAGA_TIMINGS}
+        saga["steps"] = [{k: v for k, v in step.items() if k not in STEP_TIMINGS} for step in saga["steps"]]
+        got[order["order_id"]] = {**full, "saga": saga}
+    return {"list": listed, "get": got}
+
+
+VIEWS = {"inventory": inventory_view, "payment": payment_view, "orders": orders_view}
+
+
+async def place(svc: Services, items=(("KB-101", 1),), method="card", key=None, wait_ms=10_000) -> dict[str, Any]:
+    body = {"customer_id": "c1", "items": [{"sku": k, "qty": q} for k, q in items], "payment_method": method}
+    return await svc.client.call(s.ORDERS_PLACE, body | {"wait_ms": wait_ms}, idempotency_key=key)
+
+
+async def some_history(svc: Services) -> list[dict[str, Any]]:
+    """Orders of every kind, a restock of a new SKU and a release tombstone."""
+    await svc.client.call(s.INVENTORY_RESTOCK, {"sku": "NEW-1", "qty": 7, "name": "New thing", "price_cents": 123})
+    await svc.client.call(s.INVENTORY_RESTOCK, {"sku": "KB-101", "qty": 5})
+    await svc.client.call(s.INVENTORY_RELEASE, {"order_id": "ord_never_placed"})
+    orders = [
+        await place(svc, items=(("KB-101", 2), ("NEW-1", 1)), key="k-1"),
+        await place(svc, items=(("MS-202", 1),), method="card_declined"),
+        await place(svc, items=(("LAMP-1", 99),)),
+        await place(svc, items=(("HD-404", 1),)),
+    ]
+    cancelled = await svc.client.call(s.ORDERS_CANCEL, {"order_id": orders[-1]["order_id"], "reason": "changed mind"})
+    assert [o["status"] for o in orders[:3]] + [cancelled["status"]] == ["CONFIRMED", "FAILED", "FAILED", "CANCELLED"]
+    return orders
+
+
+async def audit_clean(svc: Services) -> None:
+    report = await run_audit(svc.client, svc.js, svc.settings.stream_name, svc.settings.saga)
+    assert report.ok, json.dumps(report.to_dict(), indent=1)
+
+
+def tables(path: Path) -> dict[str, list[tuple]]:
+    """Every row of every table, in a stable order."""
+    conn = sqlite3.connect(path)
+    try:
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        return {name: sorted(conn.execute(f"SELECT * FROM {name}").fetchall(), key=repr) for name in names}
+    finally:
+        conn.close()
+
+
+async def terminal(svc: Services, order_ids: list[str], timeout: float = 30.0) -> list[dict[str, Any]]:
+    async def all_ended() -> list[dict[str, Any]] | None:
+        got = [await svc.client.call(s.ORDERS_GET, {"order_id": oid}) for oid in order_ids]
+        return got if all(o["status"] in TERMINAL for o in got) else None
+
+    return await wait_for(all_ended, timeout=timeout, what="every order to end")
+
+
+# -- the tests ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", [INVENTORY, PAYMENT, ORDERS], ids=lambda spec: spec.name)
+async def test_a_service_rebuilt_from_the_stream_shows_exactly_what_it_showed_before(services, spec):
+    await some_history(services)
+    before = await VIEWS[spec.name](services)
+    await services.stop(spec)
+    services.lose_database(spec)
+
+    stats = await rebuild(services.settings, spec, services.js)
+
+    assert stats.applied == stats.total > 0 and stats.rate > 0
+    await services.start(spec)
+    assert await VIEWS[spec.name](services) == before
+    await audit_clean(services)
+
+
+async def test_the_rebuilt_services_carry_on_and_a_repeated_key_still_finds_its_order(services):
+    first = (await some_history(services))[0]
+    for spec in (ORDERS, PAYMENT, INVENTORY):
+        await services.stop(spec)
+        services.lose_database(spec)
+        await rebuild(services.settings, spec, services.js)
+    for spec in (INVENTORY, PAYMENT, ORDERS):
+        await services.start(spec)
+
+    again = await place(services, items=(("KB-101", 2), ("NEW-1", 1)), key="k-1")
+    assert again["order_id"] == first["order_id"] and again["status"] == "CONFIRMED"
+    with pytest.raises(Conflict):
+        await place(services, items=(("KB-101", 3),), key="k-1")
+    fresh = await place(services, items=(("NEW-1", 2),))
+    assert fresh["status"] == "CONFIRMED"
+    stock = await services.client.call(s.INVENTORY_STOCK, {"sku": "NEW-1"})
+    assert stock["products"][0]["reserved"] == 3  # the catalog seed did not run again either
+    cancelled = await services.client.call(s.ORDERS_CANCEL, {"order_id": first["order_id"]})
+    assert cancelled["status"] == "CANCELLED"  # the rebuilt saga knows which steps to compensate
+    await audit_clean(services)
+
+
+@pytest.mark.parametrize("spec", [INVENTORY, PAYMENT, ORDERS], ids=lambda spec: spec.name)
+async def test_rebuilding_twice_gives_the_same_database(services, spec):
+    await some_history(services)
+    await services.stop(spec)
+    path = services.settings.db_path(spec.name)
+
+    first = await rebuild(services.settings, spec, services.js)
+    once = tables(path)
+    second = await rebuild(services.settings, spec, services.js)
+
+    assert tables(path) == once and first.applied == second.applied
+    assert dict(once["meta"])[REPLAYED_THROUGH] == str(first.last_seq)
+    assert once["outbox"] == []
+    assert not path.with_name(path.name + ".rebuild").exists()
+    assert not path.with_name(path.name + "-wal").exists()
+
+
+async def test_reading_in_many_small_windows_gives_the_same_database(services, monkeypatch):
+    await some_history(services)
+    await services.stop(ORDERS)
+    path = services.settings.db_path(ORDERS.name)
+    whole = await rebuild(services.settings, ORDERS, services.js)
+    expected = tables(path)
+
+    monkeypatch.setattr("bus.replay.WINDOW", 3)
+    windowed = await rebuild(services.settings, ORDERS, services.js)
+
+    assert tables(path) == expected and windowed.applied == whole.applied > 3 * 3
+
+
+async def test_progress_is_reported_up_to_the_total(services):
+    await some_history(services)
+    await services.stop(INVENTORY)
+    seen: list[tuple[int, int]] = []
+
+    stats = await rebuild(
+        services.settings, INVENTORY, services.js, progress=lambda done, total: seen.append((done, total))
+    )
+
+    assert seen[0] == (0, stats.total) and seen[-1] == (stats.total, stats.total)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+async def test_sagas_caught_mid_flight_resume_after_the_rebuild_and_finish(services):
+    await services.stop(PAYMENT)  # authorize gets no responders: every saga waits at its second step
+    placed = [await place(services, items=(("CB-505", 1),), wait_ms=0) for _ in range(5)]
+    ids = [o["order_id"] for o in placed]
+
+    async def all_reserved() -> bool:
+        listed = await services.client.call(s.INVENTORY_RESERVATIONS, {"status": "ACTIVE"})
+        return {r["order_id"] for r in listed["reservations"]} >= set(ids)
+
+    await wait_for(all_reserved, what="every order's stock to be reserved")
+    await services.stop(ORDERS)
+    services.lose_database(ORDERS)
+
+    await services.start(PAYMENT)
+    await services.start(ORDERS, recover=True)
+
+    ended = await terminal(services, ids)
+    assert [o["status"] for o in ended] == ["CONFIRMED"] * len(ids)
+    assert all(o["total_cents"] == 1200 for o in ended)  # priced again by the re-sent reserve
+    await audit_clean(services)
+
+
+async def test_a_saga_caught_compensating_finishes_its_compensation_after_the_rebuild(services):
+    # The release keeps failing, so the declined order stays COMPENSATING with its stock still held.
+    await services.client.request("chaos.inventory.set", {"error_rate": 1.0, "endpoints": ["release"]})
+    placed = await place(services, items=(("DK-606", 2),), method="card_declined", wait_ms=0)
+
+    async def compensating() -> bool:
+        got = await services.client.call(s.ORDERS_GET, {"order_id": placed["order_id"]})
+        return got["status"] == "COMPENSATING"
+
+    await wait_for(compensating, what="the order to be compensating")
+    await services.stop(ORDERS)
+    services.lose_database(ORDERS)
+    await rebuild(services.settings, ORDERS, services.js)
+    await services.client.request("chaos.inventory.clear", {})
+    await services.start(ORDERS)
+
+    (ended,) = await terminal(services, [placed["order_id"]])
+    assert ended["status"] == "FAILED" and ended["failure_reason"] == "PAYMENT_DECLINED"
+    assert ended["total_cents"] == 2 * 15900  # the pricing came back with order_compensating
+    payment = await services.client.call(s.PAYMENT_GET, {"order_id": placed["order_id"]})
+    assert payment["status"] == "DECLINED"  # a step that got a final answer is not compensated
+    await audit_clean(services)
+
+
+async def test_a_saga_rebuilt_past_its_deadline_undoes_every_step_that_might_have_run(settings, services):
+    quick = settings.model_copy(update={"saga": SagaSettings(deadline_ms=1500, retry_max_attempts=100)})
+    services.settings = quick
+    await services.stop(ORDERS)
+    await services.start(ORDERS)
+    # Payment charges but its reply is lost: only payment's own events know the order was charged.
+    await services.client.request("chaos.payment.set", {"drop_reply_rate": 1.0, "endpoints": ["authorize"]})
+    placed = await place(services, items=(("CB-505", 1),), wait_ms=0)
+
+    async def charged() -> bool:
+        listed = await services.client.call(s.PAYMENT_LIST, {"status": "AUTHORIZED"})
+        return placed["order_id"] in {p["order_id"] for p in listed["payments"]}
+
+    await wait_for(charged, what="the payment to be authorized")
+    await services.stop(ORDERS)
+    services.lose_database(ORDERS)
+    await services.client.request("chaos.payment.clear", {})
+    deadline = time.time() + quick.saga.deadline_ms / 1000
+    await wait_for(lambda: time.time() > deadline, what="the saga's deadline to pass")
+
+    await rebuild(quick, ORDERS, services.js)
+    await services.start(ORDERS)
+
+    (ended,) = await terminal(services, [placed["order_id"]])
+    assert ended["status"] == "FAILED" and ended["failure_reason"] == "DEADLINE_EXCEEDED"
+    payment = await services.client.call(s.PAYMENT_GET, {"order_id": placed["order_id"]})
+    assert payment["status"] == "REFUNDED"
+    await audit_clean(services)
+
+
+async def test_a_service_without_events_rebuilds_an_empty_database(services):
+    await services.stop(PAYMENT)
+    services.lose_database(PAYMENT)
+
+    stats = await rebuild(services.settings, PAYMENT, services.js)
+
+    assert (stats.applied, stats.total, stats.last_seq) == (0, 0, 0)
+    await services.start(PAYMENT)
+    assert (await payment_view(services))["payments"] == []
+
+
+async def test_a_failed_rebuild_leaves_the_database_as_it_was(settings, services):
+    await services.stop(INVENTORY)
+    path = settings.db_path(INVENTORY.name)
+    before = tables(path)
+    missing = settings.model_copy(update={"stream_name": "NO_SUCH_STREAM"})
+
+    with pytest.raises(ReplayError, match="NO_SUCH_STREAM"):
+        await rebuild(missing, INVENTORY, services.js)
+
+    assert tables(path) == before and not path.with_name(path.name + ".rebuild").exists()
+
+
+async def test_the_recover_flag_rebuilds_before_serving(settings, services):
+    await some_history(services)
+    before = await payment_view(services)
+    await services.stop(PAYMENT)
+    services.lose_database(PAYMENT)
+    env = {"OMS_HOME": str(settings.home), "OMS_NATS_URL": settings.nats_url, "OMS_METRICS_PORT_PAYMENT": "0"}
+    log = settings.home / "payment.log"
+    proc = spawn(["-m", "payment_svc", "--recover"], env, log)
+    try:
+
+        async def serving() -> dict[str, Any] | None:
+            assert proc.poll() is None, log.read_text()
+            try:
+                return await services.client.call(s.PAYMENT_LIST, {"limit": 1000}, timeout_s=1)
+            except OmsError:
+                return None
+
+        assert await wait_for(serving, timeout=20, what="payment to serve after --recover") == before
+    finally:
+        assert terminate(proc) == 0, log.read_text()
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A Python module as a process of its own, its output in `log`."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, *args], env=os.environ | env, stdout=out, stderr=out, start_new_session=True
+        )
+
+
+def terminate(proc: subprocess.Popen[bytes]) -> int:
+    os.killpg(proc.pid, signal.SIGTERM)
+    return proc.wait(timeout=10)
