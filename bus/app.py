@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,14 +20,16 @@ from nats.js import JetStreamContext
 from bus import logs
 from bus.client import Client
 from bus.connect import connect
-from bus.contract import Event
+from bus.contract import Event, Health, HealthQuery
 from bus.db import Database, Tx
+from bus.ids import iso
 from bus.metrics import Metrics
 from bus.outbox import Relay, ensure_stream
 from bus.replay import ReplayError
 from bus.replay import recover as recover_by_replay
-from bus.service import ServiceRunner
+from bus.service import Call, ServiceRunner
 from bus.settings import Settings
+from bus.subjects import HEALTH
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +99,9 @@ async def running(
             stack=stack,
         )
         await spec.build(kernel)
+        runner.add(HEALTH[spec.name], _health_handler(kernel, time.time()))
+        metrics.outbox_backlog.set_function(lambda: relay.backlog)
+        metrics.outbox_lag.set_function(lambda: relay.oldest_pending_age_s)
         await runner.start()
         stack.push_async_callback(runner.stop)
         if serve_metrics:
@@ -103,6 +109,30 @@ async def running(
         log.info("service ready", extra={"pid": os.getpid(), "nats": settings.resolved_nats_url()})
         yield kernel
         log.info("service stopping")
+
+
+def _health_handler(k: Kernel, started: float) -> Callable[[HealthQuery, Call], Awaitable[Health]]:
+    """`<service>.health`: liveness beyond PING: backlog, breakers, sagas in flight, faults in force."""
+
+    async def health(cmd: HealthQuery, call: Call) -> Health:
+        extra = k.extras.get("health")
+        return Health(
+            service=k.name,
+            version=VERSION,
+            pid=os.getpid(),
+            started_at=iso(started),
+            uptime_s=round(time.time() - started, 3),
+            in_flight=k.runner.in_flight,
+            outbox_backlog=k.relay.backlog,
+            outbox_lag_s=round(k.relay.oldest_pending_age_s, 3),
+            events_published=k.relay.published_total,
+            db_commits=k.db.commits,
+            db_units=k.db.units,
+            chaos=k.runner.chaos.state(),
+            **(extra() if callable(extra) else {}),
+        )
+
+    return health
 
 
 async def _close_nats(nc: Nats) -> None:

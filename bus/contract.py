@@ -345,6 +345,32 @@ class ChaosState(Result):
     active: bool = False
 
 
+# -- health ---------------------------------------------------------------
+
+
+class HealthQuery(Command):
+    pass
+
+
+class Health(Result):
+    """What `oms status` shows of one service instance beyond `$SRV.STATS`."""
+
+    service: str
+    version: str
+    pid: int
+    started_at: str
+    uptime_s: float
+    in_flight: int
+    outbox_backlog: int
+    outbox_lag_s: float
+    events_published: int
+    db_commits: int
+    db_units: int
+    breakers: dict[str, str] = {}
+    sagas_in_flight: int | None = None
+    chaos: ChaosState
+
+
 # -- events ---------------------------------------------------------------
 
 

@@ -46,6 +46,11 @@ PAYMENT_REFUND = Route("payment", "refund", c.Refund, mutating=True)
 PAYMENT_GET = Route("payment", "get", c.GetPayment)
 PAYMENT_LIST = Route("payment", "list", c.PaymentQuery)
 
+ORDERS_HEALTH = Route("orders", "health", c.HealthQuery)
+INVENTORY_HEALTH = Route("inventory", "health", c.HealthQuery)
+PAYMENT_HEALTH = Route("payment", "health", c.HealthQuery)
+HEALTH = {"orders": ORDERS_HEALTH, "inventory": INVENTORY_HEALTH, "payment": PAYMENT_HEALTH}
+
 ROUTES: tuple[Route, ...] = (
     ORDERS_PLACE,
     ORDERS_GET,
@@ -66,6 +71,9 @@ ROUTES: tuple[Route, ...] = (
     PAYMENT_REFUND,
     PAYMENT_GET,
     PAYMENT_LIST,
+    ORDERS_HEALTH,
+    INVENTORY_HEALTH,
+    PAYMENT_HEALTH,
 )
 
 EVENTS_ROOT = "events"

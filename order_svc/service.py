@@ -144,7 +144,12 @@ async def build(k: Kernel) -> None:
         return await client.call(route, payload, timeout_s=timeout_s, idempotency_key=idempotency_key)
 
     engine = SagaEngine(k.db, PLACE_ORDER, send, k.settings.saga, metrics=k.metrics)
-    k.extras.update(engine=engine, breakers=breakers, breaker_transitions=transitions)
+    k.extras.update(
+        engine=engine,
+        breakers=breakers,
+        breaker_transitions=transitions,
+        health=lambda: {"breakers": breakers.states(), "sagas_in_flight": engine.in_flight},
+    )
     orders = Orders(k, engine)
     for route, handler in (
         (s.ORDERS_PLACE, orders.place),

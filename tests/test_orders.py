@@ -153,3 +153,14 @@ async def test_concurrent_orders_for_scarce_stock_never_oversell(stack, settings
     product = await stock_of(stack, "SCARCE-1")
     assert product["reserved"] == 10 and product["available"] == 0
     await assert_audit_clean(stack, settings)
+
+
+async def test_each_service_reports_its_health(stack):
+    await place(stack)
+    for service in ("orders", "inventory", "payment"):
+        health = await stack["client"].call(s.HEALTH[service], {})
+        assert health["service"] == service and health["outbox_backlog"] == 0
+        assert health["chaos"]["active"] is False
+    orders = await stack["client"].call(s.ORDERS_HEALTH, {})
+    assert orders["breakers"] == {"inventory": "closed", "payment": "closed"}
+    assert orders["sagas_in_flight"] == 0
