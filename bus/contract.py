@@ -368,6 +368,7 @@ class Health(Result):
     db_units: int
     breakers: dict[str, str] = {}
     sagas_in_flight: int | None = None
+    counts: dict[str, int] = {}
     chaos: ChaosState
 
 

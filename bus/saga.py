@@ -20,6 +20,7 @@ import json
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -221,6 +222,7 @@ class SagaEngine:
         self.comp_retry = RetryPolicy.from_settings(settings, forever=True)
         self._runs: dict[str, SagaRun] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.counts: Counter[str] = Counter()  # retries, compensations and outcomes since start
         self._slots = asyncio.Semaphore(settings.max_concurrent)
 
     # -- lifecycle ------------------------------------------------------------
@@ -342,6 +344,8 @@ class SagaEngine:
         finally:
             self._runs.pop(run.saga_id, None)
             run.done.set()
+            if run.status not in ACTIVE:
+                self.counts[run.status.lower()] += 1
             if self.metrics:
                 self.metrics.sagas_in_flight.dec()
                 if run.status not in ACTIVE:
@@ -401,6 +405,7 @@ class SagaEngine:
             return
         else:
             delay = policy.backoff(attempt, self.rng)
+            self.counts["retries"] += 1
             if self.metrics:
                 self.metrics.step_retries.labels(step.name).inc()
         delay = max(0.0, min(delay, run.deadline_at - self.clock()))
@@ -437,6 +442,7 @@ class SagaEngine:
             await self.db.commit(lambda tx, e=exc: self._record_comp_failure(tx, run, step, e, retry_at))
             await self._sleep(run, delay)
             return
+        self.counts["compensations"] += 1
         if self.metrics:
             self.metrics.compensations.labels(step.name, "OK").inc()
         elapsed_ms = (time.monotonic() - began) * 1000

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from bus.settings import Settings
-from cli import demo, inventory, lifecycle, orders, payment, schema
+from cli import demo, inventory, lifecycle, load, orders, payment, schema
 from cli.failures import ExitCode
 from cli.session import Config
 from cli.stack import StackSettings
@@ -29,6 +29,7 @@ app.add_typer(inventory.app, name="inventory")
 app.add_typer(payment.app, name="payment")
 app.add_typer(demo.app)
 app.add_typer(schema.app)
+app.add_typer(load.app)
 
 
 @app.callback()

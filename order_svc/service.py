@@ -148,7 +148,11 @@ async def build(k: Kernel) -> None:
         engine=engine,
         breakers=breakers,
         breaker_transitions=transitions,
-        health=lambda: {"breakers": breakers.states(), "sagas_in_flight": engine.in_flight},
+        health=lambda: {
+            "breakers": breakers.states(),
+            "sagas_in_flight": engine.in_flight,
+            "counts": dict(engine.counts),
+        },
     )
     orders = Orders(k, engine)
     for route, handler in (

@@ -1,0 +1,148 @@
+"""`oms load`: place many orders fast, watch them live, then show throughput, latency and the audit."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bus.audit import Report, run_audit
+from bus.client import Client
+from bus.settings import Settings
+from cli.connection import connect_briefly
+from cli.failures import ExitCode, reported
+from cli.loadgen import LoadPlan, LoadResult, Mix, ensure_stock, run_load
+from cli.options import JsonFlag
+from cli.output import Output
+from cli.session import settings_of
+
+app = typer.Typer()
+
+
+def _mix(text: str) -> Mix:
+    try:
+        return Mix.parse(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--mix'") from None
+
+
+@app.command()
+def load(
+    ctx: typer.Context,
+    orders: Annotated[int, typer.Option("--orders", "-n", min=1, max=10_000_000, help="How many orders.")] = 1000,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, max=10_000, help="Orders in flight at once.")
+    ] = 64,
+    rate: Annotated[
+        float | None, typer.Option("--rate", "-r", min=0.1, help="Place at this many orders/s instead.")
+    ] = None,
+    mix: Annotated[str, typer.Option("--mix", help="Shares, e.g. declined=0.1,out_of_stock=0.05.")] = "",
+    max_seconds: Annotated[
+        float, typer.Option("--max-seconds", min=1, help="Stop sending after this long, whatever is left.")
+    ] = 600.0,
+    connections: Annotated[int, typer.Option("--connections", min=1, max=64, help="NATS connections.")] = 4,
+    restock: Annotated[bool, typer.Option(help="Restock first so that no ok order runs out.")] = True,
+    audit: Annotated[bool, typer.Option(help="Run the invariant audit at the end.")] = True,
+    seed: Annotated[int | None, typer.Option("--seed", help="Make the mix reproducible.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Place many orders (unique customers and keys) and report sagas/s, latency and outcomes."""
+    settings = settings_of(ctx)
+    plan = LoadPlan(
+        orders=orders,
+        concurrency=concurrency,
+        rate=rate,
+        mix=_mix(mix),
+        max_seconds=max_seconds,
+        connections=connections,
+        seed=seed,
+    )
+    out = Output(as_json)
+    with reported(settings, as_json=as_json):
+        result, report = asyncio.run(_load(settings, plan, restock=restock, audit=audit, show=not as_json))
+    summary = result.to_dict()
+    if report is not None:
+        summary["audit"] = report.to_dict()
+    out.result(summary, results_table(result), *([audit_table(report)] if report else []))
+    if report is not None and not report.ok:
+        raise typer.Exit(ExitCode.FAILED)
+
+
+async def _load(
+    settings: Settings, plan: LoadPlan, *, restock: bool, audit: bool, show: bool
+) -> tuple[LoadResult, Report | None]:
+    if restock:
+        nc = await connect_briefly(settings, "oms-load")
+        try:
+            await ensure_stock(Client(nc, timeout_s=10), plan)
+        finally:
+            await nc.close()
+    with Progress(
+        TextColumn("[bold]placing orders"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>7.0f}/s"),
+        TextColumn("{task.fields[outcomes]}"),
+        TimeElapsedColumn(),
+        disable=not show,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("load", total=plan.orders, rate=0.0, outcomes="")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        def update(r: LoadResult) -> None:
+            done = r.completed + sum(r.errors.values())
+            if done % 50 and done != plan.orders:
+                return
+            elapsed = max(loop.time() - started, 1e-9)
+            counts = " ".join(f"{k.lower()}={v}" for k, v in sorted((r.outcomes + r.errors).items()))
+            progress.update(task, completed=done, rate=r.terminal / elapsed, outcomes=counts)
+
+        result = await run_load(settings, plan, on_progress=update)
+        update(result)
+    report = None
+    if audit:
+        nc = await connect_briefly(settings, "oms-audit")
+        try:
+            report = await run_audit(Client(nc, timeout_s=15), nc.jetstream(), settings.stream_name, settings.saga)
+        finally:
+            await nc.close()
+    return result, report
+
+
+def results_table(r: LoadResult) -> Table:
+    d = r.to_dict()
+    table = Table(title=f"load: {r.completed} of {r.planned} orders in {r.seconds:.1f}s", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("completed sagas/s", f"{d['sagas_per_s']:.0f}")
+    for name, value in d["latency_ms"].items():
+        table.add_row(f"latency {name}", f"{value:.1f} ms")
+    for status, n in sorted(r.outcomes.items()):
+        table.add_row(f"outcome {status}", str(n))
+    table.add_row("step retries", str(d["retries"]))
+    table.add_row("compensations", str(d["compensations"]))
+    for code, n in sorted(r.errors.items()):
+        table.add_row(f"error {code}", str(n))
+    if r.stopped_early:
+        table.add_row("stopped early", f"{r.planned - r.sent} not sent (--max-seconds)")
+    return table
+
+
+def audit_table(report: Report) -> Table:
+    table = Table(title=f"audit: {'clean' if report.ok else f'{report.violations} violations'}")
+    for col in ("invariant", "checked", "violations", "offending"):
+        table.add_column(col)
+    for check in report.checks:
+        table.add_row(
+            f"{check.number}. {check.name}",
+            str(check.checked),
+            str(len(check.violations)),
+            "; ".join(check.violations[:3]),
+            style=None if not check.violations else "red",
+        )
+    return table

@@ -1,0 +1,214 @@
+"""The load generator behind `oms load` and the benchmarks: many connections, bounded in count and time."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.client import Client as Nats
+
+from bus import subjects as s
+from bus.client import Client
+from bus.connect import connect
+from bus.errors import OmsError
+from bus.settings import Settings
+
+SCARCE_SKU = "LAMP-1"  # the demo catalog keeps only a few: an order for more is out of stock
+DEFAULT_SKUS = ("KB-101", "MS-202", "MN-303", "HD-404", "CB-505", "DK-606", "WC-707")
+KINDS = ("ok", "declined", "out_of_stock")
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Shares of declined and out-of-stock orders; the rest should confirm."""
+
+    declined: float = 0.0
+    out_of_stock: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> Mix:
+        """`declined=0.1,out_of_stock=0.05` -> Mix; ValueError names what is wrong."""
+        shares: dict[str, float] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, sep, value = part.partition("=")
+            if not sep or name.strip() not in ("declined", "out_of_stock"):
+                raise ValueError(f"{part!r}: expected declined=F or out_of_stock=F")
+            try:
+                share = float(value)
+            except ValueError:
+                raise ValueError(f"{part!r}: {value!r} is not a number") from None
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{part!r}: a share is between 0 and 1")
+            shares[name.strip()] = share
+        mix = cls(**shares)
+        if mix.declined + mix.out_of_stock > 1.0:
+            raise ValueError("declined + out_of_stock must not exceed 1")
+        return mix
+
+    def draw(self, rng: random.Random) -> str:
+        x = rng.random()
+        if x < self.declined:
+            return "declined"
+        if x < self.declined + self.out_of_stock:
+            return "out_of_stock"
+        return "ok"
+
+
+@dataclass
+class LoadPlan:
+    orders: int
+    concurrency: int = 64
+    rate: float | None = None  # orders per second; None = as fast as the concurrency allows
+    mix: Mix = field(default_factory=Mix)
+    max_seconds: float = 600.0
+    connections: int = 4
+    skus: tuple[str, ...] = DEFAULT_SKUS
+    wait_ms: int = 30_000
+    seed: int | None = None
+
+
+@dataclass
+class LoadResult:
+    planned: int
+    sent: int = 0
+    seconds: float = 0.0
+    latencies_s: list[float] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    by_kind: Counter[str] = field(default_factory=Counter)
+    saga_counts: dict[str, int] = field(default_factory=dict)
+    stopped_early: bool = False
+
+    @property
+    def completed(self) -> int:
+        return sum(self.outcomes.values())
+
+    @property
+    def terminal(self) -> int:
+        return sum(n for status, n in self.outcomes.items() if status in ("CONFIRMED", "FAILED", "CANCELLED"))
+
+    @property
+    def rate(self) -> float:
+        return self.terminal / self.seconds if self.seconds else 0.0
+
+    def percentile(self, p: float) -> float:
+        if not self.latencies_s:
+            return 0.0
+        ordered = sorted(self.latencies_s)
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "planned": self.planned,
+            "sent": self.sent,
+            "completed": self.completed,
+            "seconds": round(self.seconds, 3),
+            "sagas_per_s": round(self.rate, 1),
+            "latency_ms": {
+                name: round(self.percentile(p) * 1000, 2)
+                for name, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
+            },
+            "outcomes": dict(self.outcomes),
+            "kinds": dict(self.by_kind),
+            "errors": dict(self.errors),
+            "retries": self.saga_counts.get("retries", 0),
+            "compensations": self.saga_counts.get("compensations", 0),
+            "stopped_early": self.stopped_early,
+        }
+
+
+def order_body(kind: str, index: int, plan: LoadPlan, rng: random.Random, run_id: str) -> dict[str, Any]:
+    customer = f"load-{run_id}-{index}"
+    if kind == "out_of_stock":
+        items = [{"sku": SCARCE_SKU, "qty": 1000}]
+    else:
+        items = [{"sku": rng.choice(plan.skus), "qty": 1}]
+    method = "card_declined" if kind == "declined" else "card"
+    return {"customer_id": customer, "items": items, "payment_method": method, "wait_ms": plan.wait_ms}
+
+
+async def saga_counts(client: Client) -> dict[str, int]:
+    try:
+        health = await client.call(s.ORDERS_HEALTH, {}, timeout_s=2)
+    except OmsError:
+        return {}
+    return dict(health.get("counts") or {})
+
+
+async def ensure_stock(client: Client, plan: LoadPlan) -> None:
+    """Restock the SKUs the plan uses so that ok orders do not run out (an admin operation)."""
+    need = plan.orders  # at most one unit of one SKU per order
+    stock = await client.call(s.INVENTORY_STOCK, {}, timeout_s=5)
+    available = {p["sku"]: p["available"] for p in stock["products"]}
+    for sku in plan.skus:
+        missing = need - available.get(sku, 0)
+        while missing > 0:
+            qty = min(missing, 1_000_000)
+            await client.call(s.INVENTORY_RESTOCK, {"sku": sku, "qty": qty}, idempotency_key=str(uuid.uuid4()))
+            missing -= qty
+
+
+async def run_load(
+    settings: Settings,
+    plan: LoadPlan,
+    *,
+    on_progress: Callable[[LoadResult], None] | None = None,
+    user: str | None = None,
+    password: str | None = None,
+) -> LoadResult:
+    """Place `plan.orders` orders; returns when all are answered or `plan.max_seconds` runs out."""
+    rng = random.Random(plan.seed)
+    run_id = uuid.uuid4().hex[:8]
+    conns: list[Nats] = []
+    try:
+        for i in range(max(1, plan.connections)):
+            conns.append(await connect(settings, f"oms-load-{i}", user=user, password=password, persistent=False))
+        clients = [Client(nc, timeout_s=plan.wait_ms / 1000 + 5) for nc in conns]
+        before = await saga_counts(clients[0])
+        result = LoadResult(planned=plan.orders)
+        kinds = [plan.mix.draw(rng) for _ in range(plan.orders)]
+        bodies = [order_body(kind, i, plan, rng, run_id) for i, kind in enumerate(kinds)]
+        result.by_kind.update(kinds)
+        next_index = 0
+        started = time.monotonic()
+        deadline = started + plan.max_seconds
+
+        async def worker(w: int) -> None:
+            nonlocal next_index
+            client = clients[w % len(clients)]
+            while True:
+                index = next_index
+                if index >= plan.orders or time.monotonic() >= deadline:
+                    return
+                next_index += 1
+                if plan.rate:
+                    delay = started + index / plan.rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                result.sent += 1
+                t0 = time.perf_counter()
+                try:
+                    order = await client.call(s.ORDERS_PLACE, bodies[index], idempotency_key=f"load-{run_id}-{index}")
+                except OmsError as exc:
+                    result.errors[exc.code] += 1
+                else:
+                    result.latencies_s.append(time.perf_counter() - t0)
+                    result.outcomes[order["status"]] += 1
+                if on_progress is not None:
+                    on_progress(result)
+
+        await asyncio.gather(*(worker(w) for w in range(max(1, plan.concurrency))))
+        result.seconds = time.monotonic() - started
+        result.stopped_early = result.sent < plan.orders
+        after = await saga_counts(clients[0])
+        result.saga_counts = {k: after.get(k, 0) - before.get(k, 0) for k in ("retries", "compensations")}
+        return result
+    finally:
+        for nc in conns:
+            await nc.close()
