@@ -22,6 +22,7 @@ from bus.client import Client
 from bus.connect import connect
 from bus.contract import Event, Health, HealthQuery
 from bus.db import Database, Tx
+from bus.errors import Unavailable
 from bus.ids import iso
 from bus.metrics import Metrics
 from bus.outbox import Relay, ensure_stream
@@ -102,10 +103,14 @@ async def running(
         runner.add(HEALTH[spec.name], _health_handler(kernel, time.time()))
         metrics.outbox_backlog.set_function(lambda: relay.backlog)
         metrics.outbox_lag.set_function(lambda: relay.oldest_pending_age_s)
+        metrics.events_published.set_function(lambda: relay.published_total)
         await runner.start()
         stack.push_async_callback(runner.stop)
         if serve_metrics:
-            metrics.serve(settings.metrics_host, settings.metrics_port(spec.name))
+            server = metrics.serve(settings.metrics_host, settings.metrics_port(spec.name))
+            if server is not None:
+                kernel.extras["metrics_server"] = server
+                stack.push_async_callback(asyncio.to_thread, server.stop)
         log.info("service ready", extra={"pid": os.getpid(), "nats": settings.resolved_nats_url()})
         yield kernel
         log.info("service stopping")
@@ -162,7 +167,7 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     settings = Settings()
-    logs.setup(spec.name)
+    logs.setup(spec.name, settings.log_level)
     try:
         import uvloop  # optional speed-up
 
@@ -174,3 +179,6 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> None:
     except ReplayError as exc:
         log.error("recovery failed", extra={"error": str(exc)})
         sys.exit(f"{spec.name}: recovery by replay failed: {exc}")
+    except Unavailable as exc:  # e.g. refused credentials: retrying does not help, and the message says why
+        log.error("cannot start", extra={"error": exc.message})
+        sys.exit(f"{spec.name}: {exc.message}")

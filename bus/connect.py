@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
 
-import nats
 import nats.errors
 from nats.aio.client import Client as Nats
 
@@ -19,6 +20,24 @@ def inbox_prefix(user: str | None) -> str:
     return f"_INBOX_{user}" if user else "_INBOX"
 
 
+def is_refusal(exc: BaseException) -> bool:
+    """The server refused the credentials. nats-py raises a bare `nats.errors.Error("nats: 'Authorization
+    Violation'")` when that happens while connecting, and AuthorizationError only once connected."""
+    return isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in str(exc).lower()
+
+
+class _Refused(Exception):
+    """Raised from the error callback to stop nats-py retrying refused credentials forever."""
+
+
+def refused_message(url: str, user: str | None) -> str:
+    who = f"user {user!r}" if user else "a connection without credentials"
+    return (
+        f"NATS at {url} refused {who} (authorization violation): check OMS_NATS_USER / OMS_NATS_PASSWORD, "
+        "or the credentials under OMS_HOME/credentials"
+    )
+
+
 async def connect(
     settings: Settings,
     name: str,
@@ -26,17 +45,27 @@ async def connect(
     user: str | None = None,
     password: str | None = None,
     persistent: bool = True,
+    on_error: Callable[[Exception], None] | None = None,
 ) -> Nats:
-    """Connect as `name`. Persistent connections reconnect forever; others fail fast and clearly."""
+    """Connect as `name`. Persistent connections reconnect forever, but refused credentials fail at once;
+    others fail fast and clearly. `on_error` hears what the server reports once connected (e.g. a
+    permissions violation: the server drops the message and says so only here)."""
     url = settings.resolved_nats_url()
     user = user or settings.nats_user
     password = password or settings.nats_password
+    connecting = True
 
-    async def on_error(exc: Exception) -> None:
-        log.warning("nats error", extra={"error": repr(exc), "connection": name})
+    async def report(exc: Exception) -> None:
+        if connecting and is_refusal(exc):
+            raise _Refused from None  # a wrong password does not get better by retrying it
+        if on_error is not None and not connecting:
+            on_error(exc)
+        if persistent:
+            log.warning("nats error", extra={"error": repr(exc), "connection": name})
 
     async def on_disconnect() -> None:
-        log.warning("nats disconnected", extra={"connection": name})
+        if persistent and not connecting:  # a short-lived connection's end is no news
+            log.warning("nats disconnected", extra={"connection": name})
 
     async def on_reconnect() -> None:
         log.info("nats reconnected", extra={"connection": name})
@@ -47,7 +76,7 @@ async def connect(
         user=user,
         password=password,
         inbox_prefix=inbox_prefix(user),
-        error_cb=on_error,
+        error_cb=report,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         connect_timeout=2,
@@ -58,21 +87,19 @@ async def connect(
         # nats-py keeps retrying a refused server when max_reconnect_attempts is 0: one attempt, then fail.
         options |= dict(allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.1)
 
-    async def quiet(exc: Exception) -> None:
-        return None
-
-    if not persistent:
-        options["error_cb"] = quiet
+    nc = Nats()
     try:
-        return await nats.connect(**options)
-    except nats.errors.AuthorizationError:
-        raise Unavailable(
-            f"NATS at {url} refused the credentials for user {user or '(none)'}: "
-            "check OMS_NATS_USER / OMS_NATS_PASSWORD",
-            {"url": url},
-        ) from None
-    except (OSError, nats.errors.Error, TimeoutError) as exc:
-        raise Unavailable(
-            f"cannot reach NATS at {url} ({type(exc).__name__}): start it with `oms up` or set OMS_NATS_URL",
-            {"url": url},
-        ) from None
+        await nc.connect(**options)
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        if isinstance(exc, _Refused) or (isinstance(exc, nats.errors.Error) and is_refusal(exc)):
+            raise Unavailable(refused_message(url, user), {"url": url, "user": user}) from None
+        if isinstance(exc, OSError | nats.errors.Error | TimeoutError):
+            raise Unavailable(
+                f"cannot reach NATS at {url} ({type(exc).__name__}): start it with `oms up` or set OMS_NATS_URL",
+                {"url": url},
+            ) from None
+        raise
+    connecting = False
+    return nc

@@ -1,15 +1,48 @@
-"""Structured logs: JSON lines with the service and whatever ids the record carries."""
+"""Structured logs: JSON lines with the service and whatever ids the record or its request carries.
+
+The ids of the request being served (endpoint, order id, saga id, idempotency key) live in a context
+variable that the service runner binds per request (`bind`); `RequestContext` copies them onto every
+record, so a line logged deep inside a handler carries them without passing them down. Each request
+runs in a task of its own, so a binding never leaks into another request.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Any
 
 from bus.ids import now_iso
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+_EMPTY: MappingProxyType[str, Any] = MappingProxyType({})
+_context: ContextVar[MappingProxyType[str, Any]] = ContextVar("oms_log_context", default=_EMPTY)
+
+
+def bind(**fields: Any) -> None:
+    """Add `fields` (None values are skipped) to the log context of the current task."""
+    fresh = {k: v for k, v in fields.items() if v is not None}
+    if fresh:
+        # A new mapping each time: tasks started from here keep the context as it was then.
+        _context.set(MappingProxyType({**_context.get(), **fresh}))
+
+
+def context() -> dict[str, Any]:
+    """The fields bound in the current task."""
+    return dict(_context.get())
+
+
+class RequestContext(logging.Filter):
+    """Copies the bound fields onto each record; what the log call passed in `extra` wins."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in _context.get().items():
+            if key not in record.__dict__:
+                record.__dict__[key] = value
+        return True
 
 
 class JsonLines(logging.Formatter):
@@ -43,11 +76,21 @@ class Readable(JsonLines):
         return f"{head} {tail}".rstrip() + (f"\n{exc}" if exc else "")
 
 
+def handler(service: str, stream: Any = None, *, readable: bool | None = None) -> logging.Handler:
+    """A handler writing `service`'s records with their request context: JSON lines, or readable lines
+    on a terminal."""
+    stream = stream or sys.stderr
+    out = logging.StreamHandler(stream)
+    if readable is None:
+        readable = bool(getattr(stream, "isatty", lambda: False)())
+    out.setFormatter(Readable(service) if readable else JsonLines(service))
+    out.addFilter(RequestContext())
+    return out
+
+
 def setup(service: str, level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(Readable(service) if sys.stderr.isatty() else JsonLines(service))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [handler(service)]
     root.setLevel(level)
     logging.getLogger("nats").setLevel(logging.WARNING)
     logging.getLogger("aiosqlite").setLevel(logging.WARNING)

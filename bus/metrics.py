@@ -1,10 +1,59 @@
-"""Prometheus metrics, on a registry each service owns (never the global one)."""
+"""Prometheus metrics, on a registry each service owns (never the global one).
+
+Who updates what: requests and their latency, chaos settings — the service runner (`bus.service`);
+sagas, their duration, in flight, step attempts and retries, compensations — the saga engine
+(`bus.saga`); breaker state and step latency — the order service; stock — the inventory service;
+outbox backlog, lag and events published — read live from the relay (`bus.app`).
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class FunctionCounter(Collector):
+    """A counter whose value is read from a function at scrape time (a count kept elsewhere)."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.name = name.removesuffix("_total")
+        self.documentation = documentation
+        self._read: Callable[[], float] = lambda: 0.0
+        registry.register(self)
+
+    def set_function(self, read: Callable[[], float]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.documentation, value=float(self._read()))
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.documentation)
+
+
+@dataclass
+class MetricsServer:
+    """The /metrics HTTP server of one service; `stop` shuts it down and frees the port."""
+
+    server: WSGIServer
+    thread: threading.Thread
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
 
 
 class Metrics:
@@ -37,7 +86,9 @@ class Metrics:
             "oms_outbox_backlog_events", "Events committed but not yet in JetStream", registry=r
         )
         self.outbox_lag = Gauge("oms_outbox_lag_seconds", "Age of the oldest unpublished event", registry=r)
-        self.events_published = Counter("oms_events_published_total", "Events acknowledged by JetStream", registry=r)
+        self.events_published = FunctionCounter(
+            "oms_events_published_total", "Events acknowledged by JetStream", registry=r
+        )
         self.sagas = Counter("oms_sagas_total", "Sagas finished, by outcome", ["outcome"], registry=r)
         self.saga_duration = Histogram(
             "oms_saga_duration_seconds",
@@ -54,6 +105,13 @@ class Metrics:
             registry=r,
         )
         self.step_retries = Counter("oms_saga_step_retries_total", "Step retries", ["step"], registry=r)
+        self.step_duration = Histogram(
+            "oms_saga_step_duration_seconds",
+            "Time a step's request to its participant took, by step and action (invoke or compensate)",
+            ["step", "action"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.compensations = Counter(
             "oms_compensations_total",
             "Compensations, by step and outcome",
@@ -69,7 +127,9 @@ class Metrics:
         self.stock_on_hand = Gauge("oms_stock_on_hand_units", "Units on hand", ["sku"], registry=r)
         self.stock_reserved = Gauge("oms_stock_reserved_units", "Units reserved", ["sku"], registry=r)
 
-    def serve(self, host: str, port: int) -> None:
-        """Serve /metrics on a daemon thread; port 0 disables it."""
-        if port:
-            start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, host: str, port: int) -> MetricsServer | None:
+        """Serve /metrics on a daemon thread until `stop`; port 0 disables it."""
+        if not port:
+            return None
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        return MetricsServer(server, thread)

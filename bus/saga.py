@@ -610,7 +610,7 @@ class SagaEngine:
 
     def _compensated(self, tx: Tx, run: SagaRun, step: Step, elapsed_ms: float) -> None:
         tx.execute(
-            "UPDATE saga_steps SET status = 'SUCCEEDED', finished_at = ?, duration_ms = ?"
+            "UPDATE saga_steps SET status = 'SUCCEEDED', finished_at = ?, duration_ms = ?, last_error = NULL"
             " WHERE saga_id = ? AND step = ? AND action = 'compensate'",
             (self.clock(), elapsed_ms, run.saga_id, step.name),
         )

@@ -5,6 +5,10 @@ sees NATS. The runner owns the transport: size and header checks, strict
 validation, fault injection, the reply envelope with the micro error headers,
 and concurrency — `nats.micro` awaits each handler before taking the next
 message, so every request runs in its own task, bounded by a semaphore.
+
+Each request's task binds its ids to the log context (`bus.logs.bind`), and a
+mutating request leaves one INFO line (endpoint, outcome, duration, order id,
+saga id, idempotency key); reads leave none unless they fail internally.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from bus import contract as c
+from bus import logs
 from bus.chaos import Chaos
 from bus.client import IDEMPOTENCY_HEADER
 from bus.db import Tx
@@ -64,11 +69,21 @@ class _Tally:
     busy_ns: int = 0
 
 
+FIELD_NAME_MAX = 64  # an unknown field's name is the caller's text: echo a bounded prefix only
+
+
+def refused(field: str, message: str, **details: Any) -> InvalidRequest:
+    """VALIDATION_ERROR for one field the runner checks itself (the body's size, the key header)."""
+    return InvalidRequest(f"invalid request: {field}: {message}", {"field": field, **details})
+
+
 def validation_error(exc: PydanticValidationError) -> InvalidRequest:
     """A pydantic error as VALIDATION_ERROR naming each field; never echoes the input back."""
     problems = []
     for err in exc.errors(include_url=False, include_input=False, include_context=False):
         where = ".".join(str(part) for part in err["loc"]) or "body"
+        if len(where) > FIELD_NAME_MAX:
+            where = where[:FIELD_NAME_MAX] + "…"
         message = err["msg"]
         if err["type"] == "json_invalid":
             message = "body is not valid JSON"
@@ -118,6 +133,7 @@ class ServiceRunner:
         self._micro: Service | None = None
         self._counters: dict[tuple[str, str], Any] = {}
         self._latency: dict[str, Any] = {}
+        self._subjects: dict[str, str] = {}  # route name -> the subject it is served on
 
     def add(self, route: Route, handler: Handler) -> None:
         self._routes.append((route, handler))
@@ -132,6 +148,7 @@ class ServiceRunner:
         )
         for route, handler in self._routes:
             self._tallies[route.name] = _Tally()
+            self._subjects[route.name] = route.subject
             self._latency[route.name] = self.metrics.request_latency.labels(route.subject)
             await self._micro.add_endpoint(
                 name=route.name,
@@ -144,17 +161,20 @@ class ServiceRunner:
             ("get", c.ChaosQuery, self._chaos_get),
             ("clear", c.ChaosQuery, self._chaos_clear),
         ):
-            route = Route(self.service, f"chaos_{verb}", model)
+            route = Route(self.service, f"chaos_{verb}", model, mutating=verb != "get")
+            subject = chaos_subject(self.service, verb)
             self._tallies[route.name] = _Tally()
-            self._latency[route.name] = self.metrics.request_latency.labels(route.subject)
+            self._subjects[route.name] = subject
+            self._latency[route.name] = self.metrics.request_latency.labels(subject)
             # Fault injection is per instance; with one instance per service (or per partition) the
             # queue group reaches exactly the instance that serves the business endpoints.
             await self._micro.add_endpoint(
                 name=route.name,
-                subject=chaos_subject(self.service, verb),
+                subject=subject,
                 queue_group=self.service,
                 handler=self._dispatcher(route, handler, chaos=False),
             )
+        self._export_chaos()
         await self.nc.flush()
 
     async def stop(self, grace_s: float = 5.0) -> None:
@@ -189,23 +209,32 @@ class ServiceRunner:
     async def _serve(self, route: Route, handler: Handler, request: Request, chaos: bool) -> None:
         started = time.perf_counter_ns()
         drop = False
+        subject = self._subjects[route.name]
+        logs.bind(service=self.service, endpoint=subject)  # this task's context only
         try:
             call = Call(route, self._idempotency_key(request))
+            logs.bind(idempotency_key=call.idempotency_key, saga_id=_saga_of_key(call.idempotency_key))
             if chaos:
                 await self.chaos.before(route.name)
             cmd = self._parse(route, request.data)
+            logs.bind(order_id=getattr(cmd, "order_id", None), saga_id=getattr(cmd, "saga_id", None))
             outcome: BaseModel | dict[str, Any] | OmsError = await handler(cmd, call)
             drop = chaos and self.chaos.drop_reply(route.name)
         except OmsError as exc:
             outcome = exc
         except Exception:
             ref = new_id("err")
-            log.exception("handler failed", extra={"endpoint": route.subject, "ref": ref})
+            log.exception("handler failed", extra={"ref": ref})
             outcome = InternalError(f"internal error (ref {ref}); the service log has the details", {"ref": ref})
         elapsed = time.perf_counter_ns() - started
-        self._record(route, outcome, elapsed)
+        code = self._record(route, outcome, elapsed)
+        if route.mutating and log.isEnabledFor(logging.INFO):
+            log.info(
+                "request",
+                extra={"outcome": code, "duration_ms": round(elapsed / 1e6, 3), **_ids_of(outcome)},
+            )
         if drop:
-            log.info("reply dropped by fault injection", extra={"endpoint": route.subject})
+            log.info("reply dropped by fault injection")
             return
         await self._reply(request, outcome)
 
@@ -214,36 +243,37 @@ class ServiceRunner:
         if key is None:
             return None
         limit = self.settings.limits.max_idempotency_key_len
-        if not 1 <= len(key) <= limit or not _KEY_RE.match(key):
-            raise InvalidRequest(
-                f"{IDEMPOTENCY_HEADER} must be 1-{limit} characters of A-Z a-z 0-9 _ . : @ / + = -",
-                {"field": IDEMPOTENCY_HEADER},
-            )
+        if not 1 <= len(key) <= limit or not _KEY_RE.fullmatch(key):
+            raise refused(IDEMPOTENCY_HEADER, f"must be 1-{limit} characters of A-Z a-z 0-9 _ . : @ / + = -")
         return key
 
     def _parse(self, route: Route, data: bytes) -> BaseModel:
         limit = self.settings.limits.max_payload_bytes
         if len(data) > limit:
-            raise InvalidRequest(f"body is {len(data)} bytes; the limit is {limit}", {"field": "body", "limit": limit})
+            raise refused("body", f"{len(data)} bytes; the limit is {limit}", limit=limit)
         try:
             return route.request.model_validate_json(data.strip() or b"{}", context={"limits": self.settings.limits})
         except PydanticValidationError as exc:
             raise validation_error(exc) from None
         except (ValueError, RecursionError):
-            raise InvalidRequest("body is not valid JSON", {"field": "body"}) from None
+            raise refused("body", "not valid JSON") from None
 
-    def _record(self, route: Route, outcome: object, elapsed_ns: int) -> None:
+    def _record(self, route: Route, outcome: object, elapsed_ns: int) -> str:
+        """Count the request (micro stats and Prometheus); returns its outcome code."""
         tally = self._tallies[route.name]
         tally.busy_ns += elapsed_ns
         code = outcome.code if isinstance(outcome, OmsError) else "OK"
         if isinstance(outcome, OmsError):
             tally.errors += 1
             tally.by_code[code] += 1
-        counter = self._counters.get((route.subject, code))
+        counter = self._counters.get((route.name, code))
         if counter is None:
-            counter = self._counters[(route.subject, code)] = self.metrics.requests.labels(route.subject, code)
+            counter = self._counters[(route.name, code)] = self.metrics.requests.labels(
+                self._subjects[route.name], code
+            )
         counter.inc()
         self._latency[route.name].observe(elapsed_ns / 1e9)
+        return code
 
     async def _reply(self, request: Request, outcome: BaseModel | dict[str, Any] | OmsError) -> None:
         if not request._msg.reply:  # published without a reply subject: nobody to answer
@@ -274,6 +304,25 @@ class ServiceRunner:
         return state
 
     def _export_chaos(self) -> None:
+        """`oms_chaos_setting`: every setting, also when zero, so a dashboard sees faults come and go."""
         cfg = self.chaos.config
         for name in ("error_rate", "latency_ms", "latency_jitter_ms", "drop_reply_rate"):
             self.metrics.chaos_active.labels(name).set(getattr(cfg, name))
+
+
+def _saga_of_key(key: str | None) -> str | None:
+    """The saga id in an orchestrator's idempotency key (`{saga_id}:{step}:{action}`, decision 5)."""
+    if key and key.startswith("saga_") and key.count(":") == 2:
+        return key.split(":", 1)[0]
+    return None
+
+
+def _ids_of(outcome: object) -> dict[str, Any]:
+    """The order id a result names (a placed order's is known only once it exists)."""
+    if isinstance(outcome, BaseModel):
+        order_id = getattr(outcome, "order_id", None)
+    elif isinstance(outcome, dict):
+        order_id = outcome.get("order_id")
+    else:
+        return {}
+    return {"order_id": order_id} if isinstance(order_id, str) else {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,9 +46,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OMS_", env_nested_delimiter="__", extra="ignore")
 
     home: Path = Path(".oms")
-    nats_url: str | None = None
-    nats_user: str | None = None
-    nats_password: str | None = None
+    nats_url: str | None = Field(None, description="an existing server or cluster; unset: `oms up` starts one")
+    nats_user: str | None = Field(
+        None, description="NATS user; unset: the embedded server's generated credentials (bus.auth), or none"
+    )
+    nats_password: str | None = Field(None, repr=False)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     handler_concurrency: int = Field(512, ge=1)
     payment_limit_cents: int = Field(500_000, ge=0)
     currency: str = "USD"

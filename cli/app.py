@@ -12,7 +12,22 @@ from rich.console import Console
 from rich.markup import escape
 
 from bus.settings import Settings
-from cli import demo, inventory, lifecycle, load, orders, payment, schema
+from cli import (
+    audit,
+    chaos,
+    demo,
+    events,
+    inventory,
+    lifecycle,
+    load,
+    logs,
+    metrics,
+    orders,
+    payment,
+    recover,
+    saga,
+    schema,
+)
 from cli.failures import ExitCode
 from cli.session import Config
 from cli.stack import StackSettings
@@ -27,6 +42,13 @@ app.add_typer(lifecycle.app)
 app.add_typer(orders.app, name="order")
 app.add_typer(inventory.app, name="inventory")
 app.add_typer(payment.app, name="payment")
+app.add_typer(saga.app, name="saga")
+app.add_typer(chaos.app, name="chaos")
+app.add_typer(events.app, name="events")
+app.add_typer(audit.app)
+app.add_typer(recover.app)
+app.add_typer(logs.app)
+app.add_typer(metrics.app)
 app.add_typer(demo.app)
 app.add_typer(schema.app)
 app.add_typer(load.app)

@@ -3,9 +3,12 @@
 0  OK           the command did what was asked
 1  FAILED       a business outcome: the order ended FAILED, or OUT_OF_STOCK, PAYMENT_DECLINED,
                 NOT_FOUND, CONFLICT
-2  USAGE        bad flags or values (also a VALIDATION_ERROR from a service: the input was wrong)
+2  USAGE        bad flags or values (also a VALIDATION_ERROR from a service: the input was wrong),
+                or a command refused in the present state (`oms recover` of a running service)
 3  UNAVAILABLE  the system could not answer: no NATS, no responders, timeout, UNAVAILABLE,
-                INTERNAL, or a stack that would not start
+                INTERNAL, a stack that would not start, or a rebuild by replay that failed
+
+`oms audit` exits 1 when it finds violations; `oms status` and `oms metrics` exit 3 when nothing answers.
 """
 
 from __future__ import annotations
@@ -30,8 +33,17 @@ from bus.errors import (
     RequestTimeout,
     TransientError,
 )
+from bus.replay import ReplayError
 from bus.settings import Settings
 from cli.stack import PACKAGES, StackError
+
+
+class Refused(Exception):
+    """The command cannot run in the present state; the message says what to do first (exit 2)."""
+
+
+# What `reported` turns into a message and an exit code; anything else is a bug and shows its traceback.
+Reportable = (OmsError, StackError, Refused, ReplayError)
 
 
 class ExitCode(IntEnum):
@@ -43,11 +55,11 @@ class ExitCode(IntEnum):
 
 def exit_code(exc: BaseException) -> ExitCode:
     match exc:
-        case InvalidRequest():
+        case InvalidRequest() | Refused():
             return ExitCode.USAGE
         case BusinessError():
             return ExitCode.FAILED
-        case TransientError() | InternalError() | StackError():
+        case TransientError() | InternalError() | StackError() | ReplayError():
             return ExitCode.UNAVAILABLE
         case _:
             return ExitCode.UNAVAILABLE
@@ -60,10 +72,12 @@ def order_outcome(status: OrderStatus) -> ExitCode:
     return ExitCode.OK
 
 
-def explain(exc: OmsError | StackError, settings: Settings | None = None) -> str:
+def explain(exc: OmsError | StackError | Refused | ReplayError, settings: Settings | None = None) -> str:
     """What went wrong, and what to do about it when there is something to do."""
-    if isinstance(exc, StackError):
+    if isinstance(exc, StackError | Refused):
         return str(exc)
+    if isinstance(exc, ReplayError):
+        return f"rebuild failed, the database was left as it was: {exc}"
     subject = str(exc.details.get("subject", ""))
     service = subject.split(".", 1)[0]
     match exc:
@@ -97,11 +111,15 @@ def _logs(settings: Settings | None) -> str:
 
 @contextmanager
 def reported(settings: Settings | None = None, *, as_json: bool = False) -> Iterator[None]:
-    """Turn an OMS or stack error into its message on stderr (and JSON on stdout) and its exit code."""
+    """Turn an OMS, stack, refusal or replay error into its message on stderr (and JSON on stdout) and its
+    exit code."""
     try:
         yield
-    except (OmsError, StackError) as exc:
+    except Reportable as exc:
         if as_json and isinstance(exc, OmsError):
             sys.stdout.write(json.dumps({"error": exc.to_wire()}, indent=2) + "\n")
+        elif as_json and isinstance(exc, Refused | ReplayError):
+            code = "REFUSED" if isinstance(exc, Refused) else "REPLAY_FAILED"
+            sys.stdout.write(json.dumps({"error": {"code": code, "message": str(exc)}}, indent=2) + "\n")
         Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(explain(exc, settings))}")
         raise typer.Exit(exit_code(exc)) from None

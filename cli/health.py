@@ -1,4 +1,5 @@
-"""What `oms status` reports: each service's process and micro INFO/STATS, NATS and the event stream."""
+"""What `oms status` reports: each service's process, micro INFO/STATS and `<service>.health`, NATS and the
+event stream."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client as Nats
 
+from bus.client import decode_reply
 from bus.errors import OmsError
 from bus.settings import SERVICES, Settings
+from bus.subjects import HEALTH
 from cli.connection import connect_briefly
 from cli.processes import NATS_SERVER, Layout, is_ours, read_pid, running_pid
 
@@ -40,6 +43,7 @@ class ServiceStatus:
     errors: int = 0
     endpoints: list[EndpointStatus] = field(default_factory=list)
     log: Path | None = None
+    health: dict[str, Any] | None = None  # the `<service>.health` result: backlog, breakers, sagas, faults
 
 
 @dataclass
@@ -133,11 +137,22 @@ async def _describe(nc: Nats, svc: ServiceStatus) -> None:
     svc.endpoints = list(by_name.values())
     svc.requests = sum(e.requests for e in svc.endpoints)
     svc.errors = sum(e.errors for e in svc.endpoints)
+    svc.health = await health(nc, svc.name)
     started = (stats or {}).get("started")
     if isinstance(started, str):
         with contextlib.suppress(ValueError):
             began = datetime.fromisoformat(started.replace("Z", "+00:00"))
             svc.uptime_s = max(0.0, (datetime.now(UTC) - began).total_seconds())
+
+
+async def health(nc: Nats, name: str) -> dict[str, Any] | None:
+    """The result of `<service>.health`, or None when it does not answer (or is not allowed to)."""
+    subject = HEALTH[name].subject
+    try:
+        msg = await nc.request(subject, b"{}", timeout=1.0)
+        return decode_reply(subject, msg.data)
+    except (nats.errors.Error, OmsError):
+        return None
 
 
 async def _stream(nc: Nats, name: str) -> StreamStatus | None:

@@ -86,8 +86,11 @@ def down(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 
 @app.command()
 def status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
-    """Show each service (process, version, uptime, requests, errors), NATS and the event stream.
-    Exit 3 unless every service answers."""
+    """Show each service, NATS and the event stream; exit 3 unless every service answers.
+
+    Per service: process, version, uptime, requests, errors, and from `<service>.health` the outbox
+    backlog, sagas in flight, circuit breakers (orders) and the faults injected.
+    """
     current = asyncio.run(stack.status(config_of(ctx).settings))
     Output(as_json).result({**plain(current), "healthy": current.healthy}, views.stack_status(current))
     raise typer.Exit(ExitCode.OK if current.healthy else ExitCode.UNAVAILABLE)

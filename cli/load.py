@@ -12,7 +12,7 @@ from rich.table import Table
 from bus.audit import Report, run_audit
 from bus.client import Client
 from bus.settings import Settings
-from cli.connection import connect_briefly
+from cli.connection import ADMIN, connect_briefly
 from cli.failures import ExitCode, reported
 from cli.loadgen import LoadPlan, LoadResult, Mix, ensure_stock, run_load
 from cli.options import JsonFlag
@@ -75,7 +75,7 @@ async def _load(
     settings: Settings, plan: LoadPlan, *, restock: bool, audit: bool, show: bool
 ) -> tuple[LoadResult, Report | None]:
     if restock:
-        nc = await connect_briefly(settings, "oms-load")
+        nc = await connect_briefly(settings, "oms-load", role=ADMIN)
         try:
             await ensure_stock(Client(nc, timeout_s=10), plan)
         finally:
@@ -106,7 +106,7 @@ async def _load(
         update(result)
     report = None
     if audit:
-        nc = await connect_briefly(settings, "oms-audit")
+        nc = await connect_briefly(settings, "oms-audit", role=ADMIN)
         try:
             report = await run_audit(Client(nc, timeout_s=15), nc.jetstream(), settings.stream_name, settings.saga)
         finally:

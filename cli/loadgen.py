@@ -13,6 +13,7 @@ from typing import Any
 
 from nats.aio.client import Client as Nats
 
+from bus import auth
 from bus import subjects as s
 from bus.client import Client
 from bus.connect import connect
@@ -159,16 +160,15 @@ async def run_load(
     plan: LoadPlan,
     *,
     on_progress: Callable[[LoadResult], None] | None = None,
-    user: str | None = None,
-    password: str | None = None,
 ) -> LoadResult:
     """Place `plan.orders` orders; returns when all are answered or `plan.max_seconds` runs out."""
+    as_client = auth.login(settings, "cli")
     rng = random.Random(plan.seed)
     run_id = uuid.uuid4().hex[:8]
     conns: list[Nats] = []
     try:
         for i in range(max(1, plan.connections)):
-            conns.append(await connect(settings, f"oms-load-{i}", user=user, password=password, persistent=False))
+            conns.append(await connect(as_client, f"oms-load-{i}", persistent=False))
         clients = [Client(nc, timeout_s=plan.wait_ms / 1000 + 5) for nc in conns]
         before = await saga_counts(clients[0])
         result = LoadResult(planned=plan.orders)

@@ -11,6 +11,7 @@ import typer
 from bus import contract as c
 from bus.subjects import ORDERS_CANCEL, ORDERS_EVENTS, ORDERS_GET, ORDERS_LIST, ORDERS_PLACE
 from cli import views
+from cli.events import timeline
 from cli.failures import order_outcome, reported
 from cli.options import JsonFlag, KeyOption
 from cli.output import Output
@@ -160,10 +161,13 @@ def events(
     order_id: Annotated[str, typer.Argument(help="The order id.")],
     as_json: JsonFlag = False,
 ) -> None:
-    """Show an order's timeline across every service, from the event stream."""
+    """Show an order's timeline across every service, from the event stream.
+
+    Time, +ms from the first event, service, type, saga step and attempt, and the gist of each.
+    """
     settings = settings_of(ctx)
     cmd = command(c.OrderEventsQuery, {"order_id": "ORDER_ID"}, order_id=order_id)
     with reported(settings, as_json=as_json):
         raw = call(settings, ORDERS_EVENTS, cmd)
-        timeline = parse(c.EventList, raw, ORDERS_EVENTS)
-    Output(as_json).result(raw, views.timeline(timeline))
+        found = parse(c.EventList, raw, ORDERS_EVENTS)
+    Output(as_json).result(raw, timeline(found))

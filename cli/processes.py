@@ -135,7 +135,10 @@ def signals_held() -> Iterator[None]:
 
 
 def port_busy(host: str, port: int) -> bool:
+    """Someone listens on the port. Connections in TIME_WAIT (a stopped service's /metrics after a scrape)
+    do not count: the servers bind with SO_REUSEADDR, and so does this check."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

@@ -12,11 +12,13 @@ from typing import Any, TypeVar
 import typer
 from pydantic import BaseModel, ValidationError
 
+from bus import auth
+from bus.auth import Role
 from bus.client import Client
-from bus.errors import InternalError, RequestTimeout
+from bus.errors import InternalError, RequestTimeout, Unavailable
 from bus.settings import Settings
 from bus.subjects import Route
-from cli.connection import connect_briefly
+from cli.connection import CLI, connect_briefly, role_for
 from cli.stack import StackSettings
 
 M = TypeVar("M", bound=BaseModel)
@@ -55,11 +57,23 @@ def command(model: type[M], flags: Mapping[str, str], **fields: Any) -> M:
 
 
 @asynccontextmanager
-async def client(settings: Settings) -> AsyncIterator[Client]:
-    """A client on a short-lived connection: fails fast, never reconnects."""
-    nc = await connect_briefly(settings, "oms-cli")
+async def client(settings: Settings, *, role: Role = CLI) -> AsyncIterator[Client]:
+    """A client on a short-lived connection as `role` (`cli`, or `admin` for operator commands):
+    fails fast, never reconnects. A request the server refused to pass on fails as UNAVAILABLE saying so,
+    rather than as a bare timeout."""
+    refusals: list[str] = []
+    nc = await connect_briefly(settings, f"oms-{role}", role=role, refusals=refusals)
     try:
         yield Client(nc, timeout_s=QUERY_TIMEOUT_S)
+    except RequestTimeout:
+        if not refusals:
+            raise
+        user = auth.login(settings, role).nats_user or "(none)"
+        raise Unavailable(
+            f"NATS refused user {user!r}: {refusals[0]}; operator commands need the admin user "
+            "(OMS_NATS_USER=admin and its password)",
+            {"user": user, "refusals": refusals[:5]},
+        ) from None
     finally:
         with contextlib.suppress(Exception):
             await nc.close()
@@ -72,10 +86,12 @@ async def request(
     *,
     timeout_s: float | None = None,
     key: str | None = None,
+    role: Role | None = None,
 ) -> dict[str, Any]:
-    """The `result` of one call. A timeout carries the idempotency key, so the message can say how to
-    learn the outcome without doing it twice."""
-    async with client(settings) as cl:
+    """The `result` of one call, as `role` (by default the one the route needs: `cli.connection.role_for`).
+    A timeout carries the idempotency key, so the message can say how to learn the outcome without doing
+    it twice."""
+    async with client(settings, role=role or role_for(route)) as cl:
         try:
             return await cl.call(route, payload, timeout_s=timeout_s, idempotency_key=key)
         except RequestTimeout as exc:
@@ -91,9 +107,10 @@ def call(
     *,
     timeout_s: float | None = None,
     key: str | None = None,
+    role: Role | None = None,
 ) -> dict[str, Any]:
     """`request` for a sync command."""
-    return asyncio.run(request(settings, route, payload, timeout_s=timeout_s, key=key))
+    return asyncio.run(request(settings, route, payload, timeout_s=timeout_s, key=key, role=role))
 
 
 def parse(model: type[M], raw: dict[str, Any], route: Route) -> M:

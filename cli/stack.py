@@ -1,6 +1,11 @@
 """The embedded stack: `up` starts nats-server (unless OMS_NATS_URL is set) and the services as
 child processes under OMS_HOME and waits until each answers; `down` stops them; `status` reports.
 
+The embedded nats-server runs with least privilege (`bus.auth`): `up` writes OMS_HOME/nats.conf and
+the users' credentials under OMS_HOME/credentials once, and hands each service its own user and
+password through OMS_NATS_USER / OMS_NATS_PASSWORD. With OMS_NATS_URL, the services inherit
+OMS_NATS_USER / OMS_NATS_PASSWORD from the environment and no configuration is written.
+
 Files and process identity: `cli.processes`. What `status` asks the services: `cli.health`.
 """
 
@@ -20,7 +25,7 @@ from nats.aio.client import Client as Nats
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bus import natsserver
+from bus import auth, natsserver
 from bus.errors import OmsError
 from bus.settings import SERVICES, Settings
 from cli.connection import connect_briefly
@@ -109,19 +114,26 @@ class Stopped:
 # -- starting -------------------------------------------------------------
 
 
-def child_env(settings: Settings) -> dict[str, str]:
-    """The environment of a service: ours, plus what this settings object overrides."""
+def child_env(settings: Settings, credentials: auth.Credentials | None = None) -> dict[str, str]:
+    """The environment of a service: ours, plus what this settings object overrides, plus its own NATS
+    user when it has one (the embedded server's generated credentials)."""
     env = dict(os.environ)
     env["OMS_HOME"] = str(Layout.of(settings).home)
     env["OMS_NATS_URL"] = settings.resolved_nats_url()
     for name in SERVICES:
         env[f"OMS_METRICS_PORT_{name.upper()}"] = str(settings.metrics_port(name))
+    if credentials is not None:
+        env["OMS_NATS_USER"] = credentials.user
+        env["OMS_NATS_PASSWORD"] = credentials.password
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
 
-def start_service(settings: Settings, name: str) -> subprocess.Popen[bytes]:
-    """Start one service as `python -m <package>` in its own session; writes its pid file."""
+def start_service(
+    settings: Settings, name: str, credentials: auth.Credentials | None = None
+) -> subprocess.Popen[bytes]:
+    """Start one service as `python -m <package>` in its own session, as the NATS user `credentials`
+    (None: what the environment says); writes its pid file."""
     layout = Layout.of(settings)
     layout.prepare()
     port = settings.metrics_port(name)
@@ -130,7 +142,7 @@ def start_service(settings: Settings, name: str) -> subprocess.Popen[bytes]:
             f"metrics port {port} for {name} is in use: "
             f"set OMS_METRICS_PORT_{name.upper()} to a free port (or 0 to turn metrics off)"
         )
-    env = child_env(settings)
+    env = child_env(settings, credentials)
     with open(layout.log_file(name), "ab") as log, signals_held():
         proc = subprocess.Popen(
             [sys.executable, "-m", PACKAGES[name]],
@@ -167,17 +179,23 @@ def _url_of_running(layout: Layout, pid: int) -> str:
 
 
 def ensure_nats(settings: Settings, stack: StackSettings) -> tuple[Process, str]:
-    """The embedded nats-server of this home: the running one, or a new one."""
+    """The embedded nats-server of this home, with its least-privilege configuration (`bus.auth`): the
+    running one (told to reload the configuration when it changed), or a new one."""
     layout = Layout.of(settings)
     layout.prepare()
     log = layout.log_file(NATS_SERVER)
+    config = auth.config_path(settings)
+    before = config.read_text() if config.exists() else None
+    auth.prepare(settings)
     pid = running_pid(settings, NATS_SERVER)
     if pid is not None:
+        if before is not None and config.read_text() != before:
+            send_signal(pid, signal.SIGHUP)  # nats-server reloads its configuration
         return Process(NATS_SERVER, pid, started=False, log=log), _url_of_running(layout, pid)
     port = _nats_port(settings, stack.nats_port)
     with signals_held():
         try:
-            proc, url = natsserver.start(layout.nats_store, port=port, log_file=log)
+            proc, url = natsserver.start(layout.nats_store, port=port, config=config, log_file=log)
         except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
             raise StackError(f"{exc}\nlast lines of {log}:\n{log_tail(log)}") from None
         layout.pid_file(NATS_SERVER).write_text(f"{proc.pid}\n")
@@ -191,15 +209,19 @@ async def up(settings: Settings, stack: StackSettings | None = None) -> Stack:
     stack = stack or StackSettings()
     layout = Layout.of(settings)
     layout.prepare()
+    settings = settings.model_copy(update={"home": layout.home})
     nats_proc: Process | None = None
+    credentials: dict[str, auth.Credentials | None] = dict.fromkeys(SERVICES)
     if settings.nats_url:
         url = settings.nats_url
     else:
         nats_proc, url = ensure_nats(settings, stack)
-    settings = settings.model_copy(update={"home": layout.home, "nats_url": url})
+        credentials = {name: auth.load(settings, name) for name in SERVICES}
+    client_settings = auth.login(settings, "cli").model_copy(update={"nats_url": url})
+    settings = settings.model_copy(update={"nats_url": url})
     deadline = time.monotonic() + stack.ready_timeout_s
     try:
-        nc = await connect_briefly(settings, "oms-up")
+        nc = await connect_briefly(client_settings, "oms-up")
     except OmsError as exc:
         if nats_proc is None:  # OMS_NATS_URL names the server
             raise StackError(
@@ -215,7 +237,7 @@ async def up(settings: Settings, stack: StackSettings | None = None) -> Stack:
             pid = running_pid(settings, name)
             if pid is None:
                 offset = log.stat().st_size if log.exists() else 0
-                proc = start_service(settings, name)
+                proc = start_service(settings, name, credentials[name])
                 children[name] = (proc, offset)
                 pid = proc.pid
             services.append(Process(name, pid, started=name in children, log=log))

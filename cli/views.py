@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from rich.console import Group, RenderableType
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -94,27 +96,81 @@ def order(o: c.Order, *, with_saga: bool = False) -> RenderableType:
 
 
 def saga(s: c.SagaView) -> RenderableType:
+    """A saga with its steps (step, action, status, attempts, uncertain, duration, last error) and where it stands."""
     table = Table(title=f"saga {s.saga_id} ({s.name}) {s.status}", title_justify="left", expand=False)
-    for column in ("Step", "Action", "Status", "Attempts", "Last error"):
-        table.add_column(column)
+    for column, justify in (
+        ("Step", "left"),
+        ("Action", "left"),
+        ("Status", "left"),
+        ("Attempts", "right"),
+        ("Uncertain", "left"),
+        ("Duration", "right"),
+        ("Last error", "left"),
+    ):
+        table.add_column(column, justify=justify)
     for step in s.steps:
-        table.add_row(step.step, step.action, status(step.status), str(step.attempts), _error(step.last_error))
-    notes = []
-    if s.compensating:
-        notes.append("[magenta]compensating[/]")
+        table.add_row(
+            step.step,
+            step.action,
+            status(step.status),
+            str(step.attempts),
+            Text("yes", style="yellow") if step.uncertain else "",
+            millis(step.duration_ms),
+            _error(step.last_error),
+        )
+    facts = []
+    if s.failure_reason:
+        facts.append(f"failure [bold red]{escape(s.failure_reason)}[/]")
+    if s.status in ("RUNNING", "COMPENSATING"):
+        if s.step:
+            facts.append(f"at {s.step}" + (" [magenta](compensating)[/]" if s.compensating else ""))
+        facts.append(f"next retry {when(s.next_retry_at) if s.next_retry_at else 'none scheduled'}")
+        facts.append(f"deadline {when(s.deadline_at)}")
+    else:
+        facts.append(f"ended {when(s.updated_at)}")
     if s.stuck:
-        notes.append("[bold red]stuck[/]: retry or abort it")
+        facts.append("[bold red]stuck[/]: `oms saga retry` or `oms saga abort` it")
     if s.last_error:
-        notes.append(f"last error {_error(s.last_error)}")
-    if notes:
-        table.caption = "  ".join(notes)
-    return table
+        facts.append(f"last error {escape(_error(s.last_error))}")
+    return Group(table, Text.from_markup("  ".join(facts)))
+
+
+def millis(ms: float | None) -> str:
+    if ms is None:
+        return "—"
+    return f"{ms:.1f} ms" if ms < 1000 else f"{ms / 1000:.2f} s"
 
 
 def _error(error: dict | None) -> str:
     if not error:
         return ""
     return f"{error.get('code', '')} {error.get('message', '')}".strip()
+
+
+def sagas(items: Iterable[c.SagaView]) -> RenderableType:
+    table = Table()
+    for column in ("Saga", "Order", "Status", "Step", "Attempts", "Failure", "Next retry", "Deadline", "Created"):
+        table.add_column(column, no_wrap=column != "Failure", justify="right" if column == "Attempts" else "left")
+    count = 0
+    for s in items:
+        count += 1
+        state = status(s.status)
+        if s.stuck:
+            state.append(" stuck", style="bold red")
+        active = s.status in ("RUNNING", "COMPENSATING")
+        table.add_row(
+            s.saga_id,
+            s.ref or "—",
+            state,
+            (s.step or "—") if active else "—",
+            str(s.attempts) if active else "—",
+            s.failure_reason or "",
+            when(s.next_retry_at)[11:] if s.next_retry_at else "—",  # soon: the time of day says it
+            when(s.deadline_at)[11:] if active else "—",
+            when(s.created_at),
+        )
+    table.caption = f"{count} saga(s), newest first"
+    return table
 
 
 def orders(items: Iterable[c.Order]) -> RenderableType:
@@ -137,30 +193,6 @@ def orders(items: Iterable[c.Order]) -> RenderableType:
             when(o.created_at),
         )
     table.caption = f"{count} order(s), newest first"
-    return table
-
-
-QUIET_EVENT_FIELDS = frozenset(
-    {"order_id", "customer_id", "items", "steps", "created_at", "updated_at", "request_hash", "idempotency_key"}
-)
-
-
-def timeline(t: c.EventList) -> RenderableType:
-    table = Table(title=f"Events of {t.order_id}", title_justify="left")
-    table.add_column("When (UTC)", no_wrap=True)
-    table.add_column("Service")
-    table.add_column("Type", no_wrap=True)
-    table.add_column("Details")
-    for event in t.events:
-        data = event.get("data") if isinstance(event.get("data"), dict) else {}
-        details = ", ".join(
-            f"{k}={v}"
-            for k, v in data.items()
-            if k not in QUIET_EVENT_FIELDS and v is not None and not isinstance(v, dict | list)
-        )
-        stamp = str(event.get("occurred_at") or "")
-        table.add_row(stamp[11:23] or "—", str(event.get("service", "")), str(event.get("type", "")), details)
-    table.caption = f"{len(t.events)} event(s); `--json` has every field"
     return table
 
 
@@ -252,6 +284,10 @@ def stack_status(st: StackStatus) -> RenderableType:
         ("Requests", "right"),
         ("Errors", "right"),
         ("Endpoints", "right"),
+        ("Backlog", "right"),
+        ("Sagas", "right"),
+        ("Breakers", "left"),
+        ("Faults", "left"),
     ):
         table.add_column(column, justify=justify)
     busy = Table(title="Endpoints that served requests", title_justify="left")
@@ -266,7 +302,7 @@ def stack_status(st: StackStatus) -> RenderableType:
             state = Text("down", style="bold red")
         endpoints = [e for e in s.endpoints if not e.subject.startswith("chaos.")]
         for e in endpoints:
-            if e.requests:
+            if e.requests and not e.subject.endswith(".health"):  # `oms status` itself asks these
                 busy.add_row(e.subject, str(e.requests), Text(str(e.errors), style="red" if e.errors else ""))
         table.add_row(
             s.name,
@@ -277,6 +313,7 @@ def stack_status(st: StackStatus) -> RenderableType:
             str(s.requests) if s.answering else "—",
             Text(str(s.errors), style="red" if s.errors else "") if s.answering else "—",
             str(len(endpoints)) if s.answering else "—",
+            *_health_cells(s.health),
         )
     if st.nats_reachable:
         nats_line = f"[bold]NATS[/] {st.url} [green]reachable[/]"
@@ -298,6 +335,44 @@ def stack_status(st: StackStatus) -> RenderableType:
     elif st.nats_reachable:
         parts.append(Text("Stream: none yet (a service creates it when it starts)", style="dim"))
     return Group(*parts)
+
+
+BREAKER_STYLE = {"closed": "green", "half_open": "yellow", "open": "bold red"}
+
+
+def _health_cells(h: dict[str, Any] | None) -> list[RenderableType]:
+    """Outbox backlog, sagas in flight, breaker states and faults in force, from `<service>.health`."""
+    if h is None:
+        return ["—", "—", "—", "—"]
+    backlog = int(h.get("outbox_backlog") or 0)
+    lag = float(h.get("outbox_lag_s") or 0)
+    backlog_cell = Text(f"{backlog}" + (f" ({lag:.1f}s)" if backlog else ""), style="yellow" if backlog else "")
+    sagas = "—" if h.get("sagas_in_flight") is None else str(h["sagas_in_flight"])
+    states = h.get("breakers") or {}
+    breakers = Text("—" if not states else "all closed", style="green" if states else "")
+    if any(state != "closed" for state in states.values()):
+        breakers = Text()
+        for target, state in sorted(states.items()):
+            breakers.append(f"{' ' if breakers else ''}{target}:")
+            breakers.append(str(state), style=BREAKER_STYLE.get(str(state), ""))
+    return [backlog_cell, sagas, breakers, faults(h.get("chaos") or {})]
+
+
+def faults(chaos: dict[str, Any]) -> Text:
+    """The fault injection in force, in a few words (`none` when there is none)."""
+    if not chaos.get("active"):
+        return Text("none", style="dim")
+    parts = []
+    if chaos.get("error_rate"):
+        parts.append(f"errors {chaos['error_rate']:.0%}")
+    if chaos.get("latency_ms") or chaos.get("latency_jitter_ms"):
+        jitter = f"+≤{chaos['latency_jitter_ms']}" if chaos.get("latency_jitter_ms") else ""
+        parts.append(f"latency {chaos.get('latency_ms', 0)}{jitter} ms")
+    if chaos.get("drop_reply_rate"):
+        parts.append(f"lost replies {chaos['drop_reply_rate']:.0%}")
+    if chaos.get("endpoints"):
+        parts.append("on " + ",".join(chaos["endpoints"]))
+    return Text(", ".join(parts), style="bold yellow")
 
 
 def _bytes(n: int) -> str:

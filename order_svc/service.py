@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ from bus.app import Kernel, ServiceSpec
 from bus.breaker import Breakers
 from bus.client import Client
 from bus.db import Tx
-from bus.errors import Conflict, NotFound, OmsError
+from bus.errors import BreakerOpen, Conflict, NotFound, OmsError
 from bus.ids import new_id
 from bus.saga import SAGA_MIGRATIONS, SagaEngine, SagaRun
 from bus.service import Call
@@ -138,10 +139,23 @@ async def build(k: Kernel) -> None:
         task.add_done_callback(background.discard)
 
     breakers = Breakers(k.settings.breaker, on_change=on_breaker_change)
+    for step in PLACE_ORDER.steps:  # every breaker shows as closed from the start, not only once it moved
+        if step.invoke is not None:
+            k.metrics.breaker_state.labels(step.invoke.route.service).set(BREAKER_STATE["closed"])
     client = Client(k.nc, breakers=breakers, timeout_s=k.settings.saga.step_timeout_ms / 1000)
 
     async def send(route: s.Route, payload: Any, *, timeout_s: float, idempotency_key: str) -> dict[str, Any]:
-        return await client.call(route, payload, timeout_s=timeout_s, idempotency_key=idempotency_key)
+        # The engine's key is `{saga_id}:{step}:{action}`: the step's latency, labelled as its attempts are.
+        _, step, action = idempotency_key.split(":") if idempotency_key.count(":") == 2 else ("", route.subject, "")
+        began, sent = time.perf_counter(), True
+        try:
+            return await client.call(route, payload, timeout_s=timeout_s, idempotency_key=idempotency_key)
+        except BreakerOpen:
+            sent = False  # nothing went out: no latency to count
+            raise
+        finally:
+            if sent:
+                k.metrics.step_duration.labels(step, action).observe(time.perf_counter() - began)
 
     engine = SagaEngine(k.db, PLACE_ORDER, send, k.settings.saga, metrics=k.metrics)
     k.extras.update(

@@ -14,7 +14,7 @@ MAX_EVENTS = 500
 
 
 async def order_events(js: JetStreamContext, stream: str, order_id: str) -> list[dict[str, Any]]:
-    """Every event of the order, in stream order, each with its stream sequence."""
+    """Every event of the order, in the order they occurred, each with its stream sequence."""
     events: list[dict[str, Any]] = []
     seq = 1
     subject = order_timeline_subject(order_id)
@@ -28,4 +28,7 @@ async def order_events(js: JetStreamContext, stream: str, order_id: str) -> list
         body["subject"] = msg.subject
         events.append(body)
         seq = (msg.seq or seq) + 1
+    # Services publish concurrently, so stream order can differ from what happened first (order_created
+    # is acknowledged while the saga already reserves): tell the story by the time each event occurred.
+    events.sort(key=lambda e: (e.get("occurred_at") or "", e["seq"]))
     return events

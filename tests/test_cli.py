@@ -254,7 +254,13 @@ async def test_up_prints_the_table_and_every_service_answers_ping(running: Runni
     for name in PROCESSES:
         assert name in running.up.stdout
     assert "orders.{place" in running.up.stdout
-    nc = await nats.connect((running.home / "nats.url").read_text().strip())
+    cli_user = json.loads((running.home / "credentials" / "cli.json").read_text())
+    nc = await nats.connect(
+        (running.home / "nats.url").read_text().strip(),
+        user=cli_user["user"],
+        password=cli_user["password"],
+        inbox_prefix="_INBOX_cli",
+    )
     try:
         for name in SERVICES:
             reply = await nc.request(f"$SRV.PING.{name}", b"", timeout=2)

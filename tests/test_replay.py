@@ -232,7 +232,12 @@ async def test_progress_is_reported_up_to_the_total(services):
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
 
 
-async def test_sagas_caught_mid_flight_resume_after_the_rebuild_and_finish(services):
+async def test_sagas_caught_mid_flight_resume_after_the_rebuild_and_finish(settings, services):
+    # Sagas must outwait the payment outage however slow the machine: retries never run out here.
+    patient = settings.model_copy(update={"saga": SagaSettings(retry_max_interval_ms=200, retry_max_attempts=1000)})
+    services.settings = patient
+    await services.stop(ORDERS)
+    await services.start(ORDERS)
     await services.stop(PAYMENT)  # authorize gets no responders: every saga waits at its second step
     placed = [await place(services, items=(("CB-505", 1),), wait_ms=0) for _ in range(5)]
     ids = [o["order_id"] for o in placed]

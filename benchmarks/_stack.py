@@ -1,0 +1,66 @@
+"""Shared by the benchmarks: a throwaway embedded stack, and CPU/RSS of its processes from /proc."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from bus import auth
+from bus.settings import Settings
+from cli import stack
+
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def rss_bytes(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+def pids(settings: Settings) -> dict[str, int]:
+    """The stack's processes by name (services and nats-server), from OMS_HOME/pids."""
+    found = {}
+    for pid_file in (settings.home / "pids").glob("*.pid"):
+        with contextlib.suppress(ValueError, OSError):
+            pid = int(pid_file.read_text().strip())
+            Path(f"/proc/{pid}/stat").stat()
+            found[pid_file.stem] = pid
+    return found
+
+
+@contextlib.asynccontextmanager
+async def embedded_stack(**env: str) -> AsyncIterator[Settings]:
+    """Start nats-server and the three services in a temporary OMS_HOME on free ports; stop them after."""
+    home = Path(tempfile.mkdtemp(prefix="oms-bench-"))
+    saved = dict(os.environ)
+    os.environ.update(
+        {
+            "OMS_HOME": str(home),
+            "OMS_NATS_PORT": "0",
+            "OMS_METRICS_PORT_ORDERS": "0",
+            "OMS_METRICS_PORT_INVENTORY": "0",
+            "OMS_METRICS_PORT_PAYMENT": "0",
+            **env,
+        }
+    )
+    os.environ.pop("OMS_NATS_URL", None)
+    settings = Settings()
+    try:
+        await stack.up(settings)
+        # The embedded server has users: benchmarks act as admin (restock, chaos, the audit).
+        yield auth.login(settings, "admin").model_copy(update={"nats_url": settings.resolved_nats_url()})
+    finally:
+        stack.down(settings)
+        os.environ.clear()
+        os.environ.update(saved)
+        shutil.rmtree(home, ignore_errors=True)

@@ -1,0 +1,92 @@
+"""The transport's limit: raw nats-py request-reply round trips/s against a trivial responder.
+
+    python benchmarks/rr_baseline.py [--requests N]
+
+The responder runs in its own process (as a service would); 1 and 64 requests in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from asyncio.subprocess import PIPE
+from pathlib import Path
+
+import nats
+
+from bus import natsserver
+from bus.connect import inbox_prefix
+
+RESPONDER = """
+import asyncio, sys, nats
+async def main():
+    nc = await nats.connect(sys.argv[1], user=sys.argv[2] or None, password=sys.argv[3] or None)
+    async def echo(msg):
+        await msg.respond(b'{"ok":true,"result":{}}')
+    await nc.subscribe("bench.echo", cb=echo)
+    await nc.flush()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+async def round_trips(url: str, in_flight: int, requests: int, user: str | None, password: str | None) -> float:
+    """Round trips per second with `in_flight` requests outstanding."""
+    nc = await nats.connect(url, user=user, password=password, inbox_prefix=inbox_prefix(user))
+    slots = asyncio.Semaphore(in_flight)
+    body = json.dumps({"customer_id": "c1", "items": [{"sku": "KB-101", "qty": 1}]}).encode()
+
+    async def one() -> None:
+        async with slots:
+            await nc.request("bench.echo", body, timeout=10)
+
+    for _ in range(200):  # warm up
+        await one()
+    started = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(requests)))
+    elapsed = time.perf_counter() - started
+    await nc.close()
+    return requests / elapsed
+
+
+async def measure(
+    url: str, requests: int = 20_000, user: str | None = None, password: str | None = None
+) -> dict[str, float]:
+    """Start a responder process against `url` and measure 1 and 64 in flight (as `user`, if given)."""
+    responder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", RESPONDER, url, user or "", password or "", stdout=PIPE
+    )
+    try:
+        assert responder.stdout is not None
+        await responder.stdout.readline()
+        return {
+            "rr_1_per_s": await round_trips(url, 1, max(1000, requests // 10), user, password),
+            "rr_64_per_s": await round_trips(url, 64, requests, user, password),
+        }
+    finally:
+        responder.kill()
+        await responder.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        server, url = natsserver.start(Path(tmp))
+        try:
+            result = asyncio.run(measure(url, args.requests))
+        finally:
+            server.terminate()
+            server.wait()
+    print(f"raw request-reply, 1 in flight : {result['rr_1_per_s']:>9,.0f} round trips/s")
+    print(f"raw request-reply, 64 in flight: {result['rr_64_per_s']:>9,.0f} round trips/s")
+
+
+if __name__ == "__main__":
+    main()

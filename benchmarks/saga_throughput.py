@@ -1,0 +1,149 @@
+"""The full stack: sagas/s and latency at several concurrencies, CPU per saga, RSS, and the ratio
+to raw request-reply measured in the same run.
+
+    python benchmarks/saga_throughput.py [--orders-per-level N] [--levels 1,16,64,256] [--out DIR]
+
+Starts its own embedded stack in a temporary OMS_HOME (free ports) and stops it after.
+Writes DIR/saga_throughput.json and, when matplotlib is installed, DIR/saga_throughput.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _stack import cpu_seconds, embedded_stack, pids, rss_bytes
+from rr_baseline import measure as rr_measure
+
+from cli.loadgen import LoadPlan, run_load
+
+
+async def level(settings, concurrency: int, orders: int) -> dict:
+    procs = pids(settings)
+    cpu0 = {name: cpu_seconds(pid) for name, pid in procs.items()}
+    client_cpu0 = time.process_time()
+    result = await run_load(settings, LoadPlan(orders=orders, concurrency=concurrency, connections=4, max_seconds=300))
+    cpu1 = {name: cpu_seconds(pid) for name, pid in procs.items()}
+    done = max(1, result.terminal)
+    per_process = {name: (cpu1[name] - cpu0[name]) / done * 1e6 for name in procs}
+    d = result.to_dict()
+    return {
+        "concurrency": concurrency,
+        "orders": orders,
+        "sagas_per_s": d["sagas_per_s"],
+        "latency_ms": d["latency_ms"],
+        "outcomes": d["outcomes"],
+        "errors": d["errors"],
+        "cpu_us_per_saga": round(sum(per_process.values()), 1),
+        "cpu_us_per_saga_by_process": {k: round(v, 1) for k, v in per_process.items()},
+        "client_cpu_us_per_saga": round((time.process_time() - client_cpu0) / done * 1e6, 1),
+    }
+
+
+async def half_rate(settings, rate: float, orders: int) -> dict:
+    """Latency when the stack is offered half of what it can do (an open-loop fixed rate)."""
+    result = await run_load(
+        settings, LoadPlan(orders=orders, concurrency=2048, rate=max(rate, 1.0), connections=4, max_seconds=300)
+    )
+    return {
+        "rate": round(rate, 1),
+        "achieved": result.to_dict()["sagas_per_s"],
+        "latency_ms": result.to_dict()["latency_ms"],
+    }
+
+
+async def run(levels: list[int], orders_per_level: int) -> dict:
+    async with embedded_stack() as settings:
+        procs = pids(settings)
+        rss_before = {name: rss_bytes(pid) for name, pid in procs.items()}
+        baseline = await rr_measure(settings.nats_url, 20_000, settings.nats_user, settings.nats_password)
+        await run_load(settings, LoadPlan(orders=500, concurrency=32))  # warm up (and restock nothing)
+        results = []
+        for concurrency in levels:
+            orders = max(orders_per_level, concurrency * 20)
+            results.append(await level(settings, concurrency, orders))
+            r = results[-1]
+            print(
+                f"  concurrency {concurrency:>4}: {r['sagas_per_s']:>7.0f} sagas/s  "
+                f"p50 {r['latency_ms']['p50']:>7.1f} ms  p99 {r['latency_ms']['p99']:>7.1f} ms  "
+                f"CPU {r['cpu_us_per_saga']:>6.0f} us/saga",
+                flush=True,
+            )
+        best = max(results, key=lambda r: r["sagas_per_s"])
+        half = await half_rate(settings, best["sagas_per_s"] / 2, orders_per_level)
+        print(f"  at half the peak rate ({half['rate']:.0f}/s): p99 {half['latency_ms']['p99']:.1f} ms", flush=True)
+        rss_after = {name: rss_bytes(pid) for name, pid in pids(settings).items()}
+    return {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.processor()},
+        "baseline": baseline,
+        "levels": results,
+        "best": {
+            "concurrency": best["concurrency"],
+            "sagas_per_s": best["sagas_per_s"],
+            "ratio_to_rr_64": round(best["sagas_per_s"] / baseline["rr_64_per_s"], 4),
+        },
+        "half_rate": half,
+        "rss_bytes": {"before": rss_before, "after": rss_after},
+    }
+
+
+def chart(result: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    xs = [r["concurrency"] for r in result["levels"]]
+    fig, left = plt.subplots(figsize=(7, 4))
+    left.plot(xs, [r["sagas_per_s"] for r in result["levels"]], "o-", label="sagas/s")
+    left.set_xscale("log", base=2)
+    left.set_xlabel("orders in flight")
+    left.set_ylabel("sagas/s")
+    right = left.twinx()
+    right.plot(xs, [r["latency_ms"]["p99"] for r in result["levels"]], "s--", color="tab:red", label="p99 ms")
+    right.set_ylabel("p99 latency (ms)")
+    left.set_title(f"OMS saga throughput (raw request-reply: {result['baseline']['rr_64_per_s']:,.0f}/s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levels", default="1,16,64,256")
+    parser.add_argument("--orders-per-level", type=int, default=3000)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    print(f"saga throughput at concurrency {levels} ({args.orders_per_level} orders each)")
+    result = asyncio.run(run(levels, args.orders_per_level))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "saga_throughput.json").write_text(json.dumps(result, indent=2))
+    drew = chart(result, args.out / "saga_throughput.png")
+    b = result["baseline"]
+    print(f"raw request-reply: {b['rr_1_per_s']:,.0f}/s (1 in flight), {b['rr_64_per_s']:,.0f}/s (64 in flight)")
+    print(
+        f"best: {result['best']['sagas_per_s']:,.0f} sagas/s at concurrency {result['best']['concurrency']} "
+        f"= {result['best']['ratio_to_rr_64']:.3f} x raw round trips/s"
+    )
+    one = result["levels"][0]
+    print(f"one in flight: p50 {one['latency_ms']['p50']:.1f} ms; CPU per saga {one['cpu_us_per_saga']:.0f} us")
+    for name in result["rss_bytes"]["before"]:
+        before = result["rss_bytes"]["before"][name] / 2**20
+        after = result["rss_bytes"]["after"].get(name, 0) / 2**20
+        print(f"RSS {name:<12} {before:6.1f} MiB -> {after:6.1f} MiB")
+    print(f"wrote {args.out / 'saga_throughput.json'}" + (f" and {args.out / 'saga_throughput.png'}" if drew else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""`oms saga`: list and inspect the order service's sagas; retry or abort one that is stuck (operator)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from enum import StrEnum
+from typing import Annotated, Any, get_args
+
+import typer
+from pydantic import BaseModel
+
+from bus import contract as c
+from bus.errors import RequestTimeout
+from bus.settings import Settings
+from bus.subjects import ORDERS_GET, SAGA_ABORT, SAGA_GET, SAGA_LIST, SAGA_RETRY, Route
+from cli import views
+from cli.connection import role_for
+from cli.failures import reported
+from cli.options import JsonFlag, KeyOption
+from cli.output import Output
+from cli.session import call, client, command, parse, settings_of
+
+app = typer.Typer(
+    help="Sagas of the place-order flow: list, show, and (operator) retry or abort.", no_args_is_help=True
+)
+
+# Choices come from the contract.
+SagaStatus = StrEnum(
+    "SagaStatus", [(s, s) for s in get_args(get_args(c.SagaQuery.model_fields["status"].annotation)[0])]
+)
+
+IdArgument = Annotated[str, typer.Argument(metavar="ID", help="A saga id (saga_…) or the id of its order (ord_…).")]
+ID_FLAGS = {"saga_id": "ID", "reason": "--reason"}
+# Abort waits (up to 10 s in the service) for the compensation to finish before it answers.
+ABORT_TIMEOUT_S = 15.0
+
+
+async def _on_saga(
+    settings: Settings,
+    ident: str,
+    route: Route,
+    build: type[BaseModel],
+    fields: dict[str, Any],
+    key: str | None,
+    timeout_s: float | None,
+) -> dict[str, Any]:
+    """Call `route` for the saga `ident` names; an order id is looked up first (its saga is in the order)."""
+    async with client(settings, role=role_for(route)) as cl:
+        saga_id = ident
+        if ident.startswith("ord_"):
+            order = parse(c.Order, await cl.call(ORDERS_GET, {"order_id": ident}), ORDERS_GET)
+            if order.saga is not None:
+                saga_id = order.saga.saga_id
+        cmd = command(build, ID_FLAGS, saga_id=saga_id, **fields)
+        try:
+            return await cl.call(route, cmd, timeout_s=timeout_s, idempotency_key=key)
+        except RequestTimeout as exc:
+            if key:  # so the message says how to learn the outcome without acting twice
+                exc.details["idempotency_key"] = key
+            raise
+
+
+def _run(
+    ctx: typer.Context,
+    ident: str,
+    route: Route,
+    build: type[BaseModel],
+    as_json: bool,
+    *,
+    fields: dict[str, Any] | None = None,
+    key: str | None = None,
+    timeout_s: float | None = None,
+) -> None:
+    settings = settings_of(ctx)
+    fields = fields or {}
+    command(build, ID_FLAGS, saga_id=ident, **fields)  # usage errors before connecting (order ids fit too)
+    with reported(settings, as_json=as_json):
+        raw = asyncio.run(_on_saga(settings, ident, route, build, fields, key, timeout_s))
+        view = parse(c.SagaView, raw, route)
+    out = Output(as_json)
+    out.result(raw, views.saga(view))
+    if key:
+        out.note(f"[dim]idempotency key {key}[/]")
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    status: Annotated[
+        SagaStatus | None, typer.Option("--status", "-s", case_sensitive=False, help="Only sagas in this state.")
+    ] = None,
+    stuck: Annotated[
+        bool, typer.Option("--stuck", help="Only sagas whose compensation keeps failing (retry or abort them).")
+    ] = False,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000, help="At most this many.")] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """List sagas, newest first: status, current step, attempts, failure, next retry, deadline."""
+    settings = settings_of(ctx)
+    cmd = command(
+        c.SagaQuery,
+        {"status": "--status", "stuck": "--stuck", "limit": "--limit"},
+        status=status.value if status else None,
+        stuck=stuck,
+        limit=limit,
+    )
+    with reported(settings, as_json=as_json):
+        raw = call(settings, SAGA_LIST, cmd)
+        found = parse(c.SagaList, raw, SAGA_LIST)
+    Output(as_json).result(raw, views.sagas(found.sagas))
+
+
+@app.command()
+def show(ctx: typer.Context, ident: IdArgument, as_json: JsonFlag = False) -> None:
+    """Show one saga step by step.
+
+    Each step's action, status, attempts, whether its outcome is uncertain, duration and last error;
+    then where it stands: failure reason, next retry, deadline.
+    """
+    _run(ctx, ident, SAGA_GET, c.SagaRef, as_json)
+
+
+@app.command()
+def retry(ctx: typer.Context, ident: IdArgument, key: KeyOption = None, as_json: JsonFlag = False) -> None:
+    """Make a running or compensating saga try again now.
+
+    It tries its current step (or compensation) at once instead of waiting for its next retry.
+    Exit 1 when the saga has already ended (CONFLICT) or is unknown.
+    """
+    _run(ctx, ident, SAGA_RETRY, c.SagaRef, as_json, key=key or str(uuid.uuid4()))
+
+
+@app.command()
+def abort(
+    ctx: typer.Context,
+    ident: IdArgument,
+    reason: Annotated[str | None, typer.Option("--reason", "-r", help="Why; for the operator's record.")] = None,
+    key: KeyOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Stop a running saga: what it did is undone and its order fails.
+
+    Completed steps are compensated in reverse order and the order ends FAILED with reason ABORTED.
+    Exit 1 when the saga is not running (CONFLICT) or unknown.
+    """
+    _run(
+        ctx,
+        ident,
+        SAGA_ABORT,
+        c.SagaAbort,
+        as_json,
+        fields={"reason": reason},
+        key=key or str(uuid.uuid4()),
+        timeout_s=ABORT_TIMEOUT_S,
+    )

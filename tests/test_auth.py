@@ -1,0 +1,321 @@
+"""Least privilege: a nats-server with the generated configuration, the services as their own users, and
+what each user is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import stat
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.errors
+import pytest
+
+from bus import auth, natsserver
+from bus import subjects as s
+from bus.app import running
+from bus.client import Client
+from bus.connect import connect, inbox_prefix
+from bus.errors import NotFound, Unavailable
+from bus.replay import recover
+from bus.settings import SERVICES, Settings
+from cli import stack
+from cli.connection import role_for
+from cli.session import request as session_request
+from inventory_svc.service import SPEC as INVENTORY
+from order_svc.service import SPEC as ORDERS
+from payment_svc.service import SPEC as PAYMENT
+from tests.conftest import wait_for
+
+REFUSAL_WAIT_S = 0.5
+
+
+@dataclass
+class Secured:
+    """A nats-server that enforces `bus.auth`, the three services running as their users."""
+
+    url: str
+    settings: Settings  # OMS_HOME of this server, no user
+    creds: dict[str, auth.Credentials]
+
+    def as_user(self, user: str) -> Settings:
+        return self.settings.model_copy(
+            update={"nats_url": self.url, "nats_user": user, "nats_password": self.creds[user].password}
+        )
+
+
+@dataclass
+class Session:
+    """A plain nats-py connection as one user, keeping every error the server reports."""
+
+    nc: Any
+    errors: list[str]
+
+    def refused(self, what: str) -> bool:
+        return any("permissions violation" in e and what.lower() in e for e in self.errors)
+
+
+async def session(secured: Secured, user: str) -> Session:
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc).lower())
+
+    nc = await nats.connect(
+        secured.url,
+        user=user,
+        password=secured.creds[user].password,
+        inbox_prefix=inbox_prefix(user),
+        error_cb=on_error,
+        allow_reconnect=False,
+    )
+    return Session(nc, errors)
+
+
+@pytest.fixture(scope="module")
+async def secured(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Secured]:
+    home = tmp_path_factory.mktemp("secured")
+    base = Settings(home=home, metrics_port_orders=0, metrics_port_inventory=0, metrics_port_payment=0)
+    config = auth.prepare(base)
+    proc, url = natsserver.start(home / "nats", config=config)
+    try:
+        found = Secured(url, base, auth.ensure_credentials(base))
+        async with AsyncExitStack() as services:
+            for spec in (INVENTORY, PAYMENT, ORDERS):
+                await services.enter_async_context(running(spec, found.as_user(spec.name), serve_metrics=False))
+            yield found
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
+async def state(secured: Secured) -> dict[str, Any]:
+    """What a refused request must not change: stock, reservations, payments, orders, the stream."""
+    nc = await connect(secured.as_user("admin"), "snapshot", persistent=False)
+    try:
+        client = Client(nc, timeout_s=5)
+        info = await nc.jetstream().stream_info(secured.settings.stream_name)
+        return {
+            "stock": await client.call(s.INVENTORY_STOCK, {}),
+            "reservations": await client.call(s.INVENTORY_RESERVATIONS, {}),
+            "payments": await client.call(s.PAYMENT_LIST, {}),
+            "orders": await client.call(s.ORDERS_LIST, {}),
+            "chaos": [await client.request(f"chaos.{name}.get", b"") for name in SERVICES],
+            "events": info.state.messages,
+        }
+    finally:
+        await nc.close()
+
+
+# -- the generated files --------------------------------------------------------
+
+
+def test_credentials_and_config_are_private_and_generated_once(tmp_path: Path):
+    settings = Settings(home=tmp_path / "home")
+    config = auth.prepare(settings)
+    first = auth.ensure_credentials(settings)
+    auth.prepare(settings)
+    assert auth.ensure_credentials(settings) == first
+    assert set(first) == {"orders", "inventory", "payment", "cli", "admin"}
+    assert len({c.password for c in first.values()}) == len(first)
+    folder = auth.credentials_dir(settings)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for user in first:
+        assert stat.S_IMODE((folder / f"{user}.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert all(c.password in config.read_text() for c in first.values())
+
+
+def test_the_cli_uses_its_user_for_client_commands_and_admin_for_operator_commands(tmp_path: Path):
+    for route in (s.ORDERS_PLACE, s.ORDERS_GET, s.ORDERS_CANCEL, s.INVENTORY_STOCK, s.PAYMENT_GET):
+        assert role_for(route) == "cli"
+    for route in (s.INVENTORY_RESTOCK, s.SAGA_RETRY, s.SAGA_ABORT, s.INVENTORY_RESERVATIONS, s.PAYMENT_LIST):
+        assert role_for(route) == "admin"
+    embedded = Settings(home=tmp_path / "home")
+    assert auth.login(embedded, "cli").nats_user is None  # nothing generated yet: no user
+    creds = auth.ensure_credentials(embedded)
+    assert auth.login(embedded, "cli").nats_password == creds["cli"].password
+    assert auth.login(embedded, "admin").nats_user == "admin"
+    # An explicit user wins; with OMS_NATS_URL the generated files are not used.
+    explicit = embedded.model_copy(update={"nats_user": "me", "nats_password": "pw"})
+    assert auth.login(explicit, "admin").nats_user == "me"
+    assert auth.login(embedded.model_copy(update={"nats_url": "nats://elsewhere:4222"}), "cli").nats_user is None
+
+
+# -- the server enforces them ---------------------------------------------------
+
+
+async def test_a_wrong_password_or_none_is_refused_with_a_clear_message(secured: Secured):
+    wrong = secured.as_user("cli").model_copy(update={"nats_password": "not-the-password"})
+    for persistent in (False, True):  # a service must not retry refused credentials forever
+        with pytest.raises(Unavailable) as refused:
+            await asyncio.wait_for(connect(wrong, "wrong", persistent=persistent), 10)
+        assert "refused user 'cli'" in refused.value.message
+        assert "OMS_NATS_PASSWORD" in refused.value.message
+    nobody = secured.settings.model_copy(update={"nats_url": secured.url})
+    with pytest.raises(Unavailable, match="without credentials"):
+        await connect(nobody, "nobody", persistent=False)
+
+
+async def test_the_services_work_as_their_users_and_the_cli_places_and_reads_orders(secured: Secured):
+    cli = await session(secured, "cli")
+    try:
+        client = Client(cli.nc, timeout_s=15)
+        order = await client.call(s.ORDERS_PLACE, {"customer_id": "c1", "items": [{"sku": "KB-101", "qty": 1}]})
+        assert order["status"] == "CONFIRMED"
+        timeline = await client.call(s.ORDERS_EVENTS, {"order_id": order["order_id"]})
+        assert {e["service"] for e in timeline["events"]} == set(SERVICES)
+        assert (await client.call(s.PAYMENT_GET, {"order_id": order["order_id"]}))["status"] == "AUTHORIZED"
+        assert await cli.nc.request(f"$SRV.PING.{ORDERS.name}", b"", timeout=2)
+        await cli.nc.jetstream().stream_info(secured.settings.stream_name)  # `oms status`
+        assert cli.errors == []
+    finally:
+        await cli.nc.close()
+
+
+async def test_the_cli_user_cannot_call_payments_reserve_release_restock_sagas_or_chaos(secured: Secured):
+    before = await state(secured)
+    forbidden = {
+        s.PAYMENT_AUTHORIZE.subject: {
+            "order_id": "ord_forbidden",
+            "customer_id": "c1",
+            "amount_cents": 100,
+            "currency": "USD",
+            "method": "card",
+        },
+        s.PAYMENT_REFUND.subject: {"order_id": "ord_forbidden"},
+        s.PAYMENT_LIST.subject: {},
+        s.INVENTORY_RESERVE.subject: {"order_id": "ord_forbidden", "items": [{"sku": "KB-101", "qty": 1}]},
+        s.INVENTORY_RELEASE.subject: {"order_id": "ord_forbidden"},
+        s.INVENTORY_RESTOCK.subject: {"sku": "KB-101", "qty": 5},
+        s.SAGA_ABORT.subject: {"saga_id": "saga_forbidden"},
+        "chaos.inventory.set": {"error_rate": 1.0},
+        "chaos.payment.clear": {},
+        "chaos.orders.get": {},
+    }
+    cli = await session(secured, "cli")
+    try:
+
+        async def attempt(subject: str, body: dict[str, Any]) -> str:
+            try:
+                await cli.nc.request(subject, json.dumps(body).encode(), timeout=REFUSAL_WAIT_S)
+            except nats.errors.TimeoutError:
+                return "no reply"
+            return "answered"
+
+        outcomes = await asyncio.gather(*(attempt(subject, body) for subject, body in forbidden.items()))
+        assert dict(zip(forbidden, outcomes, strict=True)) == dict.fromkeys(forbidden, "no reply")
+        for subject in forbidden:
+            assert cli.refused(f'publish to "{subject}"'), (subject, cli.errors)
+        assert cli.nc.is_connected
+    finally:
+        await cli.nc.close()
+    assert await state(secured) == before
+
+
+async def test_the_cli_user_cannot_read_another_users_inbox_or_the_events(secured: Secured):
+    cli = await session(secured, "cli")
+    admin = await session(secured, "admin")
+    try:
+        heard: list[bytes] = []
+
+        async def keep(msg: Any) -> None:
+            heard.append(msg.data)
+
+        for subject in (f"{inbox_prefix('orders')}.>", "events.>", s.PAYMENT_AUTHORIZE.subject):
+            await cli.nc.subscribe(subject, cb=keep)
+        await cli.nc.flush()
+        await asyncio.sleep(0.1)
+        await admin.nc.publish(f"{inbox_prefix('orders')}.secret", b"a reply meant for the order service")
+        await admin.nc.flush()
+        await asyncio.sleep(0.2)
+        assert heard == []
+        for subject in (f"{inbox_prefix('orders')}.>", "events.>", s.PAYMENT_AUTHORIZE.subject):
+            assert cli.refused(f'subscription to "{subject}"'), (subject, cli.errors)
+    finally:
+        await cli.nc.close()
+        await admin.nc.close()
+
+
+async def test_a_service_user_cannot_serve_or_call_another_services_subjects(secured: Secured):
+    inventory = await session(secured, "inventory")
+    payment = await session(secured, "payment")
+    try:
+        await inventory.nc.subscribe(s.PAYMENT_AUTHORIZE.subject, queue="payment")
+        await inventory.nc.subscribe("chaos.payment.set", queue="payment")
+        await inventory.nc.subscribe("inventory.probe")  # its own subjects only in its queue group
+        await inventory.nc.subscribe("inventory.probe", queue="inventory")
+        await inventory.nc.flush()
+        await payment.nc.publish(s.INVENTORY_RESERVE.subject, b"{}")  # only the order service calls it
+        await payment.nc.publish("events.orders.order_confirmed.ord_x", b"{}")  # nor forges its events
+        await payment.nc.flush()
+        await asyncio.sleep(0.2)
+        assert inventory.refused(f'subscription to "{s.PAYMENT_AUTHORIZE.subject}"'), inventory.errors
+        assert inventory.refused('subscription to "chaos.payment.set"'), inventory.errors
+        assert sum("inventory.probe" in e for e in inventory.errors) == 1, inventory.errors
+        assert payment.refused(f'publish to "{s.INVENTORY_RESERVE.subject}"'), payment.errors
+        assert payment.refused('publish to "events.orders.order_confirmed.ord_x"'), payment.errors
+    finally:
+        await inventory.nc.close()
+        await payment.nc.close()
+
+
+async def test_admin_may_restock_and_a_service_may_rebuild_itself_by_replay(secured: Secured, tmp_path: Path):
+    nc = await connect(secured.as_user("admin"), "admin", persistent=False)
+    try:
+        client = Client(nc, timeout_s=5)
+        product = await client.call(s.INVENTORY_RESTOCK, {"sku": "KB-101", "qty": 1}, idempotency_key="auth-restock")
+        assert product["sku"] == "KB-101"
+        with pytest.raises(NotFound):
+            await client.call(s.PAYMENT_GET, {"order_id": "ord_none"})
+    finally:
+        await nc.close()
+    # `python -m payment_svc --recover` reads the stream as the payment user, into a home of its own here.
+    elsewhere = secured.as_user("payment").model_copy(update={"home": tmp_path / "rebuilt"})
+    stats = await recover(elsewhere, PAYMENT)
+    assert stats.applied == stats.total > 0
+
+
+async def test_oms_up_reuses_the_credentials_and_a_running_server_reloads_new_ones(tmp_path: Path):
+    settings = Settings(home=tmp_path / "home")
+    stack_settings = stack.StackSettings(nats_port=0)
+    try:
+        _, url = stack.ensure_nats(settings, stack_settings)
+        first = auth.ensure_credentials(settings)
+        _, again = stack.ensure_nats(settings, stack_settings)  # running: left alone, credentials kept
+        assert again == url and auth.ensure_credentials(settings) == first
+        (auth.credentials_dir(settings) / "cli.json").unlink()  # lost: a new password, and the server reloads
+        stack.ensure_nats(settings, stack_settings)
+        fresh = auth.load(settings, "cli")
+        assert fresh is not None and fresh.password != first["cli"].password
+        as_cli = auth.login(settings, "cli")
+
+        async def accepted() -> bool:
+            try:
+                nc = await connect(as_cli, "reloaded", persistent=False)
+            except Unavailable:
+                return False
+            await nc.close()
+            return True
+
+        await wait_for(accepted, timeout=10, what="nats-server to reload the new credentials")
+    finally:
+        await asyncio.to_thread(stack.down, settings, stack_settings)
+
+
+async def test_a_cli_command_the_server_refuses_says_so_instead_of_timing_out(secured: Secured):
+    before = await state(secured)
+    with pytest.raises(Unavailable) as refused:
+        await session_request(
+            secured.as_user("cli"), s.INVENTORY_RESTOCK, {"sku": "KB-101", "qty": 1}, timeout_s=REFUSAL_WAIT_S, key="k1"
+        )
+    assert "refused user 'cli'" in refused.value.message and "inventory.restock" in refused.value.message
+    assert "admin" in refused.value.message
+    assert await state(secured) == before

@@ -1,0 +1,344 @@
+"""Hostile input on every subject: random JSON and bytes, huge and deeply nested bodies, odd headers and bad
+Idempotency-Keys. Every reply is a well-formed envelope (an error with the micro error headers, or a valid
+answer to a valid read), nothing changes, and every service still answers `$SRV.PING`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
+from pydantic import BaseModel, ValidationError
+
+from bus import contract as c
+from bus import subjects as s
+from bus.client import IDEMPOTENCY_HEADER
+from bus.errors import ERROR_CODES
+from bus.settings import SERVICES, Limits, Settings
+from inventory_svc.catalog import CATALOG
+
+LIMITS = Limits()  # the `settings` fixture's, as every deployment starts
+REPLY_TIMEOUT_S = 5.0
+FUZZ = hypothesis_settings(
+    max_examples=40,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    subject: str
+    model: type[BaseModel]
+    mutating: bool
+
+
+TARGETS: tuple[Target, ...] = (
+    *(Target(r.subject, r.request, r.mutating) for r in s.ROUTES),
+    *(Target(s.chaos_subject(name, "set"), c.ChaosSet, True) for name in SERVICES),
+)
+READS = tuple(t for t in TARGETS if not t.mutating)
+
+
+def accepted(target: Target, data: bytes) -> bool:
+    """Whether the service will take `data` as a valid request (its own checks, run here)."""
+    if len(data) > LIMITS.max_payload_bytes:
+        return False
+    try:
+        target.model.model_validate_json(data.strip() or b"{}", context={"limits": LIMITS})
+    except (ValidationError, ValueError, RecursionError):
+        return False
+    return True
+
+
+# -- strategies -------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+    max_leaves=20,
+)
+KNOWN = {"sku": st.sampled_from([item.sku for item in CATALOG])}
+
+
+def from_schema(schema: dict[str, Any], defs: dict[str, Any], name: str = "") -> st.SearchStrategy[Any]:
+    """Values that (mostly) fit a pydantic JSON Schema; custom validators may still refuse some."""
+    if "$ref" in schema:
+        return from_schema(defs[schema["$ref"].rsplit("/", 1)[-1]], defs, name)
+    if "anyOf" in schema:
+        return st.one_of(*(from_schema(option, defs, name) for option in schema["anyOf"]))
+    if "enum" in schema:
+        return st.sampled_from(schema["enum"])
+    if "const" in schema:
+        return st.just(schema["const"])
+    kind = schema.get("type")
+    if kind == "object":
+        properties = schema.get("properties", {})
+        required = set(schema.get("required", ()))
+        fields = {key: from_schema(sub, defs, key) for key, sub in properties.items()}
+        return st.fixed_dictionaries(
+            {k: v for k, v in fields.items() if k in required},
+            optional={k: v for k, v in fields.items() if k not in required},
+        )
+    if kind == "array":
+        return st.lists(
+            from_schema(schema["items"], defs, name),
+            min_size=schema.get("minItems", 0),
+            max_size=min(schema.get("maxItems", 4), 4),
+        )
+    if kind == "string":
+        if "pattern" in schema:
+            text = st.from_regex(schema["pattern"], fullmatch=True)
+            return KNOWN[name] | text if name in KNOWN else text
+        return st.text(min_size=schema.get("minLength", 0), max_size=min(schema.get("maxLength", 20), 40))
+    if kind == "integer":
+        return st.integers(schema.get("minimum"), schema.get("maximum"))
+    if kind == "number":
+        return st.floats(schema.get("minimum"), schema.get("maximum"), allow_nan=False)
+    if kind == "boolean":
+        return st.booleans()
+    if kind == "null":
+        return st.none()
+    return json_values
+
+
+def valid_bodies(target: Target) -> st.SearchStrategy[bytes]:
+    schema = target.model.model_json_schema()
+    return from_schema(schema, schema.get("$defs", {})).map(lambda body: json.dumps(body).encode())
+
+
+def plausible_bodies(target: Target) -> st.SearchStrategy[bytes]:
+    """JSON objects with the model's field names (and others), holding any JSON value: deep validation."""
+    names = list(target.model.model_fields) or ["x"]
+    keys = st.sampled_from(names) | st.text(max_size=10)
+    objects = st.dictionaries(keys, json_values, max_size=6)
+    return (objects | json_values).map(lambda body: json.dumps(body).encode())
+
+
+deeply_nested = st.integers(100, 3000).flatmap(
+    lambda depth: st.sampled_from([b"[" * depth + b"]" * depth, b'{"a":' * depth + b"1" + b"}" * depth])
+)
+huge = st.integers(LIMITS.max_payload_bytes + 1, 3 * LIMITS.max_payload_bytes).flatmap(
+    lambda size: st.sampled_from(
+        [
+            b"x" * size,
+            json.dumps({"items": [{"sku": "KB-101", "qty": 1}] * (size // 25)}).encode(),
+            json.dumps({"customer_id": "c" * size}).encode(),
+        ]
+    )
+)
+hostile_bytes = st.binary(max_size=512) | deeply_nested | huge | st.sampled_from([b"", b" ", b"null", b"[]", b"\x00"])
+
+header_names = st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,20}", fullmatch=True).filter(
+    lambda name: name.lower() != IDEMPOTENCY_HEADER.lower()
+)
+odd_headers = st.dictionaries(header_names, st.text(st.characters(codec="utf-8"), max_size=30), max_size=4)
+bad_keys = st.one_of(
+    st.text(min_size=LIMITS.max_idempotency_key_len + 1, max_size=LIMITS.max_idempotency_key_len + 50).filter(
+        lambda k: k.strip() == k and "\r" not in k and "\n" not in k
+    ),
+    # Not at either end: nats-py strips header values, and a stripped " k" is the good key "k".
+    st.from_regex(r"[A-Za-z0-9]{1,8}[ #!?*%$&\"'<>(){}\[\],;~^`|\\][A-Za-z0-9]{1,8}", fullmatch=True),
+    st.sampled_from(["ключ-1", "key with spaces", "k" * (LIMITS.max_idempotency_key_len + 1)]),
+)
+
+
+# -- sending and checking ----------------------------------------------------------
+
+
+async def send(nc: Any, subject: str, data: bytes, headers: dict[str, str] | None) -> tuple[dict[str, Any], Any]:
+    try:
+        msg = await nc.request(subject, data, timeout=REPLY_TIMEOUT_S, headers=headers or None)
+    except nats.errors.TimeoutError:
+        raise AssertionError(f"{subject} did not answer {data[:80]!r} within {REPLY_TIMEOUT_S}s") from None
+    body = json.loads(msg.data)
+    assert isinstance(body, dict) and isinstance(body.get("ok"), bool), (subject, msg.data[:200])
+    return body, msg.headers or {}
+
+
+def assert_error(subject: str, body: dict[str, Any], headers: dict[str, str], code: str | None = None) -> None:
+    """A well-formed error envelope with the micro error headers; never INTERNAL."""
+    assert body["ok"] is False, (subject, body)
+    error = body["error"]
+    assert set(error) == {"code", "message", "retryable", "details"}, (subject, error)
+    assert error["code"] in ERROR_CODES and error["code"] != "INTERNAL", (subject, error)
+    assert isinstance(error["message"], str) and error["message"], (subject, error)
+    assert error["retryable"] is False and isinstance(error["details"], dict), (subject, error)
+    assert headers.get(ERROR_HEADER), (subject, headers)
+    assert headers.get(ERROR_CODE_HEADER) == str(ERROR_CODES[error["code"]]), (subject, headers)
+    if code is not None:
+        assert error["code"] == code, (subject, error)
+
+
+async def snapshot(stack: dict[str, Any]) -> dict[str, Any]:
+    """What hostile input must not change."""
+    client = stack["client"]
+    info = await stack["js"].stream_info(stack["orders"].settings.stream_name)
+    return {
+        "stock": await client.call(s.INVENTORY_STOCK, {}),
+        "reservations": await client.call(s.INVENTORY_RESERVATIONS, {}),
+        "payments": await client.call(s.PAYMENT_LIST, {}),
+        "orders": await client.call(s.ORDERS_LIST, {}),
+        "sagas": await client.call(s.SAGA_LIST, {}),
+        "chaos": [await client.request(s.chaos_subject(name, "get"), b"") for name in SERVICES],
+        "events": info.state.messages,
+    }
+
+
+async def unchanged_and_alive(stack: dict[str, Any], baseline: dict[str, Any]) -> None:
+    assert await snapshot(stack) == baseline
+    for name in SERVICES:
+        reply = await stack["nc"].request(f"$SRV.PING.{name}", b"", timeout=2)
+        assert json.loads(reply.data)["name"] == name
+
+
+async def baseline_of(stack: dict[str, Any]) -> dict[str, Any]:
+    """Taken once per test, before its first example sends anything."""
+    if "baseline" not in stack:
+        stack["baseline"] = await snapshot(stack)
+    return stack["baseline"]
+
+
+# -- the properties ------------------------------------------------------------------
+
+
+@FUZZ
+@given(data=st.data())
+async def test_random_json_bodies_get_an_envelope_and_change_nothing(stack, data):
+    baseline = await baseline_of(stack)
+    for _ in range(data.draw(st.integers(1, 6), label="messages")):
+        target = data.draw(st.sampled_from(TARGETS), label="target")
+        body = data.draw(plausible_bodies(target), label="body")
+        headers = data.draw(odd_headers, label="headers")
+        if accepted(target, body) and target.mutating:
+            continue  # a valid command would act: that is not this test's business
+        reply, reply_headers = await send(stack["nc"], target.subject, body, headers)
+        if accepted(target, body):
+            assert reply["ok"] or reply["error"]["code"] == "NOT_FOUND", (target.subject, body, reply)
+        else:
+            assert_error(target.subject, reply, reply_headers, "VALIDATION_ERROR")
+    await unchanged_and_alive(stack, baseline)
+
+
+@FUZZ
+@given(data=st.data())
+async def test_random_bytes_huge_and_deeply_nested_bodies_are_refused_by_field(stack, data):
+    baseline = await baseline_of(stack)
+    for _ in range(data.draw(st.integers(1, 4), label="messages")):
+        target = data.draw(st.sampled_from(TARGETS), label="target")
+        body = data.draw(hostile_bytes, label="body")
+        if accepted(target, body):
+            if target.mutating:
+                continue
+            reply, reply_headers = await send(stack["nc"], target.subject, body, None)
+            assert reply["ok"] or reply["error"]["code"] == "NOT_FOUND", (target.subject, body[:80], reply)
+            continue
+        reply, reply_headers = await send(stack["nc"], target.subject, body, None)
+        assert_error(target.subject, reply, reply_headers, "VALIDATION_ERROR")
+        if len(body) > LIMITS.max_payload_bytes:
+            assert reply["error"]["details"]["field"] == "body", reply
+    await unchanged_and_alive(stack, baseline)
+
+
+@FUZZ
+@given(data=st.data())
+async def test_a_bad_idempotency_key_is_refused_before_anything_happens(stack, data):
+    """Even a valid command (reserve, authorize, restock, chaos...) does nothing with a bad key."""
+    baseline = await baseline_of(stack)
+    for _ in range(data.draw(st.integers(1, 4), label="messages")):
+        target = data.draw(st.sampled_from(TARGETS), label="target")
+        body = data.draw(valid_bodies(target), label="body")
+        key = data.draw(bad_keys, label="key")
+        headers = data.draw(odd_headers, label="headers") | {IDEMPOTENCY_HEADER: key}
+        reply, reply_headers = await send(stack["nc"], target.subject, body, headers)
+        assert_error(target.subject, reply, reply_headers, "VALIDATION_ERROR")
+        assert IDEMPOTENCY_HEADER in reply["error"]["message"], reply
+    await unchanged_and_alive(stack, baseline)
+
+
+@FUZZ
+@given(data=st.data())
+async def test_valid_random_reads_answer_a_result_or_not_found(stack, data):
+    baseline = await baseline_of(stack)
+    for _ in range(data.draw(st.integers(1, 6), label="messages")):
+        target = data.draw(st.sampled_from(READS), label="target")
+        body = data.draw(valid_bodies(target), label="body")
+        reply, reply_headers = await send(stack["nc"], target.subject, body, data.draw(odd_headers, label="headers"))
+        if not accepted(target, body):  # a custom validator refused what the schema allows
+            assert_error(target.subject, reply, reply_headers, "VALIDATION_ERROR")
+        elif reply["ok"]:
+            assert isinstance(reply["result"], dict) and ERROR_HEADER not in reply_headers, reply
+        else:
+            assert_error(target.subject, reply, reply_headers, "NOT_FOUND")
+    await unchanged_and_alive(stack, baseline)
+
+
+# -- each limit, by example ------------------------------------------------------------
+
+LINE = {"sku": "KB-101", "qty": 1}
+LIMIT_CASES = [
+    # (subject, body, headers, the field the error names)
+    ("orders.place", {"customer_id": "c1", "items": [LINE] * 0}, None, "items"),
+    (
+        "orders.place",
+        {"customer_id": "c1", "items": [{"sku": f"SKU-{i}", "qty": 1} for i in range(LIMITS.max_items_per_order + 1)]},
+        None,
+        "items",
+    ),
+    (
+        "orders.place",
+        {"customer_id": "c1", "items": [LINE | {"qty": LIMITS.max_qty_per_line + 1}]},
+        None,
+        "items.0.qty",
+    ),
+    ("inventory.check", {"items": [LINE | {"qty": LIMITS.max_qty_per_line + 1}]}, None, "items.0.qty"),
+    ("orders.place", {"customer_id": "not valid", "items": [LINE]}, None, "customer_id"),
+    ("orders.place", {"customer_id": "c1", "items": [{"sku": "kb-101", "qty": 1}]}, None, "items.0.sku"),
+    ("orders.get", {"order_id": "ord/../x"}, None, "order_id"),
+    (
+        "payment.authorize",
+        {"order_id": "o1", "customer_id": "c1", "amount_cents": 1, "currency": "usd", "method": "card"},
+        None,
+        "currency",
+    ),
+    ("orders.saga.get", {"saga_id": "saga id"}, None, "saga_id"),
+    ("orders.place", {"customer_id": "c" * LIMITS.max_payload_bytes, "items": [LINE]}, None, "body"),
+    (
+        "orders.cancel",
+        {"order_id": "o1"},
+        {IDEMPOTENCY_HEADER: "k" * (LIMITS.max_idempotency_key_len + 1)},
+        IDEMPOTENCY_HEADER,
+    ),
+    ("orders.place", {"customer_id": "c1", "items": [LINE], "surprise": 1}, None, "surprise"),
+]
+
+
+async def test_every_limit_is_a_validation_error_naming_its_field(stack):
+    baseline = await snapshot(stack)
+    for subject, body, headers, field in LIMIT_CASES:
+        reply, reply_headers = await send(stack["nc"], subject, json.dumps(body).encode(), headers)
+        assert_error(subject, reply, reply_headers, "VALIDATION_ERROR")
+        details = reply["error"]["details"]
+        named = [details.get("field")] + [e["field"] for e in details.get("errors", [])]
+        assert field in named, (subject, field, reply)
+        assert field in reply["error"]["message"], reply
+    await unchanged_and_alive(stack, baseline)
+
+
+def test_the_limits_are_settings(monkeypatch):
+    monkeypatch.setenv("OMS_LIMITS__MAX_ITEMS_PER_ORDER", "2")
+    monkeypatch.setenv("OMS_LIMITS__MAX_QTY_PER_LINE", "5")
+    limits = Settings().limits
+    three = {"customer_id": "c1", "items": [{"sku": f"S{i}", "qty": 1} for i in range(3)]}
+    for body, field in ((three, "items"), ({"customer_id": "c1", "items": [{"sku": "S", "qty": 6}]}, "items.0.qty")):
+        with pytest.raises(ValidationError) as refused:
+            c.PlaceOrder.model_validate_json(json.dumps(body), context={"limits": limits})
+        assert [".".join(map(str, e["loc"])) for e in refused.value.errors()] == [field]
