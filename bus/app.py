@@ -34,6 +34,8 @@ from bus.subjects import HEALTH
 
 log = logging.getLogger(__name__)
 
+STOP_GRACE_S = 5.0
+
 VERSION = "0.1.0"
 
 
@@ -141,8 +143,10 @@ def _health_handler(k: Kernel, started: float) -> Callable[[HealthQuery, Call], 
 
 
 async def _close_nats(nc: Nats) -> None:
-    with contextlib.suppress(Exception):
-        await nc.drain()
+    # Draining needs the server; with NATS gone (it may be stopped first) it would only wait out its timeout.
+    if nc.is_connected:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.drain(), STOP_GRACE_S)
     with contextlib.suppress(Exception):
         await nc.close()
 

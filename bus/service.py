@@ -14,6 +14,7 @@ saga id, idempotency key); reads leave none unless they fail internally.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -180,8 +181,10 @@ class ServiceRunner:
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop taking requests, then let the ones in flight finish (bounded)."""
         if self._micro is not None:
-            await self._micro.stop()
-            self._micro = None
+            micro, self._micro = self._micro, None
+            if self.nc.is_connected:  # unsubscribing needs the server; without it, just stop answering
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(micro.stop(), grace_s)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=grace_s)
 
