@@ -1,139 +1,33 @@
-"""`oms demo`: a throwaway stack in a temporary OMS_HOME, then scenes that show what OMS does.
+"""`oms demo`: a throwaway stack in a temporary OMS_HOME, then the guided tour of `cli.scenes`.
 
-A scene is data: (name, one line saying what it shows, async function of a Stage). The stage
-places orders and shows stock; `expect` records whether the scene showed what it set out to.
+A scene is data: (name, one line saying what it shows, async function of a Stage); `Stage.expect`
+records whether the scene showed what it set out to, and a miss makes the demo exit 1.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
-import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from bus import contract as c
-from bus.client import Client
 from bus.natsserver import free_port
 from bus.settings import SERVICES, Settings
-from bus.subjects import INVENTORY_STOCK, ORDERS_PLACE
-from cli import session, stack, views
+from cli import session, stack
+from cli.connection import ADMIN
 from cli.failures import ExitCode, reported
 from cli.options import JsonFlag
 from cli.output import Output
-from cli.session import config_of, parse
+from cli.scenes import SCENES, Scene
+from cli.session import config_of
+from cli.stage import Stage
 
 app = typer.Typer()
-
-
-@dataclass
-class Stage:
-    """What a scene acts on: a client of the demo stack, and the output to show results on."""
-
-    client: Client
-    out: Output
-    scene: str
-    problems: list[str] = field(default_factory=list)
-
-    async def stock(self, *skus: str, show: bool = True) -> dict[str, c.Product]:
-        """Products (all, or these SKUs) by SKU; shown as a short table."""
-        raw = await self.client.call(INVENTORY_STOCK, {})
-        products = [p for p in parse(c.Stock, raw, INVENTORY_STOCK).products if not skus or p.sku in skus]
-        if show:
-            title = "Stock now" if skus else "Catalog"
-            self._show("stock", {"products": [p.model_dump() for p in products]}, views.stock(products, title))
-        return {p.sku: p for p in products}
-
-    async def place(self, customer: str, items: dict[str, int], method: str = "card") -> c.Order:
-        """Place an order, wait for its outcome and show it."""
-        lines = ", ".join(f"{qty} x {sku}" for sku, qty in items.items())
-        self.out.note(f"[bold]{customer}[/] orders {lines}, paying with [bold]{method}[/]")
-        cmd = c.PlaceOrder(
-            customer_id=customer,
-            items=[c.Line(sku=sku, qty=qty) for sku, qty in items.items()],
-            payment_method=method,  # type: ignore[arg-type]
-        )
-        raw = await self.client.call(
-            ORDERS_PLACE, cmd, timeout_s=cmd.wait_ms / 1000 + 5, idempotency_key=str(uuid.uuid4())
-        )
-        order = parse(c.Order, raw, ORDERS_PLACE)
-        self._show("order", raw, views.order(order))
-        return order
-
-    def expect(self, ok: bool, what: str) -> None:
-        """Say whether the scene showed `what`; a miss makes the demo exit 1."""
-        if not ok:
-            self.problems.append(f"{self.scene}: {what}")
-        self.out.note(f"  [green]✓[/] {what}" if ok else f"  [bold red]✗ expected:[/] {what}")
-
-    def _show(self, kind: str, raw: object, view: object) -> None:
-        if self.out.as_json:
-            self.out.json({"scene": self.scene, "kind": kind, "result": raw}, line=True)
-        else:
-            self.out.console.print(view)
-
-
-# -- scenes -------------------------------------------------------------------
-
-
-async def catalog(stage: Stage) -> None:
-    products = await stage.stock()
-    stage.expect(bool(products), "the inventory service seeded its catalog")
-
-
-async def happy_path(stage: Stage) -> None:
-    before = (await stage.stock("KB-101", show=False))["KB-101"]
-    order = await stage.place("alice", {"KB-101": 2})
-    after = (await stage.stock("KB-101"))["KB-101"]
-    stage.expect(order.status is c.OrderStatus.CONFIRMED, "the order is CONFIRMED")
-    stage.expect(
-        order.total_cents == 2 * before.price_cents,
-        f"its total is 2 x {views.money(before.price_cents)} = {views.money(2 * before.price_cents)}",
-    )
-    stage.expect(after.reserved == before.reserved + 2, "2 keyboards are now reserved for it")
-
-
-async def out_of_stock(stage: Stage) -> None:
-    before = (await stage.stock("LAMP-1", show=False))["LAMP-1"]
-    order = await stage.place("bob", {"LAMP-1": before.available + 2})
-    after = (await stage.stock("LAMP-1"))["LAMP-1"]
-    stage.expect(
-        order.status is c.OrderStatus.FAILED and order.failure_reason == "OUT_OF_STOCK",
-        "the order FAILED with OUT_OF_STOCK",
-    )
-    stage.expect(after.reserved == before.reserved, "nothing stays reserved: no lamp is oversold")
-
-
-async def declined(stage: Stage) -> None:
-    before = (await stage.stock("HD-404", show=False))["HD-404"]
-    order = await stage.place("carol", {"HD-404": 1}, method="card_declined")
-    after = (await stage.stock("HD-404"))["HD-404"]
-    stage.expect(
-        order.status is c.OrderStatus.FAILED and order.failure_reason == "PAYMENT_DECLINED",
-        "the order FAILED with PAYMENT_DECLINED",
-    )
-    stage.expect(after.reserved == before.reserved, "the saga released the headphones it had reserved")
-
-
-@dataclass(frozen=True)
-class Scene:
-    name: str
-    description: str
-    run: Callable[[Stage], Awaitable[None]]
-
-
-SCENES: list[Scene] = [
-    Scene("catalog", "the catalog the inventory service seeds on its first start", catalog),
-    Scene("happy", "2 keyboards paid by card: reserve, authorize, confirm", happy_path),
-    Scene("out-of-stock", "more lamps than there are: the saga stops at the reservation", out_of_stock),
-    Scene("declined", "a declined card: the reservation is compensated (released)", declined),
-]
 
 
 # -- the command ----------------------------------------------------------------
@@ -144,6 +38,7 @@ def demo(
     ctx: typer.Context,
     scene: Annotated[str | None, typer.Argument(help="Run only this scene (see --list).")] = None,
     list_scenes: Annotated[bool, typer.Option("--list", help="List the scenes and exit.")] = False,
+    step: Annotated[bool, typer.Option("--step", help="Pause for Enter between scenes.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Start a throwaway stack in a temporary OMS_HOME, play the scenes, stop it and clean up."""
@@ -162,7 +57,7 @@ def demo(
     problems: list[str] = []
     try:
         with reported(settings, as_json=as_json):
-            problems = asyncio.run(play(settings, stack_settings, chosen, out))
+            problems = asyncio.run(play(settings, stack_settings, chosen, out, step=step))
     finally:
         with stack.signals_held():
             stack.down(settings, stack_settings)
@@ -183,23 +78,50 @@ def _select(name: str | None) -> list[Scene]:
     raise typer.BadParameter(f"no scene {name!r}; one of: {names}", param_hint="'SCENE'")
 
 
+# Short timeouts so that faults play out in seconds; the services read them from the environment.
+DEMO_ENV = {
+    "OMS_SAGA__STEP_TIMEOUT_MS": "1000",
+    "OMS_SAGA__RETRY_MAX_INTERVAL_MS": "500",
+    "OMS_SAGA__RETRY_MAX_ATTEMPTS": "40",
+    "OMS_BREAKER__THRESHOLD": "3",
+    "OMS_BREAKER__TTL_MS": "1000",
+}
+
+
 def demo_settings(base: Settings, home: Path) -> Settings:
     """The demo's own home, embedded server and free metrics ports: never in the way of `oms up`."""
+    os.environ.update(DEMO_ENV)  # inherited by the services the demo starts
     ports = {f"metrics_port_{name}": free_port() for name in SERVICES}
-    return base.model_copy(update={"home": home, "nats_url": None, **ports})
+    tuned = Settings(home=home, **ports)
+    return base.model_copy(
+        update={
+            "home": home,
+            "nats_url": None,
+            "nats_user": None,
+            "nats_password": None,
+            "saga": tuned.saga,
+            "breaker": tuned.breaker,
+            **ports,
+        }
+    )
 
 
-async def play(settings: Settings, stack_settings: stack.StackSettings, scenes: list[Scene], out: Output) -> list[str]:
+async def play(
+    settings: Settings, stack_settings: stack.StackSettings, scenes: list[Scene], out: Output, *, step: bool = False
+) -> list[str]:
     """Start the stack, run the scenes; the problems they found (the caller stops the stack)."""
     out.note(f"Starting a throwaway OMS in {settings.home} …")
     started = await stack.up(settings, stack_settings)
     out.note(f"[dim]nats-server on {started.url}; {', '.join(SERVICES)} answer[/]")
     problems: list[str] = []
-    async with session.client(settings) as client:
-        for s in scenes:
+    async with session.client(settings) as client, session.client(settings, role=ADMIN) as admin:
+        stage = Stage(settings, client, admin, out)
+        for number, scene in enumerate(scenes, start=1):
+            if step and number > 1 and not out.as_json:
+                await asyncio.to_thread(input, "press Enter for the next scene ")
             if not out.as_json:
-                out.console.rule(f"[bold]{s.name}[/]: {s.description}", align="left")
-            stage = Stage(client, out, s.name)
-            await s.run(stage)
-            problems += stage.problems
+                out.console.rule(f"[bold]{number}. {scene.name}[/]: {scene.description}", align="left")
+            stage.scene = scene.name
+            await scene.run(stage)
+        problems = stage.problems
     return problems

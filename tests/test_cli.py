@@ -209,7 +209,8 @@ def test_demo_lists_its_scenes_without_starting_anything():
     result = runner.invoke(app, ["demo", "--list", "--json"])
     assert result.exit_code == 0
     names = [scene["name"] for scene in json.loads(result.stdout)]
-    assert names[:4] == ["catalog", "happy", "out-of-stock", "declined"]
+    assert names[:5] == ["health", "catalog", "happy", "out-of-stock", "declined"]
+    assert {"breaker", "participant-killed", "orders-killed", "rebuild", "load", "audit"} <= set(names)
     assert runner.invoke(app, ["demo", "no-such-scene"]).exit_code == ExitCode.USAGE
 
 

@@ -1,0 +1,143 @@
+"""What a demo scene acts on: the stack's settings, a client and an admin client, and the output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.js import api as js_api
+from rich.console import RenderableType
+
+from bus import contract as c
+from bus import subjects as s
+from bus.client import Client
+from bus.settings import Settings
+from cli import views
+from cli.events import timeline
+from cli.output import Output
+from cli.session import parse
+
+
+@dataclass
+class Stage:
+    settings: Settings
+    client: Client  # as the `cli` user, like any client
+    admin: Client  # as `admin`: chaos, restock, the audit, the event stream
+    out: Output
+    scene: str = ""
+    problems: list[str] = field(default_factory=list)
+
+    async def stock(self, *skus: str, show: bool = True) -> dict[str, c.Product]:
+        """Products (all, or these SKUs) by SKU; shown as a short table."""
+        raw = await self.client.call(s.INVENTORY_STOCK, {})
+        products = [p for p in parse(c.Stock, raw, s.INVENTORY_STOCK).products if not skus or p.sku in skus]
+        if show:
+            title = "Stock now" if skus else "Catalog"
+            self.show("stock", {"products": [p.model_dump() for p in products]}, views.stock(products, title))
+        return {p.sku: p for p in products}
+
+    async def place(
+        self,
+        customer: str,
+        items: dict[str, int],
+        method: str = "card",
+        *,
+        key: str | None = None,
+        wait_ms: int = 10_000,
+        show: bool = True,
+    ) -> c.Order:
+        """Place an order and wait (up to `wait_ms`) for its outcome."""
+        lines = ", ".join(f"{qty} x {sku}" for sku, qty in items.items())
+        if show:
+            self.out.note(f"[bold]{customer}[/] orders {lines}, paying with [bold]{method}[/]")
+        body = {
+            "customer_id": customer,
+            "items": [{"sku": sku, "qty": qty} for sku, qty in items.items()],
+            "payment_method": method,
+            "wait_ms": wait_ms,
+        }
+        raw = await self.client.call(
+            s.ORDERS_PLACE, body, timeout_s=wait_ms / 1000 + 5, idempotency_key=key or str(uuid.uuid4())
+        )
+        order = parse(c.Order, raw, s.ORDERS_PLACE)
+        if show:
+            self.show("order", raw, views.order(order))
+        return order
+
+    async def order(self, order_id: str) -> c.Order:
+        return parse(c.Order, await self.client.call(s.ORDERS_GET, {"order_id": order_id}), s.ORDERS_GET)
+
+    async def until(self, what: str, check: Callable[[], Awaitable[Any]], timeout_s: float = 20.0) -> Any:
+        """Poll `check` until it is truthy; a miss is recorded as a problem, not raised."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            value = await check()
+            if value:
+                return value
+            await asyncio.sleep(0.05)
+        self.expect(False, what)
+        return None
+
+    async def settled(self, order_id: str, timeout_s: float = 25.0) -> c.Order | None:
+        async def ended() -> c.Order | None:
+            o = await self.order(order_id)
+            return o if o.status in c.TERMINAL else None
+
+        return await self.until(f"order {order_id} reaches a final status", ended, timeout_s)
+
+    async def timeline(self, order_id: str) -> list[str]:
+        raw = await self.client.call(s.ORDERS_EVENTS, {"order_id": order_id})
+        events = parse(c.EventList, raw, s.ORDERS_EVENTS)
+        self.show("timeline", raw, timeline(events))
+        return [e["type"] for e in events.events]
+
+    async def chaos(self, service: str, **faults: Any) -> None:
+        subject = f"chaos.{service}.set" if faults else f"chaos.{service}.clear"
+        await self.admin.request(subject, faults)
+
+    async def health(self, service: str) -> dict[str, Any]:
+        return await self.client.call(s.HEALTH[service], {})
+
+    async def requests_served(self, service: str, endpoint: str) -> int:
+        msg = await self.admin.nc.request(f"$SRV.STATS.{service}", b"", timeout=2)
+        stats = json.loads(msg.data)
+        return next(e["num_requests"] for e in stats["endpoints"] if e["name"] == endpoint)
+
+    async def events_on(self, subject: str) -> list[dict[str, Any]]:
+        """Every event on `subject` so far (an ordered consumer read to the end)."""
+        js = self.admin.nc.jetstream()
+        try:
+            info = await js.stream_info(self.settings.stream_name, subjects_filter=subject)
+        except Exception:
+            return []
+        wanted = sum((info.state.subjects or {}).values())
+        if not wanted:
+            return []
+        sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=js_api.DeliverPolicy.ALL)
+        found = []
+        try:
+            while len(found) < wanted:
+                found.append(json.loads((await sub.next_msg(timeout=2)).data))
+        finally:
+            await sub.unsubscribe()
+        return found
+
+    def expect(self, ok: bool, what: str) -> None:
+        """Say whether the scene showed `what`; a miss makes the demo exit 1."""
+        if not ok:
+            self.problems.append(f"{self.scene}: {what}")
+        self.out.note(f"  [green]✓[/] {what}" if ok else f"  [bold red]✗ expected:[/] {what}")
+
+    def say(self, text: str) -> None:
+        self.out.note(f"  {text}")
+
+    def show(self, kind: str, raw: object, view: RenderableType) -> None:
+        if self.out.as_json:
+            self.out.json({"scene": self.scene, "kind": kind, "result": raw}, line=True)
+        else:
+            self.out.console.print(view)
