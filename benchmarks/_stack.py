@@ -38,6 +38,11 @@ def pids(settings: Settings) -> dict[str, int]:
     return found
 
 
+def as_admin(settings: Settings) -> Settings:
+    """Settings that connect to the embedded stack as its `admin` user (restock, chaos, the audit)."""
+    return auth.login(settings, "admin")
+
+
 @contextlib.asynccontextmanager
 async def embedded_stack(**env: str) -> AsyncIterator[Settings]:
     """Start nats-server and the three services in a temporary OMS_HOME on free ports; stop them after."""
@@ -57,8 +62,7 @@ async def embedded_stack(**env: str) -> AsyncIterator[Settings]:
     settings = Settings()
     try:
         await stack.up(settings)
-        # The embedded server has users: benchmarks act as admin (restock, chaos, the audit).
-        yield auth.login(settings, "admin").model_copy(update={"nats_url": settings.resolved_nats_url()})
+        yield settings  # connect with `as_admin(settings)`: the embedded server has users
     finally:
         stack.down(settings)
         os.environ.clear()

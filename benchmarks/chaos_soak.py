@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stack import embedded_stack
+from _stack import as_admin, embedded_stack
 
 from bus import subjects as s
 from bus.audit import run_audit
@@ -81,7 +81,7 @@ async def quiesce(client: Client, timeout_s: float) -> float:
 
 async def soak(orders: int, concurrency: int, kill_every_s: float, max_seconds: float) -> dict:
     async with embedded_stack(**SOAK_ENV) as settings:
-        nc = await connect(settings, "soak", persistent=False)
+        nc = await connect(as_admin(settings), "soak", persistent=False)
         client = Client(nc, timeout_s=10)
         await set_faults(client, True)
         stop = asyncio.Event()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stack import cpu_seconds, embedded_stack, pids, rss_bytes
+from _stack import as_admin, cpu_seconds, embedded_stack, pids, rss_bytes
 from rr_baseline import measure as rr_measure
 
 from cli.loadgen import LoadPlan, run_load
@@ -64,7 +64,8 @@ async def run(levels: list[int], orders_per_level: int) -> dict:
     async with embedded_stack() as settings:
         procs = pids(settings)
         rss_before = {name: rss_bytes(pid) for name, pid in procs.items()}
-        baseline = await rr_measure(settings.nats_url, 20_000, settings.nats_user, settings.nats_password)
+        admin = as_admin(settings)
+        baseline = await rr_measure(settings.resolved_nats_url(), 20_000, admin.nats_user, admin.nats_password)
         await run_load(settings, LoadPlan(orders=500, concurrency=32))  # warm up (and restock nothing)
         results = []
         for concurrency in levels:
