@@ -10,8 +10,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from bus import auth
+from bus.client import Client
+from bus.connect import connect
 from bus.settings import Settings
 from cli import stack
+from cli.loadgen import DEFAULT_SKUS, LoadPlan, ensure_stock
 
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -41,6 +44,15 @@ def pids(settings: Settings) -> dict[str, int]:
 def as_admin(settings: Settings) -> Settings:
     """Settings that connect to the embedded stack as its `admin` user (restock, chaos, the audit)."""
     return auth.login(settings, "admin")
+
+
+async def restock(settings: Settings, orders: int, skus: tuple[str, ...] = DEFAULT_SKUS) -> None:
+    """Enough stock of `skus` for `orders` one-unit orders: a benchmark measures sagas that confirm."""
+    nc = await connect(as_admin(settings), "bench-restock", persistent=False)
+    try:
+        await ensure_stock(Client(nc, timeout_s=10), LoadPlan(orders=orders, skus=skus))
+    finally:
+        await nc.close()
 
 
 @contextlib.asynccontextmanager

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stack import as_admin, cpu_seconds, embedded_stack, pids, rss_bytes
+from _stack import as_admin, cpu_seconds, embedded_stack, pids, restock, rss_bytes
 from rr_baseline import measure as rr_measure
 
 from cli.loadgen import LoadPlan, run_load
@@ -66,7 +66,8 @@ async def run(levels: list[int], orders_per_level: int) -> dict:
         rss_before = {name: rss_bytes(pid) for name, pid in procs.items()}
         admin = as_admin(settings)
         baseline = await rr_measure(settings.resolved_nats_url(), 20_000, admin.nats_user, admin.nats_password)
-        await run_load(settings, LoadPlan(orders=500, concurrency=32))  # warm up (and restock nothing)
+        await restock(settings, 500 + sum(max(orders_per_level, c * 20) for c in levels) + 2 * orders_per_level)
+        await run_load(settings, LoadPlan(orders=500, concurrency=32))  # warm up
         results = []
         for concurrency in levels:
             orders = max(orders_per_level, concurrency * 20)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stack import as_admin, embedded_stack
+from _stack import as_admin, embedded_stack, restock
 
 from bus import subjects as s
 from bus.client import Client
@@ -31,6 +31,7 @@ from bus.ids import parse_iso
 async def run(orders: int, concurrency: int) -> dict[str, list[float]]:
     phases: dict[str, list[float]] = {}
     async with embedded_stack() as settings:
+        await restock(settings, orders, ("CB-505",))
         nc = await connect(as_admin(settings), "bench", persistent=False)
         client = Client(nc, timeout_s=30)
         slots = asyncio.Semaphore(concurrency)
