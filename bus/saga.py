@@ -477,10 +477,13 @@ class SagaEngine:
     def _record_start(self, tx: Tx, run: SagaRun, step: Step, action: str, attempt: int) -> None:
         now = self.clock()
         tx.execute(
-            "INSERT INTO saga_steps (saga_id, step, action, status, attempts, started_at)"
-            " VALUES (?, ?, ?, 'RUNNING', ?, ?)"
-            " ON CONFLICT (saga_id, step, action) DO UPDATE SET status = 'RUNNING', attempts = excluded.attempts",
-            (run.saga_id, step.name, action, attempt, now),
+            "INSERT INTO saga_steps (saga_id, step, action, status, attempts, uncertain, started_at)"
+            " VALUES (?, ?, ?, 'RUNNING', ?, ?, ?)"
+            " ON CONFLICT (saga_id, step, action) DO UPDATE SET status = 'RUNNING', attempts = excluded.attempts,"
+            " uncertain = uncertain OR excluded.uncertain",
+            # A second attempt means the first was sent and never answered for sure (a timeout, or the
+            # service died waiting): whatever the later attempts say, the step may have taken effect.
+            (run.saga_id, step.name, action, attempt, int(action == "invoke" and attempt > 1), now),
         )
         if action == "invoke":
             run.attempts = attempt

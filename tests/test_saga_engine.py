@@ -219,3 +219,30 @@ async def test_cancelling_a_confirmed_order_refunds_and_releases(db):
     assert await engine.wait(saga_id, 5)
     assert p.subjects()[-2:] == ["payment.refund", "inventory.release"]
     assert await order_status(db) == ("CANCELLED", None)
+
+
+async def test_a_business_answer_after_an_attempt_lost_in_a_crash_still_compensates(db):
+    hold = asyncio.Event()
+
+    async def stalled_send(route, payload, **kw):
+        await hold.wait()  # the reserve was sent; the service dies before any answer
+        raise AssertionError("never answered")
+
+    engine = SagaEngine(db, PLACE_ORDER, stalled_send, FAST)
+    cmd = c.PlaceOrder(customer_id="c1", items=[c.Line(sku="KB-101", qty=1)])
+    data = {"order_id": "ord_x", "customer_id": "c1", "items": [{"sku": "KB-101", "qty": 1}], "payment_method": "card"}
+
+    def unit(tx):
+        store.create(tx, "ord_x", "saga_x", cmd)
+        return engine.create(tx, "saga_x", "ord_x", data)
+
+    engine.start(await db.write(unit))
+    assert not await engine.wait("saga_x", 0.1)
+    await engine.stop()
+    p = Participants(lambda s, b, k: OutOfStock("none left") if s == "inventory.reserve" else None)
+    fresh = SagaEngine(db, PLACE_ORDER, p.send, FAST)
+    await fresh.resume_all()
+    assert await fresh.wait("saga_x", 5)
+    # the first reserve may have taken effect before the crash: it is released all the same
+    assert p.subjects() == ["inventory.reserve", "inventory.release"]
+    assert await order_status(db, "ord_x") == ("FAILED", "OUT_OF_STOCK")
