@@ -232,12 +232,13 @@ class SagaEngine:
         now = self.clock()
         run = SagaRun(saga_id, self.saga.name, ref, RUNNING, 0, data, now + self.settings.deadline_ms / 1000)
         run.created_at = now
+        if self.saga.steps and self.saga.steps[0].invoke is not None:
+            self._record_start(tx, run, self.saga.steps[0], "invoke", 1, persist=False)
         tx.execute(
-            "INSERT INTO sagas (saga_id, name, ref, status, step_index, data, deadline_at, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?)",
-            (saga_id, run.name, ref, RUNNING, json.dumps(data), run.deadline_at, now, now),
+            "INSERT INTO sagas (saga_id, name, ref, status, step_index, data, deadline_at, attempts, created_at,"
+            " updated_at) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
+            (saga_id, run.name, ref, RUNNING, json.dumps(data), run.deadline_at, run.attempts, now, now),
         )
-        self._prepare(tx, run)
         return run
 
     def start(self, run: SagaRun) -> None:
@@ -474,7 +475,10 @@ class SagaEngine:
         assignments = ", ".join(f"{name} = ?" for name in columns)
         tx.execute(f"UPDATE sagas SET {assignments} WHERE saga_id = ?", (*columns.values(), run.saga_id))
 
-    def _record_start(self, tx: Tx, run: SagaRun, step: Step, action: str, attempt: int) -> None:
+    def _record_start(
+        self, tx: Tx, run: SagaRun, step: Step, action: str, attempt: int, *, persist: bool = True
+    ) -> None:
+        """Record an attempt before its request; `persist=False` when the caller writes the saga row."""
         now = self.clock()
         tx.execute(
             "INSERT INTO saga_steps (saga_id, step, action, status, attempts, uncertain, started_at)"
@@ -488,6 +492,7 @@ class SagaEngine:
         if action == "invoke":
             run.attempts = attempt
             run.start_recorded = True
+        if action == "invoke" and persist:
             tx.execute(
                 "UPDATE sagas SET attempts = ?, next_retry_at = NULL, updated_at = ? WHERE saga_id = ?",
                 (attempt, now, run.saga_id),
@@ -503,21 +508,23 @@ class SagaEngine:
             step.on_success(tx, run, result)
         run.step_index += 1
         run.attempts = 0
-        self._save(tx, run, data=json.dumps(run.data), last_error=None, next_retry_at=None)
         self._prepare(tx, run)
+        finished = {"finished_at": self.clock()} if run.status == COMPLETED else {}
+        self._save(tx, run, data=json.dumps(run.data), last_error=None, next_retry_at=None, **finished)
 
     def _prepare(self, tx: Tx, run: SagaRun) -> None:
         """Start the next step in this same transaction: record a remote step's first attempt, or
-        run a local step outright. Saves one commit per step; a stop or deadline waits for `_forward`."""
+        run a local step outright. Saves a commit per step; a stop or deadline waits for `_forward`.
+        The caller saves the saga row afterwards."""
         if run.step_index >= len(self.saga.steps) or run.stop_reason or self.clock() >= run.deadline_at:
             return
         step = self.saga.steps[run.step_index]
         if step.local is not None:
-            self._run_local(tx, run, step)
+            self._run_local(tx, run, step, persist=False)
         else:
-            self._record_start(tx, run, step, "invoke", 1)
+            self._record_start(tx, run, step, "invoke", 1, persist=False)
 
-    def _run_local(self, tx: Tx, run: SagaRun, step: Step) -> None:
+    def _run_local(self, tx: Tx, run: SagaRun, step: Step, *, persist: bool = True) -> None:
         now = self.clock()
         assert step.local is not None
         step.local(tx, run)
@@ -530,9 +537,9 @@ class SagaEngine:
         run.attempts = 0
         if run.step_index >= len(self.saga.steps):
             run.status = COMPLETED
-            self._save(tx, run, data=json.dumps(run.data), finished_at=now)
-        else:
-            self._save(tx, run, data=json.dumps(run.data))
+        if persist:
+            finished = {"finished_at": now} if run.status == COMPLETED else {}
+            self._save(tx, run, data=json.dumps(run.data), **finished)
 
     def _step_failed(self, tx: Tx, run: SagaRun, step: Step, exc: OmsError, reason: str, *, uncertain: bool) -> None:
         tx.execute(
