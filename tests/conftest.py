@@ -99,3 +99,36 @@ async def stack(settings: Settings) -> AsyncIterator[dict[str, Any]]:
         conn = await nats.connect(settings.nats_url)
         exits.push_async_callback(conn.close)
         yield {"client": Client(conn, timeout_s=15), "nc": conn, "js": conn.jetstream(), **kernels}
+
+
+async def ask(nc: Any, subject: str, body: Any, key: str | None = None) -> tuple[dict, dict]:
+    """One request exactly as `nats req` sends it: JSON bytes, optional Idempotency-Key header."""
+    import json
+
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Idempotency-Key": key} if key else None
+    msg = await nc.request(subject, data, timeout=5, headers=headers)
+    return json.loads(msg.data), msg.headers or {}
+
+
+async def stream_events(nc: Any, settings: Settings) -> list[dict]:
+    """Every event in the stream, oldest first, each with the subject it was published on."""
+    import json
+
+    js = nc.jetstream()
+    info = await js.stream_info(settings.stream_name)
+    events: list[dict] = []
+    if not info.state.messages:
+        return events
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(settings.stream_name, seq)
+        events.append(json.loads(msg.data) | {"subject": msg.subject})
+    return events
+
+
+@pytest.fixture
+def client(nc: Any) -> Any:
+    """A request client on the plain test connection."""
+    from bus.client import Client
+
+    return Client(nc, timeout_s=5)

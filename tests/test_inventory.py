@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
-from typing import Any
 
 import pytest
 
@@ -17,6 +15,7 @@ from bus.errors import Conflict, InvalidRequest, NotFound
 from bus.settings import Settings
 from inventory_svc.catalog import CATALOG
 from inventory_svc.service import SPEC
+from tests.conftest import ask, stream_events
 
 PRICE = {item.sku: item.price_cents for item in CATALOG}
 ON_HAND = {item.sku: item.on_hand for item in CATALOG}
@@ -26,30 +25,6 @@ ON_HAND = {item.sku: item.on_hand for item in CATALOG}
 async def inventory(settings: Settings):
     async with running(SPEC, settings, serve_metrics=False) as kernel:
         yield kernel
-
-
-@pytest.fixture
-def client(nc) -> Client:
-    return Client(nc, timeout_s=5)
-
-
-async def ask(nc, subject: str, body: Any, key: str | None = None) -> tuple[dict, dict]:
-    """One request exactly as `nats req` sends it: JSON bytes, optional Idempotency-Key header."""
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    headers = {"Idempotency-Key": key} if key else None
-    msg = await nc.request(subject, data, timeout=5, headers=headers)
-    return json.loads(msg.data), msg.headers or {}
-
-
-async def stream_events(nc, settings: Settings) -> list[dict]:
-    """Every event in the stream, oldest first, each with the subject it was published on."""
-    js = nc.jetstream()
-    info = await js.stream_info(settings.stream_name)
-    events = []
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        msg = await js.get_msg(settings.stream_name, seq)
-        events.append(json.loads(msg.data) | {"subject": msg.subject})
-    return events
 
 
 async def order_events(nc, settings: Settings) -> list[tuple[str, str]]:

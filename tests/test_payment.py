@@ -3,50 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Any
 
 import pytest
 
 from bus import contract as c
 from bus import subjects as s
 from bus.app import running
-from bus.client import Client
 from bus.errors import Conflict, NotFound, PaymentDeclined
 from bus.settings import Settings
 from payment_svc.service import SPEC
+from tests.conftest import ask, stream_events
 
 
 @pytest.fixture
 async def payment(settings: Settings):
     async with running(SPEC, settings, serve_metrics=False) as kernel:
         yield kernel
-
-
-@pytest.fixture
-def client(nc) -> Client:
-    return Client(nc, timeout_s=5)
-
-
-async def ask(nc, subject: str, body: Any, key: str | None = None) -> tuple[dict, dict]:
-    """One request exactly as `nats req` sends it: JSON bytes, optional Idempotency-Key header."""
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    headers = {"Idempotency-Key": key} if key else None
-    msg = await nc.request(subject, data, timeout=5, headers=headers)
-    return json.loads(msg.data), msg.headers or {}
-
-
-async def stream_events(nc, settings: Settings) -> list[dict]:
-    """Every event in the stream, oldest first, each with the subject it was published on."""
-    js = nc.jetstream()
-    info = await js.stream_info(settings.stream_name)
-    events: list[dict] = []
-    if not info.state.messages:
-        return events
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        msg = await js.get_msg(settings.stream_name, seq)
-        events.append(json.loads(msg.data) | {"subject": msg.subject})
-    return events
 
 
 async def timeline(nc, settings: Settings) -> list[str]:
