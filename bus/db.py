@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_BATCH = 512
+FORGET_AFTER_S = 0.5  # the longest acknowledged outbox rows wait for a batch to delete them
 
 # Tables every service has; a service's own migrations follow these.
 KERNEL_MIGRATIONS: tuple[str, ...] = (
@@ -136,6 +137,9 @@ class Database:
         self._conn: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[_Unit] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._forget_upto = 0  # outbox rows up to here are acknowledged: the next batch deletes them
+        self._forgotten = 0
+        self._forget_timer: asyncio.TimerHandle | None = None
         self.commits = 0
         self.units = 0
 
@@ -149,6 +153,9 @@ class Database:
         return self
 
     async def close(self) -> None:
+        if self._forget_timer is not None:
+            self._forget_timer.cancel()
+            self._forget_timer = None
         if self._writer:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
@@ -258,7 +265,11 @@ class Database:
                 conn.execute("RELEASE unit")
                 unit.events = tx.events
                 outcomes.append((True, value))
+            upto = self._forget_upto
+            if upto > self._forgotten:
+                conn.execute("DELETE FROM outbox WHERE seq <= ?", (upto,))
             conn.execute("COMMIT")
+            self._forgotten = max(self._forgotten, upto)
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -275,9 +286,25 @@ class Database:
             ]
         )
 
-    async def forget_sent(self, up_to_seq: int) -> None:
-        """Drop outbox rows the stream has acknowledged (history lives in JetStream, not here)."""
-        await self.commit(lambda tx: tx.execute("DELETE FROM outbox WHERE seq <= ?", (up_to_seq,)))
+    def forget_sent(self, up_to_seq: int) -> None:
+        """Drop outbox rows the stream has acknowledged (history lives in JetStream, not here).
+
+        The delete rides along with the next batch of writes; when none comes soon, an empty unit
+        carries it. A row still there after a crash is only sent again, and the stream drops it.
+        """
+        self._forget_upto = max(self._forget_upto, up_to_seq)
+        if self._forget_timer is None and self._writer is not None:
+            loop = asyncio.get_running_loop()
+            self._forget_timer = loop.call_later(FORGET_AFTER_S, self._forget_now)
+
+    def _forget_now(self) -> None:
+        self._forget_timer = None
+        if self._forget_upto > self._forgotten and self._writer is not None:
+            self._queue.put_nowait(_Unit(_nothing, asyncio.get_running_loop().create_future(), []))
+
+
+def _nothing(tx: Tx) -> None:
+    return None
 
 
 def _statements(script: str) -> list[str]:

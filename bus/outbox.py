@@ -66,8 +66,6 @@ class Relay:
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_ids = 0
         self._task: asyncio.Task[None] | None = None
-        self._forget: asyncio.Task[None] | None = None
-        self._forget_upto = 0
         db.relay = self
 
     @property
@@ -89,10 +87,9 @@ class Relay:
         self._task = asyncio.create_task(self._run(), name=f"relay-{self.db.service}")
 
     async def stop(self) -> None:
-        for task in (self._task, self._forget):
-            if task:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
         self._task = None
         for _, _, fut in self._waiters:
             if not fut.done():
@@ -148,7 +145,7 @@ class Relay:
             self.acked_seq = batch[-1].seq
             self.last_ack_at = time.monotonic()
             self._release_waiters()
-            self._schedule_forget(batch[-1].seq)
+            self.db.forget_sent(batch[-1].seq)
 
     async def _publish(self, batch: list[OutboxRow]) -> None:
         futures: list[asyncio.Future[js_api.PubAck]] = []
@@ -160,7 +157,9 @@ class Relay:
                         row.body,
                         stream=self.stream,
                         headers={"Nats-Msg-Id": row.event_id},
-                        wait_stall=ACK_TIMEOUT_S,
+                        # No stall wait (it costs a task per message): a batch is far below the
+                        # client's limit of pending acks, and every batch ends before the next starts.
+                        wait_stall=None,
                     )
                 )
             acks = await asyncio.wait_for(asyncio.gather(*futures), ACK_TIMEOUT_S)
@@ -176,19 +175,3 @@ class Relay:
             _, _, fut = heapq.heappop(self._waiters)
             if not fut.done():
                 fut.set_result(None)
-
-    def _schedule_forget(self, seq: int) -> None:
-        self._forget_upto = seq
-        if self._forget is None or self._forget.done():
-            self._forget = asyncio.create_task(self._forget_loop())
-
-    async def _forget_loop(self) -> None:
-        done = 0
-        while done < self._forget_upto:
-            upto = self._forget_upto
-            try:
-                await self.db.forget_sent(upto)
-            except Exception:
-                log.exception("outbox cleanup failed", extra={"service": self.db.service})
-                return
-            done = upto

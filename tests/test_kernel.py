@@ -14,6 +14,7 @@ from bus.errors import Conflict, OutOfStock
 from bus.idempotency import once, request_hash
 from bus.outbox import Relay, ensure_stream
 from bus.settings import Settings
+from tests.conftest import wait_for
 
 MIGRATION = "CREATE TABLE counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
 
@@ -103,4 +104,23 @@ async def test_relay_publishes_each_event_once_and_answers_after_the_ack(setting
         assert info.state.messages == 50
         msg = await js.get_last_msg(settings.stream_name, "events.inventory.stock_restocked.SKU7")
         assert json.loads(msg.data)["data"] == {"i": 7}
+    await nc.close()
+
+
+async def test_acknowledged_events_leave_the_outbox_also_when_no_write_follows(settings: Settings, tmp_path):
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    await ensure_stream(js, settings)
+    async with Database(tmp_path / "k.db", "inventory", (MIGRATION,)) as db:
+        relay = Relay(js, db, settings.stream_name)
+        await relay.start()
+        await asyncio.gather(*(db.write(lambda tx, i=i: tx.emit("stock_restocked", f"S{i}", {})) for i in range(20)))
+        assert relay.backlog == 0
+        # the delete rides on the next batch; with none coming, an empty one carries it
+
+        async def outbox_empty() -> bool:
+            return await db.unsent_events() == []
+
+        await wait_for(outbox_empty, timeout=5, what="the outbox to empty")
+        await relay.stop()
     await nc.close()
