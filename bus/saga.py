@@ -166,6 +166,7 @@ class SagaRun:
     stop_reason: str | None = None
     created_at: float = 0.0
     start_recorded: bool = False  # the current step's attempt was recorded with the previous outcome
+    result: Any = field(default=None, repr=False)  # what the hooks leave for a waiter once the saga ends
     wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 

@@ -17,7 +17,7 @@ from bus.client import Client
 from bus.db import Tx
 from bus.errors import BreakerOpen, Conflict, NotFound, OmsError
 from bus.ids import new_id
-from bus.saga import SAGA_MIGRATIONS, SagaEngine, SagaRun
+from bus.saga import ACTIVE, SAGA_MIGRATIONS, SagaEngine, SagaRun
 from bus.service import Call
 from order_svc import replay, store
 from order_svc.saga import PLACE_ORDER
@@ -65,6 +65,9 @@ class Orders:
         placed_id = outcome.order_id if isinstance(outcome, c.Order) else outcome["order_id"]
         if cmd.wait_ms:
             await self.engine.wait(saga_of(placed_id), cmd.wait_ms / 1000)
+            run = created[0] if created else None
+            if run is not None and run.status not in ACTIVE and isinstance(run.result, c.Order):
+                return run.result  # read in the saga's last unit of work
         return await self.k.db.read(lambda tx: store.to_order(store.get(tx, placed_id)))
 
     async def get(self, cmd: c.GetOrder, call: Call) -> c.Order:

@@ -150,6 +150,7 @@ def confirm(tx: Tx, run: SagaRun) -> None:
         order_id=run.ref,
         saga_id=run.saga_id,
     )
+    run.result = to_order(get(tx, run.ref))  # the placing request answers with it, without reading again
 
 
 class OrderHooks:
@@ -180,12 +181,14 @@ class OrderHooks:
             row = tx.one("SELECT cancel_reason FROM orders WHERE order_id = ?", (run.ref,))
             data = {"reason": row["cancel_reason"] if row else None, "updated_at": now}
             tx.emit("order_cancelled", run.ref, data, order_id=run.ref, saga_id=run.saga_id)
-            return
-        tx.execute(
-            "UPDATE orders SET status = 'FAILED', failure_reason = ?, updated_at = ? WHERE order_id = ?",
-            (reason, now, run.ref),
-        )
-        tx.emit("order_failed", run.ref, {"reason": reason, "updated_at": now}, order_id=run.ref, saga_id=run.saga_id)
+        else:
+            tx.execute(
+                "UPDATE orders SET status = 'FAILED', failure_reason = ?, updated_at = ? WHERE order_id = ?",
+                (reason, now, run.ref),
+            )
+            data = {"reason": reason, "updated_at": now}
+            tx.emit("order_failed", run.ref, data, order_id=run.ref, saga_id=run.saga_id)
+        run.result = to_order(get(tx, run.ref))
 
 
 def request_cancel(tx: Tx, cmd: c.CancelOrder) -> c.Order:
