@@ -1,12 +1,17 @@
 """One SQLite file per service: WAL, versioned migrations, and group-committed units of work.
 
-A *unit of work* is a plain synchronous function `fn(tx) -> value` that runs on
-aiosqlite's database thread inside its own savepoint. Units submitted by
-concurrent requests are committed together in one transaction (group commit):
-one thread hop and one COMMIT for the whole batch instead of one per write.
-Because a unit never awaits, it is atomic with respect to every other unit,
-which is what makes "check then change" logic (stock, idempotency keys) safe
-under any concurrency.
+A *unit of work* is a plain synchronous function `fn(tx) -> value` that runs
+inside its own savepoint. Units submitted by concurrent requests are committed
+together in one transaction (group commit): one COMMIT for the whole batch
+instead of one per write. Because a unit never awaits, it is atomic with
+respect to every other unit, which is what makes "check then change" logic
+(stock, idempotency keys) safe under any concurrency.
+
+Batches run on the event loop's thread, on a connection of their own: a batch
+is short, and handing it to another thread cost more than it saved (a thread
+hop per batch, and the two threads taking the GIL from each other on every
+statement). Reads, which can be long (listings, the audit), run on aiosqlite's
+thread on a second connection and see only committed data.
 
 A unit that wants its changes kept *and* an error answered returns the error
 instead of raising it (a declined payment is recorded, then answered 402).
@@ -134,7 +139,8 @@ class Database:
         self.service = service
         self.migrations = (*KERNEL_MIGRATIONS, *migrations)
         self.relay: Relay | None = None
-        self._conn: aiosqlite.Connection | None = None
+        self._conn: aiosqlite.Connection | None = None  # reads, on aiosqlite's thread
+        self._wconn: sqlite3.Connection | None = None  # batches of units, on the loop's thread
         self._queue: asyncio.Queue[_Unit] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._forget_upto = 0  # outbox rows up to here are acknowledged: the next batch deletes them
@@ -149,10 +155,20 @@ class Database:
         conn.row_factory = sqlite3.Row
         self._conn = conn
         await self._on_db_thread(self._prepare)
+        wconn = sqlite3.connect(self.path, isolation_level=None)
+        wconn.row_factory = sqlite3.Row
+        _tune(wconn)
+        self._wconn = wconn
         self._writer = asyncio.create_task(self._write_loop(), name=f"db-writer-{self.service}")
         return self
 
     async def close(self) -> None:
+        await self._stop_writing()
+        if self._conn:
+            await self._conn.close()
+            self._conn = None
+
+    async def _stop_writing(self) -> None:
         if self._forget_timer is not None:
             self._forget_timer.cancel()
             self._forget_timer = None
@@ -160,9 +176,14 @@ class Database:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
-        if self._conn:
-            await self._conn.close()
-            self._conn = None
+        if self._wconn:
+            self._wconn.close()
+            self._wconn = None
+
+    async def standalone(self) -> None:
+        """Stop writing, fold the WAL into the file and leave WAL mode: one self-contained file."""
+        await self._stop_writing()
+        await self._on_db_thread(lambda conn: conn.execute("PRAGMA journal_mode=DELETE").fetchone())
 
     async def __aenter__(self) -> Database:
         return await self.open()
@@ -172,13 +193,7 @@ class Database:
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a killed process; power loss is covered by replay from JetStream.
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=5000")
-        # Each unit runs in a savepoint, whose undo journal would otherwise spill to a temp file:
-        # hundreds of page writes per batch that nothing ever reads unless a unit fails.
-        conn.execute("PRAGMA temp_store=MEMORY")
-        conn.execute("PRAGMA foreign_keys=ON")
+        _tune(conn)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(self.migrations[version:], start=version + 1):
             conn.execute("BEGIN IMMEDIATE")
@@ -227,10 +242,12 @@ class Database:
     async def _write_loop(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            await asyncio.sleep(0)  # one turn of the loop: units from requests that are ready join this batch
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            assert self._wconn is not None
             try:
-                outcomes = await self._on_db_thread(lambda conn, b=batch: self._run_batch(conn, b))
+                outcomes = self._run_batch(self._wconn, batch)
             except Exception as exc:  # the COMMIT itself failed: nothing in the batch happened
                 log.exception("commit failed", extra={"service": self.service})
                 for unit in batch:
@@ -308,6 +325,17 @@ class Database:
 
 def _nothing(tx: Tx) -> None:
     return None
+
+
+def _tune(conn: sqlite3.Connection) -> None:
+    """Settings of each connection (WAL mode is the file's and stays)."""
+    # NORMAL in WAL mode survives a killed process; power loss is covered by replay from JetStream.
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    # Each unit runs in a savepoint, whose undo journal would otherwise spill to a temp file:
+    # hundreds of page writes per batch that nothing ever reads unless a unit fails.
+    conn.execute("PRAGMA temp_store=MEMORY")
+    conn.execute("PRAGMA foreign_keys=ON")
 
 
 def _statements(script: str) -> list[str]:

@@ -92,7 +92,7 @@ async def rebuild(
             applied = await _load(db, reader, spec.apply, progress)
             await db.commit(lambda tx: _settle(tx, spec, settings, reader.last_seq))
             # One self-contained file: the WAL is folded in, so nothing next to it is needed.
-            await db.read(lambda tx: tx.one("PRAGMA journal_mode=DELETE"))
+            await db.standalone()
     except BaseException:
         _remove(fresh)
         raise
