@@ -5,7 +5,6 @@ This is the one place where nats-py's transport errors become OMS errors.
 
 from __future__ import annotations
 
-import json
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar, overload
 
@@ -14,6 +13,7 @@ from nats.aio.client import Client as Nats
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
+from bus import jsonb
 from bus.errors import InternalError, NoResponders, OmsError, RequestTimeout, Unavailable, from_wire
 from bus.subjects import Route
 
@@ -31,13 +31,13 @@ class Guard(Protocol):
 def encode(payload: BaseModel | dict[str, Any]) -> bytes:
     if isinstance(payload, BaseModel):
         return payload.model_dump_json(exclude_none=True).encode()
-    return json.dumps(payload, separators=(",", ":")).encode()
+    return jsonb.dumps(payload)
 
 
 def decode_reply(subject: str, data: bytes) -> dict[str, Any]:
     """The `result` of a reply envelope, or the typed error it carries."""
     try:
-        body = json.loads(data)
+        body = jsonb.loads(data)
     except ValueError:
         raise InternalError(f"{subject} answered something that is not JSON") from None
     if not isinstance(body, dict) or "ok" not in body:

@@ -21,7 +21,6 @@ A unit that raises is rolled back to its savepoint; the rest of the batch commit
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 
+from bus import jsonb
 from bus.errors import OmsError
 from bus.ids import new_id, now_iso
 from bus.subjects import event_subject
@@ -115,7 +115,7 @@ class Tx:
             "saga_id": saga_id,
             "data": data,
         }
-        raw = json.dumps(body, separators=(",", ":")).encode()
+        raw = jsonb.dumps(body)
         subject = event_subject(self.service, event_type, key)
         cur = self._conn.execute(
             "INSERT INTO outbox (event_id, subject, body) VALUES (?, ?, ?)", (event_id, subject, raw)

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from bus import jsonb
 from bus.db import Tx
 from bus.errors import BusinessError, Conflict, OmsError, from_wire
 from bus.ids import now_iso
@@ -67,11 +68,11 @@ def _stored(outcome: BaseModel | OmsError) -> bytes:
         body: dict[str, Any] = {"ok": False, "error": outcome.to_wire()}
     else:
         body = {"ok": True, "result": outcome.model_dump(mode="json")}
-    return json.dumps(body, separators=(",", ":")).encode()
+    return jsonb.dumps(body)
 
 
 def replay(reply: bytes) -> dict[str, Any] | OmsError:
-    body = json.loads(reply)
+    body = jsonb.loads(reply)
     if body.get("ok"):
         return body["result"]
     return from_wire(body["error"])

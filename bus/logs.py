@@ -8,13 +8,15 @@ runs in a task of its own, so a binding never leaks into another request.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any
 
+from pydantic_core import to_json
+
+from bus import jsonb
 from bus.ids import now_iso
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -62,14 +64,14 @@ class JsonLines(logging.Formatter):
                 line[key] = value
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return to_json(line, fallback=str).decode()
 
 
 class Readable(JsonLines):
     """For a terminal: time, level, event, then key=value pairs."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = json.loads(super().format(record))
+        line = jsonb.loads(super().format(record))
         head = f"{line.pop('ts')[11:23]} {line.pop('level'):<7} {line.pop('service')}: {line.pop('event')}"
         exc = line.pop("exc", None)
         tail = " ".join(f"{k}={v}" for k, v in line.items())

@@ -16,7 +16,6 @@ saga that keeps failing them is reported as stuck but never gives up.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -27,6 +26,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from bus import jsonb
 from bus.contract import SagaView, StepRecord
 from bus.db import Database, Tx
 from bus.errors import BreakerOpen, BusinessError, OmsError
@@ -178,7 +178,7 @@ class SagaRun:
             ref=row["ref"],
             status=row["status"],
             step_index=row["step_index"],
-            data=json.loads(row["data"]),
+            data=jsonb.loads(row["data"]),
             deadline_at=row["deadline_at"],
             attempts=row["attempts"],
             comp_failures=row["comp_failures"],
@@ -193,8 +193,8 @@ Send = Callable[..., Awaitable[dict[str, Any]]]
 
 def _error_json(exc: BaseException) -> str:
     if isinstance(exc, OmsError):
-        return json.dumps({"code": exc.code, "message": exc.message})
-    return json.dumps({"code": "INTERNAL", "message": type(exc).__name__})
+        return jsonb.text({"code": exc.code, "message": exc.message})
+    return jsonb.text({"code": "INTERNAL", "message": type(exc).__name__})
 
 
 class SagaEngine:
@@ -238,7 +238,7 @@ class SagaEngine:
         tx.execute(
             "INSERT INTO sagas (saga_id, name, ref, status, step_index, data, deadline_at, attempts, created_at,"
             " updated_at) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
-            (saga_id, run.name, ref, RUNNING, json.dumps(data), run.deadline_at, run.attempts, now, now),
+            (saga_id, run.name, ref, RUNNING, jsonb.text(data), run.deadline_at, run.attempts, now, now),
         )
         return run
 
@@ -511,7 +511,7 @@ class SagaEngine:
         run.attempts = 0
         self._prepare(tx, run)
         finished = {"finished_at": self.clock()} if run.status == COMPLETED else {}
-        self._save(tx, run, data=json.dumps(run.data), last_error=None, next_retry_at=None, **finished)
+        self._save(tx, run, data=jsonb.text(run.data), last_error=None, next_retry_at=None, **finished)
 
     def _prepare(self, tx: Tx, run: SagaRun) -> None:
         """Start the next step in this same transaction: record a remote step's first attempt, or
@@ -540,7 +540,7 @@ class SagaEngine:
             run.status = COMPLETED
         if persist:
             finished = {"finished_at": now} if run.status == COMPLETED else {}
-            self._save(tx, run, data=json.dumps(run.data), **finished)
+            self._save(tx, run, data=jsonb.text(run.data), **finished)
 
     def _step_failed(self, tx: Tx, run: SagaRun, step: Step, exc: OmsError, reason: str, *, uncertain: bool) -> None:
         tx.execute(
@@ -694,7 +694,7 @@ class SagaEngine:
                         finished_at=iso(r["finished_at"]) if r["finished_at"] else None,
                         duration_ms=r["duration_ms"],
                         uncertain=bool(r["uncertain"]),
-                        last_error=json.loads(r["last_error"]) if r["last_error"] else None,
+                        last_error=jsonb.loads(r["last_error"]) if r["last_error"] else None,
                     )
                 )
         index = row["step_index"]
@@ -711,7 +711,7 @@ class SagaEngine:
             attempts=row["attempts"] if row["status"] == RUNNING else row["comp_failures"],
             deadline_at=iso(row["deadline_at"]),
             next_retry_at=iso(row["next_retry_at"]) if row["next_retry_at"] else None,
-            last_error=json.loads(row["last_error"]) if row["last_error"] else None,
+            last_error=jsonb.loads(row["last_error"]) if row["last_error"] else None,
             stuck=row["status"] in ACTIVE and row["comp_failures"] >= self.settings.stuck_after_attempts,
             steps=steps,
         )

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import time
@@ -32,7 +31,7 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from bus import contract as c
-from bus import logs
+from bus import jsonb, logs
 from bus.chaos import Chaos
 from bus.client import IDEMPOTENCY_HEADER
 from bus.db import Tx
@@ -104,7 +103,7 @@ def envelope(outcome: BaseModel | dict[str, Any] | OmsError) -> bytes:
         body = {"ok": True, "result": outcome.model_dump(mode="json")}
     else:
         body = {"ok": True, "result": outcome}
-    return json.dumps(body, separators=(",", ":")).encode()
+    return jsonb.dumps(body)
 
 
 class ServiceRunner:

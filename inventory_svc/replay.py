@@ -12,10 +12,10 @@ order id, which is what a resumed saga relies on when it re-sends a step.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
+from bus import jsonb
 from bus.contract import Event
 from bus.db import Tx
 from inventory_svc import catalog, store
@@ -43,7 +43,7 @@ def _reserved(tx: Tx, d: dict[str, Any]) -> None:
     inserted = tx.execute(
         "INSERT INTO reservations (order_id, status, items, total_cents, currency, created_at)"
         " VALUES (?, 'ACTIVE', ?, ?, ?, ?) ON CONFLICT (order_id) DO NOTHING",
-        (d["order_id"], json.dumps(d["items"]), d["total_cents"], d["currency"], d["created_at"]),
+        (d["order_id"], jsonb.text(d["items"]), d["total_cents"], d["currency"], d["created_at"]),
     )
     if inserted.rowcount == 0:
         return  # a repeat, or a reserve that lost to its release: the first event decided
@@ -63,7 +63,7 @@ def _released(tx: Tx, d: dict[str, Any]) -> None:
             " released_at, tombstone) VALUES (?, 'RELEASED', ?, ?, ?, ?, ?, ?)",
             (
                 d["order_id"],
-                json.dumps(d["items"]),
+                jsonb.text(d["items"]),
                 d["total_cents"],
                 d["currency"],
                 d["created_at"],
@@ -78,7 +78,7 @@ def _released(tx: Tx, d: dict[str, Any]) -> None:
     )
     tx.executemany(
         "UPDATE products SET reserved = reserved - ? WHERE sku = ?",
-        [(i["qty"], i["sku"]) for i in json.loads(row["items"])],
+        [(i["qty"], i["sku"]) for i in jsonb.loads(row["items"])],
     )
 
 

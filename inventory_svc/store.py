@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any
 
 from bus import contract as c
+from bus import jsonb
 from bus.db import Tx
 from bus.errors import Conflict, InvalidRequest, NotFound, OmsError, OutOfStock
 from bus.ids import now_iso
@@ -61,7 +61,7 @@ def reserve(tx: Tx, cmd: c.Reserve, currency: str, levels: Levels) -> c.Reservat
                 f"order {cmd.order_id} was released; a late reserve is refused",
                 {"order_id": cmd.order_id, "tombstone": bool(row["tombstone"])},
             )
-        held = {item["sku"]: item["qty"] for item in json.loads(row["items"])}
+        held = {item["sku"]: item["qty"] for item in jsonb.loads(row["items"])}
         if held != wanted:
             raise Conflict(
                 f"order {cmd.order_id} already holds a reservation for different items",
@@ -94,7 +94,7 @@ def reserve(tx: Tx, cmd: c.Reserve, currency: str, levels: Levels) -> c.Reservat
     tx.execute(
         "INSERT INTO reservations (order_id, status, items, total_cents, currency, created_at)"
         " VALUES (?, 'ACTIVE', ?, ?, ?, ?)",
-        (cmd.order_id, json.dumps(items), total, currency, now),
+        (cmd.order_id, jsonb.text(items), total, currency, now),
     )
     data = {
         "order_id": cmd.order_id,
@@ -137,7 +137,7 @@ def release(tx: Tx, cmd: c.Release, currency: str, levels: Levels) -> c.Released
         tx.emit(STOCK_RELEASED, cmd.order_id, data, order_id=cmd.order_id)
         return c.Released(order_id=cmd.order_id, tombstone=True)
 
-    items = json.loads(row["items"])
+    items = jsonb.loads(row["items"])
     tx.executemany("UPDATE products SET reserved = reserved - ? WHERE sku = ?", [(i["qty"], i["sku"]) for i in items])
     tx.execute("UPDATE reservations SET status = 'RELEASED', released_at = ? WHERE order_id = ?", (now, cmd.order_id))
     data = {
@@ -253,7 +253,7 @@ def _reservation(row: sqlite3.Row) -> c.Reservation:
     return c.Reservation(
         order_id=row["order_id"],
         status=row["status"],
-        items=[c.PricedLine.model_validate(item) for item in json.loads(row["items"])],
+        items=[c.PricedLine.model_validate(item) for item in jsonb.loads(row["items"])],
         total_cents=row["total_cents"],
         currency=row["currency"],
         created_at=row["created_at"],

@@ -21,11 +21,11 @@ idempotency tables: they are idempotent by order id.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 from bus import contract as c
+from bus import jsonb
 from bus.db import Tx
 from bus.errors import Conflict, InvalidRequest, NotFound, OutOfStock, PaymentDeclined
 from bus.ids import parse_iso
@@ -82,7 +82,7 @@ def settle(tx: Tx, settings: Settings) -> None:
 
 def _created(tx: Tx, e: c.Event, at: float) -> None:
     d = e.data
-    created_at, items, key = d.get("created_at") or e.occurred_at, json.dumps(d["items"]), d.get("idempotency_key")
+    created_at, items, key = d.get("created_at") or e.occurred_at, jsonb.text(d["items"]), d.get("idempotency_key")
     cur = tx.execute(
         "INSERT INTO orders (order_id, customer_id, status, items, payment_method, saga_id, idempotency_key,"
         " created_at, updated_at) VALUES (?, ?, 'PENDING', ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -95,7 +95,7 @@ def _created(tx: Tx, e: c.Event, at: float) -> None:
     tx.execute(
         "INSERT INTO sagas (saga_id, name, ref, status, step_index, data, deadline_at, created_at, updated_at)"
         " VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?)",
-        (e.saga_id, PLACE_ORDER.name, e.order_id, RUNNING, json.dumps(data), created, created, created),
+        (e.saga_id, PLACE_ORDER.name, e.order_id, RUNNING, jsonb.text(data), created, created, created),
     )
     digest = d.get("request_hash")
     if key and digest:
@@ -153,7 +153,7 @@ def _compensating(tx: Tx, e: c.Event, at: float) -> None:
     if "items" in d:
         tx.execute(
             "UPDATE orders SET items = ?, total_cents = ?, currency = ?, cancel_reason = ? WHERE order_id = ?",
-            (json.dumps(d["items"]), d["total_cents"], d["currency"], d["cancel_reason"], e.order_id),
+            (jsonb.text(d["items"]), d["total_cents"], d["currency"], d["cancel_reason"], e.order_id),
         )
     # A confirmed order being cancelled turns back from its last step.
     index = len(STEPS) - 1 if status == COMPLETED else None
@@ -200,7 +200,7 @@ def _confirmed(tx: Tx, e: c.Event, at: float) -> None:
     if _status(tx, e) != RUNNING:
         return
     d = e.data
-    items, updated_at = json.dumps(d["items"]) if d.get("items") else None, d.get("updated_at") or e.occurred_at
+    items, updated_at = jsonb.text(d["items"]) if d.get("items") else None, d.get("updated_at") or e.occurred_at
     tx.execute(
         "UPDATE orders SET status = 'CONFIRMED', items = coalesce(?, items), total_cents = ?, currency = ?,"
         " updated_at = ? WHERE order_id = ?",
@@ -272,14 +272,14 @@ def _status(tx: Tx, e: c.Event) -> str | None:
 def _priced(tx: Tx, saga_id: str | None, d: dict[str, Any]) -> str:
     """The saga's data with the total the reservation fixed, when the event tells it."""
     row = tx.one("SELECT data FROM sagas WHERE saga_id = ?", (saga_id,))
-    data = json.loads(row["data"]) if row else {}
+    data = jsonb.loads(row["data"]) if row else {}
     if d.get("total_cents") is not None:
         data["total_cents"], data["currency"] = d["total_cents"], d.get("currency")
-    return json.dumps(data)
+    return jsonb.text(data)
 
 
 def _error(d: dict[str, Any]) -> str:
-    return json.dumps({"code": d.get("error"), "message": d.get("message")})
+    return jsonb.text({"code": d.get("error"), "message": d.get("message")})
 
 
 def _earlier_succeeded(tx: Tx, saga_id: str | None, step: str, at: float) -> None:

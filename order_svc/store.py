@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from bus import contract as c
+from bus import jsonb
 from bus.db import Tx
 from bus.errors import Conflict, NotFound
 from bus.idempotency import request_hash
@@ -43,7 +43,7 @@ def to_order(row: Any) -> c.Order:
         order_id=row["order_id"],
         customer_id=row["customer_id"],
         status=row["status"],
-        items=json.loads(row["items"]),
+        items=jsonb.loads(row["items"]),
         payment_method=row["payment_method"],
         total_cents=row["total_cents"],
         currency=row["currency"],
@@ -61,7 +61,7 @@ def create(tx: Tx, order_id: str, saga_id: str, cmd: c.PlaceOrder, key: str | No
     tx.execute(
         "INSERT INTO orders (order_id, customer_id, status, items, payment_method, saga_id, idempotency_key,"
         " created_at, updated_at) VALUES (?, ?, 'PENDING', ?, ?, ?, ?, ?, ?)",
-        (order_id, cmd.customer_id, json.dumps(items), cmd.payment_method, saga_id, key, now, now),
+        (order_id, cmd.customer_id, jsonb.text(items), cmd.payment_method, saga_id, key, now, now),
     )
     # created_at and the key's request hash let a rebuild by replay restore the row and the key exactly.
     data = {
@@ -116,7 +116,7 @@ def priced(tx: Tx, run: SagaRun, reservation: dict[str, Any]) -> None:
     tx.execute(
         "UPDATE orders SET items = ?, total_cents = ?, currency = ?, updated_at = ? WHERE order_id = ?",
         (
-            json.dumps(reservation["items"]),
+            jsonb.text(reservation["items"]),
             reservation["total_cents"],
             reservation["currency"],
             now_iso(),
@@ -143,7 +143,7 @@ def confirm(tx: Tx, run: SagaRun) -> None:
         {
             "total_cents": run.data.get("total_cents"),
             "currency": run.data.get("currency"),
-            "items": json.loads(row["items"]) if row else None,  # priced: no order event records the pricing
+            "items": jsonb.loads(row["items"]) if row else None,  # priced: no order event records the pricing
             "steps": steps,
             "updated_at": now,
         },
@@ -167,7 +167,7 @@ class OrderHooks:
         if row is not None:
             # The pricing and the cancel request have no events of their own: a rebuild learns them here.
             data |= {
-                "items": json.loads(row["items"]),
+                "items": jsonb.loads(row["items"]),
                 "total_cents": row["total_cents"],
                 "currency": row["currency"],
                 "cancel_reason": row["cancel_reason"],

@@ -124,3 +124,17 @@ async def test_acknowledged_events_leave_the_outbox_also_when_no_write_follows(s
         await wait_for(outbox_empty, timeout=5, what="the outbox to empty")
         await relay.stop()
     await nc.close()
+
+
+def test_now_iso_is_the_current_utc_time_to_the_millisecond():
+    import re
+    import time
+
+    from bus.ids import now_iso, parse_iso
+
+    for _ in range(500):
+        before = time.time()
+        text = now_iso()
+        after = time.time()
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", text), text
+        assert before - 0.0011 <= parse_iso(text) <= after + 0.0001  # truncated, never rounded up
