@@ -128,7 +128,7 @@ def priced(tx: Tx, run: SagaRun, reservation: dict[str, Any]) -> None:
 def confirm(tx: Tx, run: SagaRun) -> None:
     now = now_iso()
     tx.execute("UPDATE orders SET status = 'CONFIRMED', updated_at = ? WHERE order_id = ?", (now, run.ref))
-    row = tx.one("SELECT items FROM orders WHERE order_id = ?", (run.ref,))
+    row = tx.one("SELECT * FROM orders WHERE order_id = ?", (run.ref,))
     steps = [
         {"step": r["step"], "attempts": r["attempts"], "duration_ms": round(r["duration_ms"] or 0, 2)}
         for r in tx.all(
@@ -150,7 +150,8 @@ def confirm(tx: Tx, run: SagaRun) -> None:
         order_id=run.ref,
         saga_id=run.saga_id,
     )
-    run.result = to_order(get(tx, run.ref))  # the placing request answers with it, without reading again
+    if row is not None:
+        run.result = to_order(row)  # the placing request answers with it, without reading again
 
 
 class OrderHooks:
