@@ -117,7 +117,7 @@ class Action:
     """A request to a participant, built from the saga's data."""
 
     route: Route
-    payload: Callable[[dict[str, Any]], BaseModel]
+    payload: Callable[[dict[str, Any]], BaseModel | dict[str, Any]]  # a dict is sent as it is
 
 
 @dataclass(frozen=True)
@@ -282,7 +282,8 @@ class SagaEngine:
         if run is None:
             return True
         try:
-            await asyncio.wait_for(run.done.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):  # no task of its own, unlike wait_for
+                await run.done.wait()
         except TimeoutError:
             return False
         return True

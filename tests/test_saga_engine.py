@@ -31,7 +31,7 @@ class Participants:
         self.script = script or (lambda subject, body, key: None)
 
     async def send(self, route, payload, *, timeout_s: float, idempotency_key: str) -> dict[str, Any]:
-        body = payload.model_dump(mode="json")
+        body = payload if isinstance(payload, dict) else payload.model_dump(mode="json")
         self.calls.append((route.subject, idempotency_key))
         answer = self.script(route.subject, body, idempotency_key)
         if isinstance(answer, OmsError):

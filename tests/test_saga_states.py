@@ -90,7 +90,7 @@ class SagaMachine(RuleBasedStateMachine):
         return SagaEngine(self.db, PLACE_ORDER, self.send, FAST)
 
     async def send(self, route, payload, *, timeout_s: float, idempotency_key: str) -> dict[str, Any]:
-        body = payload.model_dump(mode="json")
+        body = payload if isinstance(payload, dict) else payload.model_dump(mode="json")
         fault = self.faults.popleft() if self.faults else "ok"
         if fault == "timeout":
             raise RequestTimeout("no reply")
