@@ -23,7 +23,7 @@ from pathlib import Path
 
 import nats
 
-from bus import natsserver
+from bus import loop, natsserver
 from bus.ids import new_id, now_iso
 from bus.outbox import ensure_stream
 from bus.replay import rebuild
@@ -137,13 +137,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000, help="how many events to publish (default 100,000)")
     args = parser.parse_args()
-    try:
-        import uvloop  # the services run on it when installed
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    runner(run(max(args.events, SKUS + 2)))
+    loop.run(run(max(args.events, SKUS + 2)))  # uvloop when installed, as the services
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Writes DIR/saga_throughput.json and, when matplotlib is installed, DIR/saga_thro
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -23,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stack import as_admin, cpu_seconds, embedded_stack, pids, restock, rss_bytes
 from rr_baseline import measure as rr_measure
 
+from bus import loop
 from cli.loadgen import LoadPlan, run_load
 
 
@@ -128,7 +128,7 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     print(f"saga throughput at concurrency {levels} ({args.orders_per_level} orders each)")
-    result = asyncio.run(run(levels, args.orders_per_level))
+    result = loop.run(run(levels, args.orders_per_level))  # uvloop when installed, as the services
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "saga_throughput.json").write_text(json.dumps(result, indent=2))
     drew = chart(result, args.out / "saga_throughput.png")

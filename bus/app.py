@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from nats.aio.client import Client as Nats
 from nats.js import JetStreamContext
 
-from bus import logs
+from bus import logs, loop
 from bus.client import Client
 from bus.connect import connect
 from bus.contract import Event, Health, HealthQuery
@@ -173,13 +173,7 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> None:
     settings = Settings()
     logs.setup(spec.name, settings.log_level)
     try:
-        import uvloop  # optional speed-up
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        runner(serve_forever(spec, settings, recover=args.recover))
+        loop.run(serve_forever(spec, settings, recover=args.recover))
     except ReplayError as exc:
         log.error("recovery failed", extra={"error": str(exc)})
         sys.exit(f"{spec.name}: recovery by replay failed: {exc}")

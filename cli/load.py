@@ -9,6 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bus import loop
 from bus.audit import Report, run_audit
 from bus.client import Client
 from bus.settings import Settings
@@ -62,7 +63,7 @@ def load(
     )
     out = Output(as_json)
     with reported(settings, as_json=as_json):
-        result, report = asyncio.run(_load(settings, plan, restock=restock, audit=audit, show=not as_json))
+        result, report = loop.run(_load(settings, plan, restock=restock, audit=audit, show=not as_json))
     summary = result.to_dict()
     if report is not None:
         summary["audit"] = report.to_dict()
@@ -91,14 +92,14 @@ async def _load(
         transient=False,
     ) as progress:
         task = progress.add_task("load", total=plan.orders, rate=0.0, outcomes="")
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        clock = asyncio.get_running_loop()
+        started = clock.time()
 
         def update(r: LoadResult) -> None:
             done = r.completed + sum(r.errors.values())
             if done % 50 and done != plan.orders:
                 return
-            elapsed = max(loop.time() - started, 1e-9)
+            elapsed = max(clock.time() - started, 1e-9)
             counts = " ".join(f"{k.lower()}={v}" for k, v in sorted((r.outcomes + r.errors).items()))
             progress.update(task, completed=done, rate=r.terminal / elapsed, outcomes=counts)
 
