@@ -26,6 +26,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def steal_seconds() -> float:
+    """CPU time the hypervisor gave to others so far, over all CPUs (`steal` in /proc/stat)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    return int(fields[8]) / TICK if len(fields) > 8 else 0.0
+
+
 def rss_bytes(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
 

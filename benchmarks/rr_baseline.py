@@ -2,7 +2,8 @@
 
     python benchmarks/rr_baseline.py [--requests N]
 
-The responder runs in its own process (as a service would); 1 and 64 requests in flight.
+The responder runs in its own process (as a service would, on the same event loop); 1 and 64
+requests in flight.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from pathlib import Path
 
 import nats
 
-from bus import natsserver
+from bus import loop, natsserver
 from bus.connect import inbox_prefix
 
 RESPONDER = """
 import asyncio, sys, nats
+from bus import loop
 async def main():
     nc = await nats.connect(sys.argv[1], user=sys.argv[2] or None, password=sys.argv[3] or None)
     async def echo(msg):
@@ -31,7 +33,7 @@ async def main():
     await nc.flush()
     print("ready", flush=True)
     await asyncio.Event().wait()
-asyncio.run(main())
+loop.run(main())  # the services' loop: uvloop when installed
 """
 
 
@@ -80,7 +82,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server, url = natsserver.start(Path(tmp))
         try:
-            result = asyncio.run(measure(url, args.requests))
+            result = loop.run(measure(url, args.requests))
         finally:
             server.terminate()
             server.wait()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stack import as_admin, cpu_seconds, embedded_stack, pids, restock, rss_bytes
+from _stack import as_admin, cpu_seconds, embedded_stack, pids, restock, rss_bytes, steal_seconds
 from rr_baseline import measure as rr_measure
 
 from bus import loop
@@ -65,7 +65,9 @@ async def run(levels: list[int], orders_per_level: int) -> dict:
         procs = pids(settings)
         rss_before = {name: rss_bytes(pid) for name, pid in procs.items()}
         admin = as_admin(settings)
-        baseline = await rr_measure(settings.resolved_nats_url(), 20_000, admin.nats_user, admin.nats_password)
+        url, user, password = settings.resolved_nats_url(), admin.nats_user, admin.nats_password
+        steal0 = steal_seconds()
+        before = await rr_measure(url, 20_000, user, password)
         await restock(settings, 500 + sum(max(orders_per_level, c * 20) for c in levels) + 2 * orders_per_level)
         await run_load(settings, LoadPlan(orders=500, concurrency=32))  # warm up
         results = []
@@ -83,9 +85,14 @@ async def run(levels: list[int], orders_per_level: int) -> dict:
         half = await half_rate(settings, best["sagas_per_s"] / 2, orders_per_level)
         print(f"  at half the peak rate ({half['rate']:.0f}/s): p99 {half['latency_ms']['p99']:.1f} ms", flush=True)
         rss_after = {name: rss_bytes(pid) for name, pid in pids(settings).items()}
+        # The VM's speed drifts: raw request-reply is measured before and after, and the ratio uses the mean.
+        after = await rr_measure(url, 20_000, user, password)
+        steal = steal_seconds() - steal0
+    baseline = {key: round((before[key] + after[key]) / 2, 1) for key in before}
     return {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.processor()},
-        "baseline": baseline,
+        "baseline": baseline | {"before": before, "after": after},
+        "steal_seconds": round(steal, 2),
         "levels": results,
         "best": {
             "concurrency": best["concurrency"],
@@ -133,7 +140,11 @@ def main() -> None:
     (args.out / "saga_throughput.json").write_text(json.dumps(result, indent=2))
     drew = chart(result, args.out / "saga_throughput.png")
     b = result["baseline"]
-    print(f"raw request-reply: {b['rr_1_per_s']:,.0f}/s (1 in flight), {b['rr_64_per_s']:,.0f}/s (64 in flight)")
+    print(
+        f"raw request-reply: {b['rr_1_per_s']:,.0f}/s (1 in flight), {b['rr_64_per_s']:,.0f}/s (64 in flight); "
+        f"before {b['before']['rr_64_per_s']:,.0f}/s, after {b['after']['rr_64_per_s']:,.0f}/s"
+    )
+    print(f"CPU time stolen by the hypervisor during the run: {result['steal_seconds']:.1f} s")
     print(
         f"best: {result['best']['sagas_per_s']:,.0f} sagas/s at concurrency {result['best']['concurrency']} "
         f"= {result['best']['ratio_to_rr_64']:.3f} x raw round trips/s"
