@@ -87,6 +87,8 @@ async def running(
         relay = Relay(js, db, settings.stream_name)
         await relay.start()
         stack.push_async_callback(relay.stop)
+        # Runs before relay.stop and after the runner and the sagas stopped: what was committed goes out.
+        stack.push_async_callback(relay.drain, STOP_GRACE_S)
         metrics = Metrics(spec.name)
         runner = ServiceRunner(nc, spec.name, settings, version=VERSION, description=spec.description, metrics=metrics)
         kernel = Kernel(
