@@ -22,8 +22,18 @@ from bus.ids import now_iso
 
 
 def request_hash(cmd: BaseModel, exclude: frozenset[str] = frozenset()) -> str:
+    """What makes two requests "the same": the validated command as JSON (fields in the model's order)."""
+    return hashlib.sha256(cmd.model_dump_json(exclude=set(exclude)).encode()).hexdigest()
+
+
+def _earlier_request_hash(cmd: BaseModel, exclude: frozenset[str]) -> str:
+    """The hash rows stored before the one above replaced it (sorted keys through `json`)."""
     body = cmd.model_dump(mode="json", exclude=set(exclude))
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def same_request(stored: str, digest: str, cmd: BaseModel | None, exclude: frozenset[str]) -> bool:
+    return stored == digest or (cmd is not None and stored == _earlier_request_hash(cmd, exclude))
 
 
 def once(
@@ -31,15 +41,21 @@ def once(
     endpoint: str,
     digest: str,
     effect: Callable[[Tx], BaseModel | OmsError],
+    *,
+    cmd: BaseModel | None = None,
+    exclude: frozenset[str] = frozenset(),
 ) -> Callable[[Tx], BaseModel | dict[str, Any] | OmsError]:
-    """Wrap a unit of work so that it runs at most once per idempotency key."""
+    """Wrap a unit of work so that it runs at most once per idempotency key.
+
+    With `cmd` (and the `exclude` its digest was computed with), a key stored by an earlier version,
+    under the earlier hash, is still recognised as the same request."""
     if key is None:
         return effect
 
     def unit(tx: Tx) -> BaseModel | dict[str, Any] | OmsError:
         row = tx.one("SELECT endpoint, request_hash, reply FROM idempotency WHERE key = ?", (key,))
         if row is not None:
-            if row["endpoint"] != endpoint or row["request_hash"] != digest:
+            if row["endpoint"] != endpoint or not same_request(row["request_hash"], digest, cmd, exclude):
                 return Conflict(
                     f"Idempotency-Key {key!r} was already used for a different request",
                     {"field": "Idempotency-Key", "endpoint": row["endpoint"]},

@@ -54,12 +54,16 @@ class Call:
 
     route: Route
     idempotency_key: str | None = None
+    request_hash: str | None = None  # set by `once` when the call has a key
 
     def once(
         self, cmd: BaseModel, effect: Callable[[Tx], Any], exclude: frozenset[str] = frozenset()
     ) -> Callable[[Tx], Any]:
         """The unit of work `effect`, run at most once for this call's idempotency key."""
-        return once(self.idempotency_key, self.route.subject, request_hash(cmd, exclude), effect)
+        if self.idempotency_key is None:
+            return effect
+        self.request_hash = digest = request_hash(cmd, exclude)
+        return once(self.idempotency_key, self.route.subject, digest, effect, cmd=cmd, exclude=exclude)
 
 
 @dataclass

@@ -45,7 +45,7 @@ class Orders:
         created: list[SagaRun] = []
 
         def effect(tx: Tx) -> c.Order:
-            order = store.create(tx, order_id, saga_id, cmd, call.idempotency_key)
+            order = store.create(tx, order_id, saga_id, cmd, call.idempotency_key, call.request_hash)
             data = {
                 "order_id": order_id,
                 "customer_id": cmd.customer_id,

@@ -55,7 +55,9 @@ def to_order(row: Any) -> c.Order:
     )
 
 
-def create(tx: Tx, order_id: str, saga_id: str, cmd: c.PlaceOrder, key: str | None = None) -> c.Order:
+def create(
+    tx: Tx, order_id: str, saga_id: str, cmd: c.PlaceOrder, key: str | None = None, digest: str | None = None
+) -> c.Order:
     now = now_iso()
     items = [line.model_dump() for line in cmd.items]
     tx.execute(
@@ -69,7 +71,7 @@ def create(tx: Tx, order_id: str, saga_id: str, cmd: c.PlaceOrder, key: str | No
         "items": items,
         "payment_method": cmd.payment_method,
         "idempotency_key": key,
-        "request_hash": request_hash(cmd, PLACE_HASH_EXCLUDES) if key else None,
+        "request_hash": (digest or request_hash(cmd, PLACE_HASH_EXCLUDES)) if key else None,
         "created_at": now,
     }
     tx.emit("order_created", order_id, data, order_id=order_id, saga_id=saga_id)

@@ -138,3 +138,50 @@ def test_now_iso_is_the_current_utc_time_to_the_millisecond():
         after = time.time()
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", text), text
         assert before - 0.0011 <= parse_iso(text) <= after + 0.0001  # truncated, never rounded up
+
+
+async def test_a_key_stored_under_the_earlier_request_hash_still_replays(tmp_path):
+    import hashlib
+
+    async with Database(tmp_path / "k.db", "test", (MIGRATION,)) as db:
+        cmd = c.Authorize(order_id="o1", customer_id="c1", amount_cents=100, currency="USD", method="card")
+        earlier = hashlib.sha256(
+            json.dumps(cmd.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
+        assert earlier != request_hash(cmd)
+        stored = json.dumps({"ok": True, "result": {"order_id": "o1"}}).encode()
+        await db.write(
+            lambda tx: tx.execute(
+                "INSERT INTO idempotency VALUES ('k1', 'payment.authorize', ?, ?, '2026-01-01T00:00:00.000Z')",
+                (earlier, stored),
+            )
+        )
+
+        def effect(tx):
+            raise AssertionError("a repeat must not run the effect again")
+
+        digest = request_hash(cmd)
+        again = await db.write(once("k1", "payment.authorize", digest, effect, cmd=cmd))
+        assert again == {"order_id": "o1"}
+        other = cmd.model_copy(update={"amount_cents": 200})
+        with pytest.raises(Conflict):
+            await db.write(once("k1", "payment.authorize", request_hash(other), effect, cmd=other))
+
+
+async def test_a_graceful_stop_publishes_what_was_committed(settings: Settings):
+    from bus.app import running
+    from inventory_svc.service import SPEC as INVENTORY
+
+    async with running(INVENTORY, settings, serve_metrics=False) as k:
+        # committed but not waited for (more than the stop's own round trips give time to publish):
+        # the stop must still get them all into the stream
+        def many(tx):
+            for i in range(3000):
+                tx.emit("stock_restocked", f"GRACE-{i}", {"qty": 1})
+
+        _, events = await k.db.commit(many)
+    assert k.relay.backlog == 0
+    nc = await nats.connect(settings.nats_url)
+    msg = await nc.jetstream().get_last_msg(settings.stream_name, "events.inventory.stock_restocked.GRACE-2999")
+    assert json.loads(msg.data)["event_id"] == events[-1].event_id
+    await nc.close()
