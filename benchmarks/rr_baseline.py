@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -56,20 +57,34 @@ async def round_trips(url: str, in_flight: int, requests: int, user: str | None,
     return requests / elapsed
 
 
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def measure(
-    url: str, requests: int = 20_000, user: str | None = None, password: str | None = None
+    url: str,
+    requests: int = 20_000,
+    user: str | None = None,
+    password: str | None = None,
+    server_pid: int | None = None,
 ) -> dict[str, float]:
-    """Start a responder process against `url` and measure 1 and 64 in flight (as `user`, if given)."""
+    """Start a responder process against `url` and measure 1 and 64 in flight (as `user`, if given).
+
+    Also the CPU time of one round trip at 64 in flight: requester, responder and (given its pid)
+    nats-server together, the transport's share of what a saga's messages cost."""
     responder = await asyncio.create_subprocess_exec(
         sys.executable, "-c", RESPONDER, url, user or "", password or "", stdout=PIPE
     )
     try:
         assert responder.stdout is not None
         await responder.stdout.readline()
-        return {
-            "rr_1_per_s": await round_trips(url, 1, max(1000, requests // 10), user, password),
-            "rr_64_per_s": await round_trips(url, 64, requests, user, password),
-        }
+        rr_1 = await round_trips(url, 1, max(1000, requests // 10), user, password)
+        pids = [responder.pid, *([server_pid] if server_pid else [])]
+        cpu0, own0 = sum(_cpu_s(pid) for pid in pids), time.process_time()
+        rr_64 = await round_trips(url, 64, requests, user, password)
+        cpu = sum(_cpu_s(pid) for pid in pids) - cpu0 + time.process_time() - own0
+        return {"rr_1_per_s": rr_1, "rr_64_per_s": rr_64, "cpu_us_per_rr_64": round(cpu / (requests + 200) * 1e6, 1)}
     finally:
         responder.kill()
         await responder.wait()
@@ -82,12 +97,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server, url = natsserver.start(Path(tmp))
         try:
-            result = loop.run(measure(url, args.requests))
+            result = loop.run(measure(url, args.requests, server_pid=server.pid))
         finally:
             server.terminate()
             server.wait()
     print(f"raw request-reply, 1 in flight : {result['rr_1_per_s']:>9,.0f} round trips/s")
     print(f"raw request-reply, 64 in flight: {result['rr_64_per_s']:>9,.0f} round trips/s")
+    print(f"CPU per round trip at 64 in flight (requester, responder, nats-server): {result['cpu_us_per_rr_64']} us")
 
 
 if __name__ == "__main__":

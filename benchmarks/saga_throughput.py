@@ -67,7 +67,8 @@ async def run(levels: list[int], orders_per_level: int) -> dict:
         admin = as_admin(settings)
         url, user, password = settings.resolved_nats_url(), admin.nats_user, admin.nats_password
         steal0 = steal_seconds()
-        before = await rr_measure(url, 20_000, user, password)
+        server_pid = procs.get("nats-server")
+        before = await rr_measure(url, 20_000, user, password, server_pid)
         await restock(settings, 500 + sum(max(orders_per_level, c * 20) for c in levels) + 2 * orders_per_level)
         await run_load(settings, LoadPlan(orders=500, concurrency=32))  # warm up
         results = []
@@ -86,7 +87,7 @@ async def run(levels: list[int], orders_per_level: int) -> dict:
         print(f"  at half the peak rate ({half['rate']:.0f}/s): p99 {half['latency_ms']['p99']:.1f} ms", flush=True)
         rss_after = {name: rss_bytes(pid) for name, pid in pids(settings).items()}
         # The VM's speed drifts: raw request-reply is measured before and after, and the ratio uses the mean.
-        after = await rr_measure(url, 20_000, user, password)
+        after = await rr_measure(url, 20_000, user, password, server_pid)
         steal = steal_seconds() - steal0
     baseline = {key: round((before[key] + after[key]) / 2, 1) for key in before}
     return {
@@ -145,6 +146,12 @@ def main() -> None:
         f"before {b['before']['rr_64_per_s']:,.0f}/s, after {b['after']['rr_64_per_s']:,.0f}/s"
     )
     print(f"CPU time stolen by the hypervisor during the run: {result['steal_seconds']:.1f} s")
+    best = next(r for r in result["levels"] if r["concurrency"] == result["best"]["concurrency"])
+    per_rr = b["cpu_us_per_rr_64"]
+    print(
+        f"CPU per raw round trip: {per_rr:.0f} us; a saga at the best level costs "
+        f"{best['cpu_us_per_saga']:.0f} us = {best['cpu_us_per_saga'] / per_rr:.1f} round trips' worth"
+    )
     print(
         f"best: {result['best']['sagas_per_s']:,.0f} sagas/s at concurrency {result['best']['concurrency']} "
         f"= {result['best']['ratio_to_rr_64']:.3f} x raw round trips/s"
