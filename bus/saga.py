@@ -85,6 +85,32 @@ SAGA_MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+# Migrations are applied by position: a service lists SAGA_MIGRATIONS, then its own, then these.
+SAGA_UPGRADES: tuple[str, ...] = (
+    # Step records keyed and stored by (saga_id, step, action) alone: one B-tree per write instead of two.
+    # sagas_ref indexed a column no query looks up.
+    """
+    CREATE TABLE saga_steps_keyed (
+        saga_id TEXT NOT NULL,
+        step TEXT NOT NULL,
+        action TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        uncertain INTEGER NOT NULL DEFAULT 0,
+        started_at REAL,
+        finished_at REAL,
+        duration_ms REAL,
+        last_error TEXT,
+        PRIMARY KEY (saga_id, step, action)
+    ) WITHOUT ROWID;
+    INSERT INTO saga_steps_keyed SELECT saga_id, step, action, status, attempts, uncertain, started_at,
+        finished_at, duration_ms, last_error FROM saga_steps;
+    DROP TABLE saga_steps;
+    ALTER TABLE saga_steps_keyed RENAME TO saga_steps;
+    DROP INDEX sagas_ref;
+    """,
+)
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -684,7 +710,11 @@ class SagaEngine:
     def _view(self, tx: Tx, row: Any, with_steps: bool) -> SagaView:
         steps: list[StepRecord] = []
         if with_steps:
-            for r in tx.all("SELECT * FROM saga_steps WHERE saga_id = ? ORDER BY started_at, rowid", (row["saga_id"],)):
+            records = tx.all("SELECT * FROM saga_steps WHERE saga_id = ?", (row["saga_id"],))
+            # By start; records without one (a rebuild's) or with the same one go in the saga's step order.
+            position = {step.name: i for i, step in enumerate(self.saga.steps)}
+            records.sort(key=lambda r: (r["started_at"] or 0, position.get(r["step"], 0), r["action"]))
+            for r in records:
                 steps.append(
                     StepRecord(
                         step=r["step"],

@@ -17,7 +17,7 @@ from bus.client import Client
 from bus.db import Tx
 from bus.errors import BreakerOpen, Conflict, NotFound, OmsError
 from bus.ids import new_id
-from bus.saga import ACTIVE, SAGA_MIGRATIONS, SagaEngine, SagaRun
+from bus.saga import ACTIVE, SAGA_MIGRATIONS, SAGA_UPGRADES, SagaEngine, SagaRun
 from bus.service import Call
 from order_svc import replay, store
 from order_svc.saga import PLACE_ORDER
@@ -191,7 +191,7 @@ async def build(k: Kernel) -> None:
 SPEC = ServiceSpec(
     name="orders",
     description="Orders and the place-order saga",
-    migrations=(*SAGA_MIGRATIONS, *store.MIGRATIONS),
+    migrations=(*SAGA_MIGRATIONS, *store.MIGRATIONS, *SAGA_UPGRADES),  # applied by position: append only
     build=build,
     apply=replay.apply,
     settle=replay.settle,

@@ -11,10 +11,11 @@ import pytest
 from bus import contract as c
 from bus.db import Database
 from bus.errors import BreakerOpen, OmsError, OutOfStock, PaymentDeclined, RequestTimeout, Unavailable
-from bus.saga import SAGA_MIGRATIONS, SagaEngine
+from bus.saga import SagaEngine
 from bus.settings import SagaSettings
 from order_svc import store
 from order_svc.saga import PLACE_ORDER
+from order_svc.service import SPEC as ORDERS_SPEC
 
 FAST = SagaSettings(
     step_timeout_ms=50, deadline_ms=5000, retry_initial_ms=1, retry_max_interval_ms=5, retry_max_attempts=4
@@ -82,7 +83,7 @@ async def order_status(db: Database, order_id: str = "ord_1") -> tuple[str, str 
 
 @pytest.fixture
 async def db(tmp_path):
-    async with Database(tmp_path / "orders.db", "orders", (*SAGA_MIGRATIONS, *store.MIGRATIONS)) as database:
+    async with Database(tmp_path / "orders.db", "orders", ORDERS_SPEC.migrations) as database:
         yield database
 
 
@@ -246,3 +247,25 @@ async def test_a_business_answer_after_an_attempt_lost_in_a_crash_still_compensa
     # the first reserve may have taken effect before the crash: it is released all the same
     assert p.subjects() == ["inventory.reserve", "inventory.release"]
     assert await order_status(db, "ord_x") == ("FAILED", "OUT_OF_STOCK")
+
+
+async def test_an_order_database_from_before_the_step_table_upgrade_keeps_its_step_records(tmp_path):
+    from bus.saga import SAGA_MIGRATIONS
+
+    path = tmp_path / "orders.db"
+    before = (*SAGA_MIGRATIONS, *store.MIGRATIONS)
+    assert ORDERS_SPEC.migrations[: len(before)] == before  # only appended to: versions are positions
+    async with Database(path, "orders", before) as db:
+        await db.write(
+            lambda tx: tx.execute(
+                "INSERT INTO saga_steps (saga_id, step, action, status, attempts, uncertain, started_at)"
+                " VALUES ('saga_1', 'reserve_stock', 'invoke', 'RUNNING', 2, 1, 5.0)"
+            )
+        )
+    async with Database(path, "orders", ORDERS_SPEC.migrations) as db:
+        steps = "SELECT saga_id, step, attempts, uncertain FROM saga_steps"
+        rows = await db.read(lambda tx: [tuple(r) for r in tx.all(steps)])
+        indexes = await db.read(lambda tx: {r[0] for r in tx.all("SELECT name FROM sqlite_master WHERE type='index'")})
+        ddl = await db.read(lambda tx: tx.one("SELECT sql FROM sqlite_master WHERE name = 'saga_steps'")[0])
+    assert rows == [("saga_1", "reserve_stock", 2, 1)]
+    assert "sagas_ref" not in indexes and "WITHOUT ROWID" in ddl

@@ -21,10 +21,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from bus import contract as c
 from bus.db import Database
 from bus.errors import Conflict, OutOfStock, PaymentDeclined, RequestTimeout, Unavailable
-from bus.saga import SAGA_MIGRATIONS, SagaEngine
+from bus.saga import SagaEngine
 from bus.settings import SagaSettings
 from order_svc import store
 from order_svc.saga import PLACE_ORDER
+from order_svc.service import SPEC as ORDERS_SPEC
 
 FAST = SagaSettings(
     step_timeout_ms=50, deadline_ms=60_000, retry_initial_ms=1, retry_max_interval_ms=2, retry_max_attempts=5
@@ -78,7 +79,7 @@ class SagaMachine(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.dir = tempfile.TemporaryDirectory()
-        self.db = Database(Path(self.dir.name) / "orders.db", "orders", (*SAGA_MIGRATIONS, *store.MIGRATIONS))
+        self.db = Database(Path(self.dir.name) / "orders.db", "orders", ORDERS_SPEC.migrations)
         self.loop.run_until_complete(self.db.open())
         self.world = World()
         self.faults: deque[str] = deque()
