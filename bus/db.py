@@ -214,7 +214,7 @@ class Database:
         return await conn._execute(lambda: fn(conn._conn))  # aiosqlite's thread-dispatch primitive
 
     async def read(self, fn: Callable[[Tx], T]) -> T:
-        """Run a read-only function on the database thread (it sees only committed data)."""
+        """Run a read-only function on aiosqlite's thread, on the reader connection (committed data only)."""
         return await self._on_db_thread(lambda conn: fn(Tx(conn, self.service)))
 
     async def write(self, fn: Callable[[Tx], T]) -> T:

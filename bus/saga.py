@@ -488,7 +488,7 @@ class SagaEngine:
         if self.metrics:
             self.metrics.step_attempts.labels(step.name, outcome).inc()
 
-    # -- units of work (run on the database thread) ---------------------------
+    # -- units of work (run inside a group-committed batch) -------------------
 
     def _save(self, tx: Tx, run: SagaRun, **extra: Any) -> None:
         columns = {
