@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
+from typing import Any
 
 import nats
 import pytest
@@ -77,13 +80,26 @@ async def test_idempotency_key_replays_the_stored_reply_and_refuses_a_different_
             await db.write(once("k1", "inventory.release", request_hash(other), effect))
 
 
-async def test_relay_publishes_each_event_once_and_answers_after_the_ack(settings: Settings, tmp_path):
+@contextlib.asynccontextmanager
+async def relayed(settings: Settings, tmp_path) -> AsyncIterator[tuple[Database, Relay, Any]]:
+    """A database whose events a started relay publishes to the test server's stream."""
     nc = await nats.connect(settings.nats_url)
     js = nc.jetstream()
     await ensure_stream(js, settings)
-    async with Database(tmp_path / "k.db", "inventory", (MIGRATION,)) as db:
-        relay = Relay(js, db, settings.stream_name)
-        await relay.start()
+    try:
+        async with Database(tmp_path / "k.db", "inventory", (MIGRATION,)) as db:
+            relay = Relay(js, db, settings.stream_name)
+            await relay.start()
+            try:
+                yield db, relay, js
+            finally:
+                await relay.stop()
+    finally:
+        await nc.close()
+
+
+async def test_relay_publishes_each_event_once_and_answers_after_the_ack(settings: Settings, tmp_path):
+    async with relayed(settings, tmp_path) as (db, relay, js):
 
         def emit(i):
             return lambda tx: tx.emit("stock_restocked", f"SKU{i}", {"i": i})
@@ -104,16 +120,10 @@ async def test_relay_publishes_each_event_once_and_answers_after_the_ack(setting
         assert info.state.messages == 50
         msg = await js.get_last_msg(settings.stream_name, "events.inventory.stock_restocked.SKU7")
         assert json.loads(msg.data)["data"] == {"i": 7}
-    await nc.close()
 
 
 async def test_acknowledged_events_leave_the_outbox_also_when_no_write_follows(settings: Settings, tmp_path):
-    nc = await nats.connect(settings.nats_url)
-    js = nc.jetstream()
-    await ensure_stream(js, settings)
-    async with Database(tmp_path / "k.db", "inventory", (MIGRATION,)) as db:
-        relay = Relay(js, db, settings.stream_name)
-        await relay.start()
+    async with relayed(settings, tmp_path) as (db, relay, _):
         await asyncio.gather(*(db.write(lambda tx, i=i: tx.emit("stock_restocked", f"S{i}", {})) for i in range(20)))
         assert relay.backlog == 0
         # the delete rides on the next batch; with none coming, an empty one carries it
@@ -123,7 +133,6 @@ async def test_acknowledged_events_leave_the_outbox_also_when_no_write_follows(s
 
         await wait_for(outbox_empty, timeout=5, what="the outbox to empty")
         await relay.stop()
-    await nc.close()
 
 
 def test_now_iso_is_the_current_utc_time_to_the_millisecond():
