@@ -11,7 +11,9 @@ Batches run on the event loop's thread, on a connection of their own: a batch
 is short, and handing it to another thread cost more than it saved (a thread
 hop per batch, and the two threads taking the GIL from each other on every
 statement). Reads, which can be long (listings, the audit), run on aiosqlite's
-thread on a second connection and see only committed data.
+thread on a second connection and see only committed data. The price: if
+another process held the file's write lock, the loop would wait for it (up to
+busy_timeout); nothing in OMS writes a service's file while the service runs.
 
 A unit that wants its changes kept *and* an error answered returns the error
 instead of raising it (a declined payment is recorded, then answered 402).
