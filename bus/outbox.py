@@ -60,6 +60,7 @@ class Relay:
         self.acked_seq = 0
         self.published_total = 0
         self.duplicates = 0
+        self.failures = 0  # publish rounds that failed (refused, unanswered, disconnected) and were retried
         self.last_ack_at = 0.0
         self._pending: deque[OutboxRow] = deque()
         self._wake = asyncio.Event()
@@ -131,6 +132,7 @@ class Relay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.failures += 1
                 failures += 1
                 delay = random.uniform(0, min(BACKOFF_CAP_S, 0.05 * 2**failures))
                 log.warning(

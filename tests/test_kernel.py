@@ -194,3 +194,27 @@ async def test_a_graceful_stop_publishes_what_was_committed(settings: Settings):
     msg = await nc.jetstream().get_last_msg(settings.stream_name, "events.inventory.stock_restocked.GRACE-2999")
     assert json.loads(msg.data)["event_id"] == events[-1].event_id
     await nc.close()
+
+
+async def test_events_committed_while_the_stream_is_missing_go_out_once_and_in_order_when_it_appears(
+    settings: Settings, tmp_path
+):
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    async with Database(tmp_path / "k.db", "inventory", (MIGRATION,)) as db:
+        relay = Relay(js, db, settings.stream_name)
+        await relay.start()
+        # several batches' worth, committed together: they are published, refused, and kept
+        await asyncio.gather(
+            *(db.commit(lambda tx, i=i: tx.emit("stock_restocked", f"P{i}", {"i": i})) for i in range(600))
+        )
+        await wait_for(lambda: relay.failures >= 1, what="the publishes to be refused")
+        assert relay.backlog == 600 and relay.published_total == 0
+        await ensure_stream(js, settings)
+        assert await relay.drain(15)
+        await relay.stop()
+    info = await js.stream_info(settings.stream_name)
+    assert info.state.messages == 600
+    order = [json.loads((await js.get_msg(settings.stream_name, seq)).data)["data"]["i"] for seq in range(1, 601)]
+    assert order == sorted(order)
+    await nc.close()
