@@ -91,6 +91,12 @@ def handler(service: str, stream: Any = None, *, readable: bool | None = None) -
 
 
 def setup(service: str, level: str = "INFO") -> None:
+    # The lines carry neither the caller's file and line nor thread or process names: do not collect
+    # them for every record (the logging HOWTO's "Optimization"; 33 -> 27 us a line here).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler(service)]
     root.setLevel(level)
