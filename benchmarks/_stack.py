@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from bus.client import Client
 from bus.connect import connect
 from bus.settings import Settings
 from cli import stack
-from cli.loadgen import DEFAULT_SKUS, LoadPlan, ensure_stock
+from cli.loadgen import DEFAULT_SKUS, LoadPlan, ensure_stock, run_load
 
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -86,3 +87,26 @@ async def embedded_stack(**env: str) -> AsyncIterator[Settings]:
         os.environ.clear()
         os.environ.update(saved)
         shutil.rmtree(home, ignore_errors=True)
+
+
+async def level(settings: Settings, concurrency: int, orders: int) -> dict:
+    """`orders` orders at `concurrency` in flight: sagas/s, latency, and CPU per saga by process."""
+    procs = pids(settings)
+    cpu0 = {name: cpu_seconds(pid) for name, pid in procs.items()}
+    client_cpu0 = time.process_time()
+    result = await run_load(settings, LoadPlan(orders=orders, concurrency=concurrency, connections=4, max_seconds=300))
+    cpu1 = {name: cpu_seconds(pid) for name, pid in procs.items()}
+    done = max(1, result.terminal)
+    per_process = {name: (cpu1[name] - cpu0[name]) / done * 1e6 for name in procs}
+    d = result.to_dict()
+    return {
+        "concurrency": concurrency,
+        "orders": orders,
+        "sagas_per_s": d["sagas_per_s"],
+        "latency_ms": d["latency_ms"],
+        "outcomes": d["outcomes"],
+        "errors": d["errors"],
+        "cpu_us_per_saga": round(sum(per_process.values()), 1),
+        "cpu_us_per_saga_by_process": {k: round(v, 1) for k, v in per_process.items()},
+        "client_cpu_us_per_saga": round((time.process_time() - client_cpu0) / done * 1e6, 1),
+    }

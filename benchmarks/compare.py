@@ -26,8 +26,7 @@ ROOT = HERE.parent
 ONE_RUN = """
 import asyncio, json, sys
 sys.path.insert(0, sys.argv[1])
-from _stack import embedded_stack, restock
-from saga_throughput import level
+from _stack import embedded_stack, level, restock
 from cli.loadgen import LoadPlan, run_load
 try:
     from uvloop import run  # as the services, when installed

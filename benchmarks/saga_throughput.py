@@ -14,38 +14,15 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stack import as_admin, cpu_seconds, embedded_stack, pids, restock, rss_bytes, steal_seconds
+from _stack import as_admin, embedded_stack, level, pids, restock, rss_bytes, steal_seconds
 from rr_baseline import measure as rr_measure
 
 from bus import loop
 from cli.loadgen import LoadPlan, run_load
-
-
-async def level(settings, concurrency: int, orders: int) -> dict:
-    procs = pids(settings)
-    cpu0 = {name: cpu_seconds(pid) for name, pid in procs.items()}
-    client_cpu0 = time.process_time()
-    result = await run_load(settings, LoadPlan(orders=orders, concurrency=concurrency, connections=4, max_seconds=300))
-    cpu1 = {name: cpu_seconds(pid) for name, pid in procs.items()}
-    done = max(1, result.terminal)
-    per_process = {name: (cpu1[name] - cpu0[name]) / done * 1e6 for name in procs}
-    d = result.to_dict()
-    return {
-        "concurrency": concurrency,
-        "orders": orders,
-        "sagas_per_s": d["sagas_per_s"],
-        "latency_ms": d["latency_ms"],
-        "outcomes": d["outcomes"],
-        "errors": d["errors"],
-        "cpu_us_per_saga": round(sum(per_process.values()), 1),
-        "cpu_us_per_saga_by_process": {k: round(v, 1) for k, v in per_process.items()},
-        "client_cpu_us_per_saga": round((time.process_time() - client_cpu0) / done * 1e6, 1),
-    }
 
 
 async def half_rate(settings, rate: float, orders: int) -> dict:
