@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
+import nats.errors
 from nats.aio.client import Client as Nats
 from nats.js import JetStreamContext
 
@@ -110,6 +111,7 @@ async def running(
         metrics.events_published.set_function(lambda: relay.published_total)
         await runner.start()
         stack.push_async_callback(runner.stop)
+        await _answering(nc, spec.name)
         if serve_metrics:
             server = metrics.serve(settings.metrics_host, settings.metrics_port(spec.name))
             if server is not None:
@@ -118,6 +120,20 @@ async def running(
         log.info("service ready", extra={"pid": os.getpid(), "nats": settings.resolved_nats_url()})
         yield kernel
         log.info("service stopping")
+
+
+async def _answering(nc: Nats, service: str, timeout_s: float = 5.0) -> None:
+    """Return once the server routes requests to this service: right after its subscriptions were
+    flushed, a request can still (rarely) find no responders for a few milliseconds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await nc.request(f"$SRV.PING.{service}", b"", timeout=1.0)
+            return
+        except nats.errors.NoRespondersError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.005)
 
 
 def _health_handler(k: Kernel, started: float) -> Callable[[HealthQuery, Call], Awaitable[Health]]:

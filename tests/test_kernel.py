@@ -12,6 +12,7 @@ import nats
 import pytest
 
 from bus import contract as c
+from bus.app import running
 from bus.db import Database
 from bus.errors import Conflict, OutOfStock
 from bus.idempotency import once, request_hash
@@ -178,7 +179,6 @@ async def test_a_key_stored_under_the_earlier_request_hash_still_replays(tmp_pat
 
 
 async def test_a_graceful_stop_publishes_what_was_committed(settings: Settings):
-    from bus.app import running
     from inventory_svc.service import SPEC as INVENTORY
 
     async with running(INVENTORY, settings, serve_metrics=False) as k:
@@ -217,4 +217,17 @@ async def test_events_committed_while_the_stream_is_missing_go_out_once_and_in_o
     assert info.state.messages == 600
     order = [json.loads((await js.get_msg(settings.stream_name, seq)).data)["data"]["i"] for seq in range(1, 601)]
     assert order == sorted(order)
+    await nc.close()
+
+
+async def test_a_started_service_answers_other_connections_at_once(settings: Settings):
+    from bus import subjects as s
+    from bus.client import Client
+    from payment_svc.service import SPEC as PAYMENT
+
+    nc = await nats.connect(settings.nats_url)
+    client = Client(nc, timeout_s=5)
+    for _ in range(40):  # without the readiness check, a few in a hundred found no responders here
+        async with running(PAYMENT, settings, serve_metrics=False):
+            assert "payments" in await client.call(s.PAYMENT_LIST, {})
     await nc.close()
