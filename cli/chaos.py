@@ -162,10 +162,7 @@ def show(
     as_json: JsonFlag = False,
 ) -> None:
     """Show the faults in force. Exit 3 when a service does not answer."""
-    settings = settings_of(ctx)
-    with reported(settings, as_json=as_json):
-        answers = asyncio.run(_ask(settings, _targets(service), "get", c.ChaosQuery()))
-    _report(answers, settings, as_json)
+    _ask_all(settings_of(ctx), service, "get", as_json)
 
 
 @app.command()
@@ -177,7 +174,11 @@ def clear(
     as_json: JsonFlag = False,
 ) -> None:
     """Remove every fault. Exit 3 when a service does not answer (its faults may still be in force)."""
-    settings = settings_of(ctx)
+    _ask_all(settings_of(ctx), service, "clear", as_json)
+
+
+def _ask_all(settings: Settings, service: Service | None, verb: str, as_json: bool) -> None:
+    """`chaos.<service>.<verb>` with no arguments, to one service or all three, and the report."""
     with reported(settings, as_json=as_json):
-        answers = asyncio.run(_ask(settings, _targets(service), "clear", c.ChaosQuery()))
+        answers = asyncio.run(_ask(settings, _targets(service), verb, c.ChaosQuery()))
     _report(answers, settings, as_json)

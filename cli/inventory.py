@@ -13,7 +13,7 @@ from cli import views
 from cli.failures import reported
 from cli.options import JsonFlag, KeyOption
 from cli.output import Output
-from cli.session import call, command, parse, settings_of
+from cli.session import call, command, parse, read_and_show, settings_of
 
 app = typer.Typer(help="Look at the catalog and its stock; restock.", no_args_is_help=True)
 
@@ -27,10 +27,7 @@ def stock(
     """Show products with on hand, reserved and available units."""
     settings = settings_of(ctx)
     cmd = command(c.StockQuery, {"sku": "--sku"}, sku=sku.upper() if sku else None)
-    with reported(settings, as_json=as_json):
-        raw = call(settings, INVENTORY_STOCK, cmd)
-        found = parse(c.Stock, raw, INVENTORY_STOCK)
-    Output(as_json).result(raw, views.stock(found.products))
+    read_and_show(settings, INVENTORY_STOCK, cmd, c.Stock, lambda found: views.stock(found.products), as_json=as_json)
 
 
 @app.command()

@@ -15,7 +15,7 @@ from cli.events import timeline
 from cli.failures import order_outcome, reported
 from cli.options import JsonFlag, KeyOption
 from cli.output import Output
-from cli.session import call, command, parse, settings_of
+from cli.session import call, command, parse, read_and_show, settings_of
 
 app = typer.Typer(help="Place, look up, list and cancel orders.", no_args_is_help=True)
 
@@ -107,10 +107,7 @@ def get(
     """Show one order with its saga: steps, attempts, last error."""
     settings = settings_of(ctx)
     cmd = command(c.GetOrder, {"order_id": "ORDER_ID"}, order_id=order_id)
-    with reported(settings, as_json=as_json):
-        raw = call(settings, ORDERS_GET, cmd)
-        order = parse(c.Order, raw, ORDERS_GET)
-    Output(as_json).result(raw, views.order(order, with_saga=True))
+    read_and_show(settings, ORDERS_GET, cmd, c.Order, lambda order: views.order(order, with_saga=True), as_json=as_json)
 
 
 @app.command("list")
@@ -132,10 +129,7 @@ def list_(
         customer_id=customer,
         limit=limit,
     )
-    with reported(settings, as_json=as_json):
-        raw = call(settings, ORDERS_LIST, cmd)
-        found = parse(c.OrderList, raw, ORDERS_LIST)
-    Output(as_json).result(raw, views.orders(found.orders))
+    read_and_show(settings, ORDERS_LIST, cmd, c.OrderList, lambda found: views.orders(found.orders), as_json=as_json)
 
 
 @app.command()
@@ -167,7 +161,4 @@ def events(
     """
     settings = settings_of(ctx)
     cmd = command(c.OrderEventsQuery, {"order_id": "ORDER_ID"}, order_id=order_id)
-    with reported(settings, as_json=as_json):
-        raw = call(settings, ORDERS_EVENTS, cmd)
-        found = parse(c.EventList, raw, ORDERS_EVENTS)
-    Output(as_json).result(raw, timeline(found))
+    read_and_show(settings, ORDERS_EVENTS, cmd, c.EventList, timeline, as_json=as_json)

@@ -9,10 +9,8 @@ import typer
 from bus import contract as c
 from bus.subjects import PAYMENT_GET
 from cli import views
-from cli.failures import reported
 from cli.options import JsonFlag
-from cli.output import Output
-from cli.session import call, command, parse, settings_of
+from cli.session import command, read_and_show, settings_of
 
 app = typer.Typer(help="Look at payments.", no_args_is_help=True)
 
@@ -26,7 +24,4 @@ def get(
     """Show the payment of an order: status, amount, decline reason."""
     settings = settings_of(ctx)
     cmd = command(c.GetPayment, {"order_id": "ORDER"}, order_id=order_id)
-    with reported(settings, as_json=as_json):
-        raw = call(settings, PAYMENT_GET, cmd)
-        payment = parse(c.Payment, raw, PAYMENT_GET)
-    Output(as_json).result(raw, views.payment(payment))
+    read_and_show(settings, PAYMENT_GET, cmd, c.Payment, views.payment, as_json=as_json)

@@ -19,7 +19,7 @@ from cli.connection import role_for
 from cli.failures import reported
 from cli.options import JsonFlag, KeyOption
 from cli.output import Output
-from cli.session import call, client, command, parse, settings_of
+from cli.session import client, command, parse, read_and_show, settings_of
 
 app = typer.Typer(
     help="Sagas of the place-order flow: list, show, and (operator) retry or abort.", no_args_is_help=True
@@ -105,10 +105,7 @@ def list_(
         stuck=stuck,
         limit=limit,
     )
-    with reported(settings, as_json=as_json):
-        raw = call(settings, SAGA_LIST, cmd)
-        found = parse(c.SagaList, raw, SAGA_LIST)
-    Output(as_json).result(raw, views.sagas(found.sagas))
+    read_and_show(settings, SAGA_LIST, cmd, c.SagaList, lambda found: views.sagas(found.sagas), as_json=as_json)
 
 
 @app.command()

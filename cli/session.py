@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
+from rich.console import RenderableType
 
 from bus import auth
 from bus.auth import Role
@@ -19,6 +20,8 @@ from bus.errors import InternalError, RequestTimeout, Unavailable
 from bus.settings import Settings
 from bus.subjects import Route
 from cli.connection import CLI, connect_briefly, role_for
+from cli.failures import reported
+from cli.output import Output
 from cli.stack import StackSettings
 
 M = TypeVar("M", bound=BaseModel)
@@ -111,6 +114,23 @@ def call(
 ) -> dict[str, Any]:
     """`request` for a sync command."""
     return asyncio.run(request(settings, route, payload, timeout_s=timeout_s, key=key, role=role))
+
+
+def read_and_show(
+    settings: Settings,
+    route: Route,
+    payload: BaseModel | dict[str, Any],
+    model: type[M],
+    render: Callable[[M], RenderableType],
+    *,
+    as_json: bool,
+) -> None:
+    """A read command's whole course: the call, its result as `model`, then the table (or the JSON);
+    a failure exits as `reported` says."""
+    with reported(settings, as_json=as_json):
+        raw = call(settings, route, payload)
+        found = parse(model, raw, route)
+    Output(as_json).result(raw, render(found))
 
 
 def parse(model: type[M], raw: dict[str, Any], route: Route) -> M:
