@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import time
@@ -19,6 +18,7 @@ from asyncio.subprocess import PIPE
 from pathlib import Path
 
 import nats
+from _stack import cpu_seconds
 
 from bus import loop, natsserver
 from bus.connect import inbox_prefix
@@ -57,11 +57,6 @@ async def round_trips(url: str, in_flight: int, requests: int, user: str | None,
     return requests / elapsed
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def measure(
     url: str,
     requests: int = 20_000,
@@ -81,9 +76,9 @@ async def measure(
         await responder.stdout.readline()
         rr_1 = await round_trips(url, 1, max(1000, requests // 10), user, password)
         pids = [responder.pid, *([server_pid] if server_pid else [])]
-        cpu0, own0 = sum(_cpu_s(pid) for pid in pids), time.process_time()
+        cpu0, own0 = sum(cpu_seconds(pid) for pid in pids), time.process_time()
         rr_64 = await round_trips(url, 64, requests, user, password)
-        cpu = sum(_cpu_s(pid) for pid in pids) - cpu0 + time.process_time() - own0
+        cpu = sum(cpu_seconds(pid) for pid in pids) - cpu0 + time.process_time() - own0
         return {"rr_1_per_s": rr_1, "rr_64_per_s": rr_64, "cpu_us_per_rr_64": round(cpu / (requests + 200) * 1e6, 1)}
     finally:
         responder.kill()
