@@ -1,5 +1,5 @@
-"""The full stack: sagas/s and latency at several concurrencies, CPU per saga, RSS, and the ratio
-to raw request-reply measured in the same run.
+"""The full stack: sagas/s and latency at several concurrencies, CPU per saga, RSS, and the ratios
+to raw request-reply and to the floor of a saga's messages (`saga_floor.py`), measured in the same run.
 
     python benchmarks/saga_throughput.py [--orders-per-level N] [--levels 1,16,64,256] [--out DIR]
 
@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _stack import as_admin, embedded_stack, level, pids, restock, rss_bytes, steal_seconds
 from rr_baseline import measure as rr_measure
+from saga_floor import run_floor
 
 from bus import loop
 from cli.loadgen import LoadPlan, run_load
@@ -65,7 +66,8 @@ async def run(levels: list[int], orders_per_level: int) -> dict:
         rss_after = {name: rss_bytes(pid) for name, pid in pids(settings).items()}
         # The VM's speed drifts: raw request-reply is measured before and after, and the ratio uses the mean.
         after = await rr_measure(url, 20_000, user, password, server_pid)
-        steal = steal_seconds() - steal0
+    floor = (await run_floor(10_000, with_rr=False))["floor"]  # with the stack stopped, as rr ran alone
+    steal = steal_seconds() - steal0
     baseline = {key: round((before[key] + after[key]) / 2, 1) for key in before}
     return {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.processor()},
@@ -78,6 +80,7 @@ async def run(levels: list[int], orders_per_level: int) -> dict:
             "ratio_to_rr_64": round(best["sagas_per_s"] / baseline["rr_64_per_s"], 4),
         },
         "half_rate": half,
+        "floor": floor,
         "rss_bytes": {"before": rss_before, "after": rss_after},
     }
 
@@ -135,6 +138,19 @@ def main() -> None:
     )
     one = result["levels"][0]
     print(f"one in flight: p50 {one['latency_ms']['p50']:.1f} ms; CPU per saga {one['cpu_us_per_saga']:.0f} us")
+    floor = result["floor"]
+    floor_best = max(floor["levels"], key=lambda r: r["sagas_per_s"])
+    floor_one = floor["levels"][0]
+    print(
+        f"the floor (a saga's messages with no work, saga_floor.py): {floor_best['sagas_per_s']:,.0f} sagas/s "
+        f"= {floor_best['sagas_per_s'] / b['rr_64_per_s']:.3f} x raw, {floor_best['cpu_us_per_saga']:.0f} us CPU "
+        f"per saga, p50 {floor_one['p50_ms']:.2f} ms at one in flight"
+    )
+    print(
+        f"OMS against the floor: {result['best']['sagas_per_s'] / floor_best['sagas_per_s']:.2f} x its throughput, "
+        f"{best['cpu_us_per_saga'] / floor_best['cpu_us_per_saga']:.2f} x its CPU per saga, "
+        f"{one['latency_ms']['p50'] / floor_one['p50_ms']:.2f} x its p50 at one in flight"
+    )
     for name in result["rss_bytes"]["before"]:
         before = result["rss_bytes"]["before"][name] / 2**20
         after = result["rss_bytes"]["after"].get(name, 0) / 2**20

@@ -1,0 +1,210 @@
+"""The floor a saga's messages set on this machine: the same messages as OMS sends, with no work.
+
+    python benchmarks/saga_floor.py [--sagas N]
+
+A saga in OMS is three request-replies and four JetStream publishes whose acknowledgements the
+replies wait for (design decision 10). This benchmark sends exactly those messages, in the same
+order, between the same number of processes, with handlers that do nothing else: no validation,
+no database, no logging. It starts its own nats-server with a JetStream stream like OMS_EVENTS.
+
+    client --place--> orders: publish "created" (no wait) --reserve--> inventory: publish, await ack, reply
+                              --authorize--> payment: publish, await ack, reply
+                              publish "confirmed", await both acks, reply --> client
+
+What it prints is what no implementation of this design, in Python on nats-py, can go below on
+this machine: sagas/s, CPU per saga over every process, latency at one in flight. It also runs raw
+request-reply in the same run (`rr_baseline.py`), so the floor reads as a ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from asyncio.subprocess import PIPE
+from pathlib import Path
+
+import nats
+from _stack import cpu_seconds
+from nats.js import api as js_api
+from rr_baseline import measure as rr_measure
+
+from bus import loop, natsserver
+
+STREAM = "FLOOR_EVENTS"
+
+# A participant: on request, publish its event, wait for the stream's ack, answer.
+# Orders: publish "created", call both participants in turn, publish "confirmed", wait for both acks, answer.
+ROLE = """
+import asyncio, json, sys, uuid, nats
+from bus import loop
+role, url = sys.argv[1], sys.argv[2]
+EVENT, REPLY = sys.argv[3].encode(), sys.argv[4].encode()
+tasks = set()
+async def main():
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    async def publish(kind):
+        return await js.publish_async(f"floor.events.{role}.{kind}", EVENT, headers={"Nats-Msg-Id": uuid.uuid4().hex},
+                                      wait_stall=None)
+    async def participant(msg):
+        ack = await publish("done")
+        await ack
+        await msg.respond(REPLY)
+    async def orders(msg):
+        created = await publish("created")
+        await nc.request("floor.reserve", msg.data, timeout=10, headers={"Idempotency-Key": "saga_x:reserve:invoke"})
+        await nc.request("floor.authorize", msg.data, timeout=10, headers={"Idempotency-Key": "saga_x:pay:invoke"})
+        confirmed = await publish("confirmed")
+        await asyncio.gather(created, confirmed)
+        await msg.respond(REPLY)
+    handler = orders if role == "orders" else participant
+    async def spawn(msg):  # subscription callbacks run one at a time: a task per request, as the services do
+        task = asyncio.create_task(handler(msg))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    subject = {"orders": "floor.place", "inventory": "floor.reserve", "payment": "floor.authorize"}[role]
+    await nc.subscribe(subject, queue=role, cb=spawn)
+    await nc.flush()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+loop.run(main())
+"""
+
+# Bodies of the sizes OMS sends: an event (with its data), a participant's reply, the placing request.
+EVENT = {
+    "event_id": "evt_01a2189a989718fef8a66bd7",
+    "type": "stock_reserved",
+    "occurred_at": "2026-11-26T00:00:00.000Z",
+    "service": "inventory",
+    "order_id": "ord_01a2189a989718fef8a66bd7",
+    "saga_id": "saga_01a2189a989718fef8a66bd7",
+    "data": {
+        "items": [{"sku": "KB-101", "qty": 1, "unit_price_cents": 4999}],
+        "total_cents": 4999,
+        "currency": "EUR",
+        "created_at": "2026-11-26T00:00:00.000Z",
+    },
+}
+REPLY = {
+    "ok": True,
+    "result": {
+        "order_id": "ord_01a2189a989718fef8a66bd7",
+        "status": "ACTIVE",
+        "items": [{"sku": "KB-101", "qty": 1, "unit_price_cents": 4999}],
+        "total_cents": 4999,
+        "currency": "EUR",
+        "created_at": "2026-11-26T00:00:00.000Z",
+    },
+}
+PLACE = json.dumps(
+    {"customer_id": "c1", "items": [{"sku": "KB-101", "qty": 1}], "payment_method": "card", "wait_ms": 30000}
+).encode()
+
+
+async def _sagas(nc: nats.NATS, in_flight: int, sagas: int) -> tuple[float, list[float]]:
+    slots = asyncio.Semaphore(in_flight)
+    latencies: list[float] = []
+
+    async def one() -> None:
+        async with slots:
+            t0 = time.perf_counter()
+            await nc.request("floor.place", PLACE, timeout=30, headers={"Idempotency-Key": "load-x"})
+            latencies.append(time.perf_counter() - t0)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(sagas)))
+    return sagas / (time.perf_counter() - started), latencies
+
+
+async def measure(url: str, server_pid: int, sagas: int = 10_000, levels: tuple[int, ...] = (1, 64, 256)) -> dict:
+    """Start the three role processes against `url` and run the saga's messages at each level."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    config = js_api.StreamConfig(
+        name=STREAM, subjects=["floor.events.>"], storage=js_api.StorageType.FILE, duplicate_window=120
+    )
+    await js.add_stream(config)
+    roles = {}
+    try:
+        for role in ("orders", "inventory", "payment"):
+            roles[role] = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", ROLE, role, url, json.dumps(EVENT), json.dumps(REPLY), stdout=PIPE
+            )
+            assert roles[role].stdout is not None
+            await roles[role].stdout.readline()
+        await _sagas(nc, 16, 300)  # warm up
+        pids = {**{role: p.pid for role, p in roles.items()}, "nats-server": server_pid}
+        results = []
+        for in_flight in levels:
+            count = max(300, sagas // 10) if in_flight == 1 else sagas
+            cpu0, own0 = {name: cpu_seconds(pid) for name, pid in pids.items()}, time.process_time()
+            rate, latencies = await _sagas(nc, in_flight, count)
+            by_process = {name: (cpu_seconds(pid) - cpu0[name]) / count * 1e6 for name, pid in pids.items()}
+            by_process["client"] = (time.process_time() - own0) / count * 1e6
+            ordered = sorted(latencies)
+            results.append(
+                {
+                    "in_flight": in_flight,
+                    "sagas_per_s": round(rate, 1),
+                    "p50_ms": round(statistics.median(ordered) * 1000, 2),
+                    "p99_ms": round(ordered[int(0.99 * (len(ordered) - 1))] * 1000, 2),
+                    # The client's CPU is the load generator's: left out, as saga_throughput.py leaves it out.
+                    "cpu_us_per_saga": round(sum(v for k, v in by_process.items() if k != "client"), 1),
+                    "cpu_us_per_saga_by_process": {k: round(v, 1) for k, v in by_process.items()},
+                }
+            )
+        return {"levels": results, "best_sagas_per_s": max(r["sagas_per_s"] for r in results)}
+    finally:
+        for proc in roles.values():
+            proc.kill()
+            await proc.wait()
+        await nc.close()
+
+
+def report(floor: dict, rr: dict | None = None) -> None:
+    for r in floor["levels"]:
+        print(
+            f"  floor, {r['in_flight']:>3} in flight: {r['sagas_per_s']:>7,.0f} sagas/s  p50 {r['p50_ms']:>6.2f} ms  "
+            f"p99 {r['p99_ms']:>6.2f} ms  CPU {r['cpu_us_per_saga']:>6.0f} us/saga"
+        )
+    if rr:
+        print(
+            f"  raw request-reply in the same run: {rr['rr_64_per_s']:,.0f}/s at 64 in flight, "
+            f"{rr['cpu_us_per_rr_64']} us CPU each"
+        )
+        print(f"  the floor's best is {floor['best_sagas_per_s'] / rr['rr_64_per_s']:.3f} x raw round trips/s")
+
+
+async def run_floor(sagas: int = 10_000, *, with_rr: bool = True) -> dict:
+    """The floor (and raw request-reply, unless told not to) on a nats-server of its own."""
+    with tempfile.TemporaryDirectory() as tmp:
+        server, url = natsserver.start(Path(tmp))
+        try:
+            rr = await rr_measure(url, 20_000, server_pid=server.pid) if with_rr else None
+            floor = await measure(url, server.pid, sagas)
+        finally:
+            server.terminate()
+            server.wait()
+    return {"floor": floor, "rr": rr}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sagas", type=int, default=10_000, help="sagas per level (a tenth of it at 1 in flight)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args()
+    result = loop.run(run_floor(args.sagas))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print("the messages of a saga, with no work in the handlers")
+        report(result["floor"], result["rr"])
+
+
+if __name__ == "__main__":
+    main()
