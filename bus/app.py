@@ -171,10 +171,10 @@ async def _close_nats(nc: Nats) -> None:
 
 async def serve_forever(spec: ServiceSpec, settings: Settings, *, recover: bool = False) -> None:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     async with running(spec, settings, recover=recover):
+        loop.settle_gc()
         await stop.wait()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,6 +13,7 @@ import nats
 import pytest
 
 from bus import contract as c
+from bus import loop
 from bus.app import running
 from bus.db import Database
 from bus.errors import Conflict, OutOfStock
@@ -231,3 +233,15 @@ async def test_a_started_service_answers_other_connections_at_once(settings: Set
         async with running(PAYMENT, settings, serve_metrics=False):
             assert "payments" in await client.call(s.PAYMENT_LIST, {})
     await nc.close()
+
+
+def test_settle_gc_freezes_what_exists_and_collects_the_young_generation_less_often():
+    before = gc.get_threshold()
+    try:
+        loop.settle_gc()
+        assert gc.get_threshold() == loop.GC_THRESHOLDS
+        assert gc.get_threshold()[0] > before[0]
+        assert gc.get_freeze_count() > 0  # this process's startup objects, out of every scan
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
