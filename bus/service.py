@@ -215,25 +215,39 @@ class ServiceRunner:
     async def _serve(self, route: Route, handler: Handler, request: Request, chaos: bool) -> None:
         started = time.perf_counter_ns()
         drop = False
-        subject = self._subjects[route.name]
-        logs.bind(service=self.service, endpoint=subject)  # this task's context only
+        # The request's ids, bound to this task's log context once they are all known (`bound`).
+        context: dict[str, Any] = {"service": self.service, "endpoint": self._subjects[route.name]}
+        bound = False
         try:
             call = Call(route, self._idempotency_key(request))
-            logs.bind(idempotency_key=call.idempotency_key, saga_id=_saga_of_key(call.idempotency_key))
-            if chaos:
+            if call.idempotency_key is not None:
+                context["idempotency_key"] = call.idempotency_key
+                context["saga_id"] = _saga_of_key(call.idempotency_key)
+            if chaos and self.chaos.active:
                 await self.chaos.before(route.name)
             cmd = self._parse(route, request.data)
-            logs.bind(order_id=getattr(cmd, "order_id", None), saga_id=getattr(cmd, "saga_id", None))
+            fields = cmd.__dict__  # a model's fields; getattr would go through pydantic's __getattr__ on a miss
+            context["order_id"] = fields.get("order_id")
+            context["saga_id"] = fields.get("saga_id") or context.get("saga_id")
+            logs.bind(**context)
+            bound = True
             outcome: BaseModel | dict[str, Any] | OmsError = await handler(cmd, call)
             drop = chaos and self.chaos.drop_reply(route.name)
         except OmsError as exc:
             outcome = exc
         except Exception:
+            if not bound:
+                logs.bind(**context)
+                bound = True
             ref = new_id("err")
             log.exception("handler failed", extra={"ref": ref})
             outcome = InternalError(f"internal error (ref {ref}); the service log has the details", {"ref": ref})
         elapsed = time.perf_counter_ns() - started
         code = self._record(route, outcome, elapsed)
+        if not drop:
+            await self._reply(request, outcome)  # the caller's answer first; the log line can wait for it
+        if not bound:
+            logs.bind(**context)
         if route.mutating and log.isEnabledFor(logging.INFO):
             log.info(
                 "request",
@@ -241,8 +255,6 @@ class ServiceRunner:
             )
         if drop:
             log.info("reply dropped by fault injection")
-            return
-        await self._reply(request, outcome)
 
     def _idempotency_key(self, request: Request) -> str | None:
         key = (request.headers or {}).get(IDEMPOTENCY_HEADER)

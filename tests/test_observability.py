@@ -152,13 +152,21 @@ def captured_logs() -> Iterator[io.StringIO]:
 
 
 async def test_one_order_id_finds_its_request_lines_in_all_three_services(stack):
+    expected = {"orders.place", "inventory.reserve", "payment.authorize", "inventory.release"}
+
+    def request_lines(out: io.StringIO, order_id: str) -> dict[str, dict[str, Any]]:
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        mine = [line for line in lines if line.get("order_id") == order_id]
+        return {line["endpoint"]: line for line in mine if line["event"] == "request"}
+
     with captured_logs() as out:
         order = await place(stack["client"], "log1", {"KB-101": 1}, method="card_declined")
-        await asyncio.sleep(0.05)
-    lines = [json.loads(line) for line in out.getvalue().splitlines()]
-    mine = [line for line in lines if line.get("order_id") == order["order_id"]]
-    by_endpoint = {line["endpoint"]: line for line in mine if line["event"] == "request"}
-    assert set(by_endpoint) == {"orders.place", "inventory.reserve", "payment.authorize", "inventory.release"}
+        # A service writes its line just after its reply, so the last one may trail the answer a little.
+        by_endpoint = await wait_for(
+            lambda: (found := request_lines(out, order["order_id"])).keys() >= expected and found,
+            what="a request line from every endpoint the order went through",
+        )
+    assert set(by_endpoint) == expected
     assert {line["service"] for line in by_endpoint.values()} == set(SERVICES)
     assert by_endpoint["orders.place"]["idempotency_key"] == "obs-log1"
     assert by_endpoint["orders.place"]["outcome"] == "OK"
