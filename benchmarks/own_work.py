@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+from saga_floor import RESERVATION
 
 from bus import contract as c
 from bus import db as db_module
@@ -47,14 +48,6 @@ from order_svc.service import SPEC, saga_of
 IN_FLIGHT = 64
 KEY = "saga_01a2189a989718fef8a66bd7:reserve_stock:invoke"
 RESERVE = {"order_id": "ord_01a2189a989718fef8a66bd7", "items": [{"sku": "KB-101", "qty": 1}]}
-RESERVATION = {
-    "order_id": "ord_01a2189a989718fef8a66bd7",
-    "status": "ACTIVE",
-    "items": [{"sku": "KB-101", "qty": 1, "unit_price_cents": 4999}],
-    "total_cents": 4999,
-    "currency": "EUR",
-    "created_at": "2026-11-26T00:00:00.000Z",
-}
 AUTHORIZED = {"order_id": "ord_01a2189a989718fef8a66bd7", "status": "AUTHORIZED", "amount_cents": 4999}
 
 

@@ -90,17 +90,15 @@ EVENT = {
         "created_at": "2026-11-26T00:00:00.000Z",
     },
 }
-REPLY = {
-    "ok": True,
-    "result": {
-        "order_id": "ord_01a2189a989718fef8a66bd7",
-        "status": "ACTIVE",
-        "items": [{"sku": "KB-101", "qty": 1, "unit_price_cents": 4999}],
-        "total_cents": 4999,
-        "currency": "EUR",
-        "created_at": "2026-11-26T00:00:00.000Z",
-    },
+RESERVATION = {
+    "order_id": "ord_01a2189a989718fef8a66bd7",
+    "status": "ACTIVE",
+    "items": [{"sku": "KB-101", "qty": 1, "unit_price_cents": 4999}],
+    "total_cents": 4999,
+    "currency": "EUR",
+    "created_at": "2026-11-26T00:00:00.000Z",
 }
+REPLY = {"ok": True, "result": RESERVATION}
 PLACE = json.dumps(
     {"customer_id": "c1", "items": [{"sku": "KB-101", "qty": 1}], "payment_method": "card", "wait_ms": 30000}
 ).encode()
