@@ -61,11 +61,13 @@ def once(
                     {"field": "Idempotency-Key", "endpoint": row["endpoint"]},
                 )
             return replay(row["reply"])
+        emitted = len(tx.events)
         tx.execute("SAVEPOINT effect")
         try:
             outcome = effect(tx)
         except BusinessError as exc:
             tx.execute("ROLLBACK TO effect")
+            del tx.events[emitted:]  # their outbox rows were rolled back: the relay must not publish them
             outcome = exc
         tx.execute("RELEASE effect")
         if isinstance(outcome, OmsError) and not isinstance(outcome, BusinessError):

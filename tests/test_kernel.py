@@ -83,6 +83,23 @@ async def test_idempotency_key_replays_the_stored_reply_and_refuses_a_different_
             await db.write(once("k1", "inventory.release", request_hash(other), effect))
 
 
+async def test_a_business_error_raised_after_an_emit_takes_its_event_back_with_its_rows(tmp_path):
+    async with Database(tmp_path / "k.db", "test", (MIGRATION,)) as db:
+        cmd = c.Release(order_id="o1")
+
+        def effect(tx):
+            tx.execute("INSERT INTO counter VALUES ('o1', 1)")
+            tx.emit("counted", "o1", {"name": "o1"}, order_id="o1")
+            raise Conflict("changed its mind after the event")
+
+        outcome, events = await db.commit(once("k1", "inventory.release", request_hash(cmd), effect))
+        assert isinstance(outcome, Conflict)  # stored as the key's reply and answered
+        assert events == []  # nothing for the relay to publish: the change it recorded was rolled back
+        assert await db.read(lambda tx: tx.one("SELECT count(*) FROM outbox")[0]) == 0
+        assert await db.read(lambda tx: tx.one("SELECT count(*) FROM counter")[0]) == 0
+        assert await db.read(lambda tx: tx.one("SELECT count(*) FROM idempotency WHERE key = 'k1'")[0]) == 1
+
+
 @contextlib.asynccontextmanager
 async def relayed(settings: Settings, tmp_path) -> AsyncIterator[tuple[Database, Relay, Any]]:
     """A database whose events a started relay publishes to the test server's stream."""
