@@ -109,6 +109,12 @@ SAGA_UPGRADES: tuple[str, ...] = (
     ALTER TABLE saga_steps_keyed RENAME TO saga_steps;
     DROP INDEX sagas_ref;
     """,
+    # Listings, newest first, walk an index instead of sorting every saga ever run: saga ids begin with
+    # their creation time (like order ids), and the status index carries them.
+    """
+    DROP INDEX sagas_status;
+    CREATE INDEX sagas_status ON sagas (status, saga_id);
+    """,
 )
 
 
@@ -696,6 +702,7 @@ class SagaEngine:
         return None if row is None else self._view(tx, row, with_steps)
 
     def list(self, tx: Tx, status: str | None, stuck: bool, limit: int) -> list[SagaView]:
+        """Newest first: saga ids begin with their creation time."""
         clauses, params = [], []
         if status:
             clauses.append("status = ?")
@@ -704,7 +711,7 @@ class SagaEngine:
             clauses.append("status IN ('RUNNING', 'COMPENSATING') AND comp_failures >= ?")
             params.append(self.settings.stuck_after_attempts)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = tx.all(f"SELECT * FROM sagas {where} ORDER BY created_at DESC LIMIT ?", (*params, limit))
+        rows = tx.all(f"SELECT * FROM sagas {where} ORDER BY saga_id DESC LIMIT ?", (*params, limit))
         return [self._view(tx, row, False) for row in rows]
 
     def _view(self, tx: Tx, row: Any, with_steps: bool) -> SagaView:

@@ -11,6 +11,7 @@ import pytest
 from bus import contract as c
 from bus.db import Database
 from bus.errors import BreakerOpen, OmsError, OutOfStock, PaymentDeclined, RequestTimeout, Unavailable
+from bus.ids import new_id
 from bus.saga import SagaEngine
 from bus.settings import SagaSettings
 from order_svc import store
@@ -269,3 +270,36 @@ async def test_an_order_database_from_before_the_step_table_upgrade_keeps_its_st
         ddl = await db.read(lambda tx: tx.one("SELECT sql FROM sqlite_master WHERE name = 'saga_steps'")[0])
     assert rows == [("saga_1", "reserve_stock", 2, 1)]
     assert "sagas_ref" not in indexes and "WITHOUT ROWID" in ddl
+
+
+async def test_saga_listings_walk_an_index_newest_first_instead_of_sorting_every_saga(db):
+    engine = SagaEngine(db, PLACE_ORDER, Participants().send, FAST)
+    # Time-ordered to the millisecond, as the order service makes them (within one, by their random part).
+    ids = [new_id("saga") for _ in range(300)]
+
+    def insert(tx):
+        for n, saga_id in enumerate(ids):
+            run = engine.create(tx, saga_id, f"ord_{n}", {"order_id": f"ord_{n}"})
+            if n % 3:
+                tx.execute("UPDATE sagas SET status = 'COMPLETED' WHERE saga_id = ?", (run.saga_id,))
+
+    await db.write(insert)
+    newest = await db.read(lambda tx: [v.saga_id for v in engine.list(tx, None, False, 5)])
+    completed = await db.read(lambda tx: [v.saga_id for v in engine.list(tx, "COMPLETED", False, 5)])
+    assert newest == sorted(ids, reverse=True)[:5]
+    assert completed == sorted((i for n, i in enumerate(ids) if n % 3), reverse=True)[:5]
+
+    def plans(tx):
+        statements: list[str] = []
+        tx._conn.set_trace_callback(statements.append)
+        try:
+            engine.list(tx, None, False, 5)
+            engine.list(tx, "COMPLETED", False, 5)
+        finally:
+            tx._conn.set_trace_callback(None)
+        listings = [sql for sql in statements if sql.startswith("SELECT * FROM sagas")]
+        return [" / ".join(row[3] for row in tx.all("EXPLAIN QUERY PLAN " + sql)) for sql in listings]
+
+    found = await db.read(plans)
+    assert len(found) == 2
+    assert all("INDEX" in plan and "TEMP B-TREE" not in plan for plan in found), found
