@@ -385,8 +385,8 @@ class SagaEngine:
                 self.metrics.sagas_in_flight.dec()
                 if run.status not in ACTIVE:
                     outcome = run.status.lower()
-                    self.metrics.sagas.labels(outcome).inc()
-                    self.metrics.saga_duration.labels(outcome).observe(time.monotonic() - started)
+                    self.metrics.child(self.metrics.sagas, outcome).inc()
+                    self.metrics.child(self.metrics.saga_duration, outcome).observe(time.monotonic() - started)
 
     async def _forward(self, run: SagaRun) -> None:
         if run.stop_reason:
@@ -492,7 +492,7 @@ class SagaEngine:
 
     def _count(self, step: Step, outcome: str) -> None:
         if self.metrics:
-            self.metrics.step_attempts.labels(step.name, outcome).inc()
+            self.metrics.child(self.metrics.step_attempts, step.name, outcome).inc()
 
     # -- units of work (run inside a group-committed batch) -------------------
 

@@ -135,8 +135,6 @@ class ServiceRunner:
         self._slots = asyncio.Semaphore(settings.handler_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._micro: Service | None = None
-        self._counters: dict[tuple[str, str], Any] = {}
-        self._latency: dict[str, Any] = {}
         self._subjects: dict[str, str] = {}  # route name -> the subject it is served on
 
     def add(self, route: Route, handler: Handler) -> None:
@@ -153,7 +151,7 @@ class ServiceRunner:
         for route, handler in self._routes:
             self._tallies[route.name] = _Tally()
             self._subjects[route.name] = route.subject
-            self._latency[route.name] = self.metrics.request_latency.labels(route.subject)
+            self.metrics.child(self.metrics.request_latency, route.subject)  # shown from the start, at zero
             await self._micro.add_endpoint(
                 name=route.name,
                 subject=route.subject,
@@ -169,7 +167,7 @@ class ServiceRunner:
             subject = chaos_subject(self.service, verb)
             self._tallies[route.name] = _Tally()
             self._subjects[route.name] = subject
-            self._latency[route.name] = self.metrics.request_latency.labels(subject)
+            self.metrics.child(self.metrics.request_latency, subject)
             # Fault injection is per instance; with one instance per service (or per partition) the
             # queue group reaches exactly the instance that serves the business endpoints.
             await self._micro.add_endpoint(
@@ -284,13 +282,9 @@ class ServiceRunner:
         if isinstance(outcome, OmsError):
             tally.errors += 1
             tally.by_code[code] += 1
-        counter = self._counters.get((route.name, code))
-        if counter is None:
-            counter = self._counters[(route.name, code)] = self.metrics.requests.labels(
-                self._subjects[route.name], code
-            )
-        counter.inc()
-        self._latency[route.name].observe(elapsed_ns / 1e9)
+        subject = self._subjects[route.name]
+        self.metrics.child(self.metrics.requests, subject, code).inc()
+        self.metrics.child(self.metrics.request_latency, subject).observe(elapsed_ns / 1e9)
         return code
 
     async def _reply(self, request: Request, outcome: BaseModel | dict[str, Any] | OmsError) -> None:

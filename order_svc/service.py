@@ -158,7 +158,7 @@ async def build(k: Kernel) -> None:
             raise
         finally:
             if sent:
-                k.metrics.step_duration.labels(step, action).observe(time.perf_counter() - began)
+                k.metrics.child(k.metrics.step_duration, step, action).observe(time.perf_counter() - began)
 
     engine = SagaEngine(k.db, PLACE_ORDER, send, k.settings.saga, metrics=k.metrics)
     k.extras.update(
