@@ -71,11 +71,18 @@ class ServiceSpec:
 
 @asynccontextmanager
 async def running(
-    spec: ServiceSpec, settings: Settings, *, serve_metrics: bool = True, recover: bool = False
+    spec: ServiceSpec,
+    settings: Settings,
+    *,
+    serve_metrics: bool = True,
+    recover: bool = False,
+    settle_gc: bool = False,
 ) -> AsyncIterator[Kernel]:
     """Start the service and yield it; leaving the block drains and stops everything in reverse.
 
-    With `recover`, the database is first rebuilt from the event stream (bus.replay).
+    With `recover`, the database is first rebuilt from the event stream (bus.replay). With `settle_gc`
+    (a service's own process), what the start made is frozen out of the garbage collector before the
+    service builds its endpoints and resumes its sagas: nothing that serves requests is frozen.
     """
     if recover:
         await recover_by_replay(settings, spec)
@@ -104,6 +111,8 @@ async def running(
             metrics=metrics,
             stack=stack,
         )
+        if settle_gc:
+            loop.settle_gc()
         await spec.build(kernel)
         runner.add(HEALTH[spec.name], _health_handler(kernel, time.time()))
         metrics.outbox_backlog.set_function(lambda: relay.backlog)
@@ -173,8 +182,7 @@ async def serve_forever(spec: ServiceSpec, settings: Settings, *, recover: bool 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    async with running(spec, settings, recover=recover):
-        loop.settle_gc()
+    async with running(spec, settings, recover=recover, settle_gc=True):
         await stop.wait()
 
 

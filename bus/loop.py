@@ -24,10 +24,12 @@ GC_THRESHOLDS = (20_000, 20, 20)
 
 
 def settle_gc() -> None:
-    """Call once a service has started: what exists by then (modules, schemas, the catalog, settings)
-    lives as long as the process, so it leaves the collector's scans for good (`gc.freeze`), and the
-    young generation is collected less often. Measured here at 256 orders in flight: 5-9 % less CPU
-    per saga, and full collections of 15-47 ms in the order service gone from the latency tail."""
+    """Call once, while a service starts, before it serves anything: what exists by then (modules,
+    schemas, settings, its connections) lives as long as the process, so it leaves the collector's scans
+    for good (`gc.freeze`; a frozen object that later ends up in a garbage cycle is never collected,
+    hence before any request or saga exists), and the young generation is collected less often.
+    Measured here at 256 orders in flight: 5-9 % less CPU per saga, and full collections of 15-47 ms
+    in the order service mostly gone from the latency tail."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

@@ -242,17 +242,19 @@ class ServiceRunner:
             outcome = InternalError(f"internal error (ref {ref}); the service log has the details", {"ref": ref})
         elapsed = time.perf_counter_ns() - started
         code = self._record(route, outcome, elapsed)
-        if not drop:
-            await self._reply(request, outcome)  # the caller's answer first; the log line can wait for it
-        if not bound:
+        if not bound:  # refused before the handler ran: the line (and a failed reply's) still carries the ids
             logs.bind(**context)
         if route.mutating and log.isEnabledFor(logging.INFO):
+            # Before the reply: a request that was answered always left its line, also if the task is
+            # cancelled or the process killed while the reply is being flushed.
             log.info(
                 "request",
                 extra={"outcome": code, "duration_ms": round(elapsed / 1e6, 3), **_ids_of(outcome)},
             )
         if drop:
             log.info("reply dropped by fault injection")
+            return
+        await self._reply(request, outcome)
 
     def _idempotency_key(self, request: Request) -> str | None:
         key = (request.headers or {}).get(IDEMPOTENCY_HEADER)

@@ -252,13 +252,20 @@ async def test_a_started_service_answers_other_connections_at_once(settings: Set
     await nc.close()
 
 
-def test_settle_gc_freezes_what_exists_and_collects_the_young_generation_less_often():
-    before = gc.get_threshold()
+async def test_a_service_process_freezes_its_start_out_of_the_collector_before_it_serves(settings: Settings):
+    from bus import subjects as s
+    from bus.client import Client
+    from payment_svc.service import SPEC as PAYMENT
+
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    nc = await nats.connect(settings.nats_url)
     try:
-        loop.settle_gc()
-        assert gc.get_threshold() == loop.GC_THRESHOLDS
-        assert gc.get_threshold()[0] > before[0]
-        assert gc.get_freeze_count() > 0  # this process's startup objects, out of every scan
+        async with running(PAYMENT, settings, serve_metrics=False, settle_gc=True):
+            assert gc.get_threshold() == loop.GC_THRESHOLDS != before
+            assert gc.get_freeze_count() > frozen
+            # It serves as it did: the freeze happened before its endpoints existed.
+            assert "payments" in await Client(nc, timeout_s=5).call(s.PAYMENT_LIST, {})
     finally:
+        await nc.close()
         gc.unfreeze()
         gc.set_threshold(*before)

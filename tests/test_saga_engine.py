@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -274,20 +275,23 @@ async def test_an_order_database_from_before_the_step_table_upgrade_keeps_its_st
 
 async def test_saga_listings_walk_an_index_newest_first_instead_of_sorting_every_saga(db):
     engine = SagaEngine(db, PLACE_ORDER, Participants().send, FAST)
-    # Time-ordered to the millisecond, as the order service makes them (within one, by their random part).
-    ids = [new_id("saga") for _ in range(300)]
+    # Made one millisecond apart, in creation order: ids begin with their time, as `new_id` makes them.
+    start = int(new_id("saga")[5:17], 16)
+    ids = [f"saga_{start + n:012x}{random.getrandbits(48):012x}" for n in range(300)]
+    order = list(range(300))
+    random.shuffle(order)  # inserted out of order: only the ids tell which is newest
 
     def insert(tx):
-        for n, saga_id in enumerate(ids):
-            run = engine.create(tx, saga_id, f"ord_{n}", {"order_id": f"ord_{n}"})
+        for n in order:
+            run = engine.create(tx, ids[n], f"ord_{n}", {"order_id": f"ord_{n}"})
             if n % 3:
                 tx.execute("UPDATE sagas SET status = 'COMPLETED' WHERE saga_id = ?", (run.saga_id,))
 
     await db.write(insert)
     newest = await db.read(lambda tx: [v.saga_id for v in engine.list(tx, None, False, 5)])
     completed = await db.read(lambda tx: [v.saga_id for v in engine.list(tx, "COMPLETED", False, 5)])
-    assert newest == sorted(ids, reverse=True)[:5]
-    assert completed == sorted((i for n, i in enumerate(ids) if n % 3), reverse=True)[:5]
+    assert newest == ids[::-1][:5]  # the last five made, newest first
+    assert completed == [saga_id for n, saga_id in reversed(list(enumerate(ids))) if n % 3][:5]
 
     def plans(tx):
         statements: list[str] = []
