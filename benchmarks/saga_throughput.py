@@ -144,7 +144,8 @@ def main() -> None:
     print(
         f"the floor (a saga's messages with no work, saga_floor.py): {floor_best['sagas_per_s']:,.0f} sagas/s "
         f"= {floor_best['sagas_per_s'] / b['rr_64_per_s']:.3f} x raw, {floor_best['cpu_us_per_saga']:.0f} us CPU "
-        f"per saga, p50 {floor_one['p50_ms']:.2f} ms at one in flight"
+        f"per saga, p50 {floor_one['p50_ms']:.2f} ms at one in flight, p99 {floor['half_rate']['p99_ms']:.1f} ms "
+        f"at half its peak"
     )
     print(
         f"OMS against the floor: {result['best']['sagas_per_s'] / floor_best['sagas_per_s']:.2f} x its throughput, "
