@@ -125,8 +125,9 @@ def results_table(r: LoadResult) -> Table:
         table.add_row(f"latency {name}", f"{value:.1f} ms")
     for status, n in sorted(r.outcomes.items()):
         table.add_row(f"outcome {status}", str(n))
-    table.add_row("step retries", str(d["retries"]))
-    table.add_row("compensations", str(d["compensations"]))
+    since = " (since the order service restarted)" if r.counts_since_restart else ""
+    table.add_row(f"step retries{since}", str(d["retries"]))
+    table.add_row(f"compensations{since}", str(d["compensations"]))
     for code, n in sorted(r.errors.items()):
         table.add_row(f"error {code}", str(n))
     if r.stopped_early:

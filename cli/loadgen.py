@@ -84,6 +84,7 @@ class LoadResult:
     errors: Counter[str] = field(default_factory=Counter)
     by_kind: Counter[str] = field(default_factory=Counter)
     saga_counts: dict[str, int] = field(default_factory=dict)
+    counts_since_restart: bool = False  # the order service restarted during the run: its counts since then
     stopped_early: bool = False
 
     @property
@@ -120,6 +121,7 @@ class LoadResult:
             "errors": dict(self.errors),
             "retries": self.saga_counts.get("retries", 0),
             "compensations": self.saga_counts.get("compensations", 0),
+            "counts_since_restart": self.counts_since_restart,
             "stopped_early": self.stopped_early,
         }
 
@@ -134,12 +136,26 @@ def order_body(kind: str, index: int, plan: LoadPlan, rng: random.Random, run_id
     return {"customer_id": customer, "items": items, "payment_method": method, "wait_ms": plan.wait_ms}
 
 
-async def saga_counts(client: Client) -> dict[str, int]:
+COUNTED = ("retries", "compensations")
+
+
+async def saga_counts(client: Client) -> dict[str, Any]:
+    """The order service's saga counters since it started, and when it started (its `health`)."""
     try:
         health = await client.call(s.ORDERS_HEALTH, {}, timeout_s=2)
     except OmsError:
         return {}
-    return dict(health.get("counts") or {})
+    return {"started_at": health.get("started_at"), **(health.get("counts") or {})}
+
+
+def counted_during(before: dict[str, Any], after: dict[str, Any]) -> tuple[dict[str, int], bool]:
+    """Retries and compensations during a run, from the counters before and after it (empty: unknown).
+
+    The counters restart with the order service: after a restart the counts are the ones since then.
+    Returns them and whether the service restarted during the run."""
+    restarted = bool(before) and bool(after) and before.get("started_at") != after.get("started_at")
+    base = {} if restarted or not after else before
+    return {k: max(0, int(after.get(k, 0)) - int(base.get(k, 0))) for k in COUNTED}, restarted
 
 
 async def ensure_stock(client: Client, plan: LoadPlan) -> None:
@@ -206,8 +222,7 @@ async def run_load(
         await asyncio.gather(*(worker(w) for w in range(max(1, plan.concurrency))))
         result.seconds = time.monotonic() - started
         result.stopped_early = result.sent < plan.orders
-        after = await saga_counts(clients[0])
-        result.saga_counts = {k: after.get(k, 0) - before.get(k, 0) for k in ("retries", "compensations")}
+        result.saga_counts, result.counts_since_restart = counted_during(before, await saga_counts(clients[0]))
         return result
     finally:
         for nc in conns:
