@@ -219,17 +219,26 @@ class Database:
         """Run a read-only function on aiosqlite's thread, on the reader connection (committed data only)."""
         return await self._on_db_thread(lambda conn: fn(Tx(conn, self.service)))
 
-    async def write(self, fn: Callable[[Tx], T]) -> T:
+    async def write(self, fn: Callable[[Tx], T], *, settle: bool = True) -> T:
         """Run a unit of work, commit it with its batch, and wait until its events are in JetStream.
 
-        Returns the unit's value; raises what it raised, or the OmsError it returned.
+        A unit that emitted nothing may still answer from state an earlier unit committed (a repeated
+        idempotency key, a participant's repeat by order id): with `settle`, it waits until every event
+        committed before it is in JetStream too, so that no success is answered on state whose events a
+        lost database could still take with it (design decision 10). Returns the unit's value; raises
+        what it raised, or the OmsError it returned.
         """
         value, events = await self.commit(fn)
-        if events and self.relay is not None:
-            await self.relay.published(events[-1].seq)
+        if events or settle:
+            await self.settled(events)
         if isinstance(value, OmsError):
             raise value
         return value
+
+    async def settled(self, events: Sequence[OutboxRow] = ()) -> None:
+        """Wait until `events`, or without them every event committed so far, are acknowledged by JetStream."""
+        if self.relay is not None:
+            await self.relay.published(events[-1].seq if events else self.relay.enqueued_seq)
 
     async def commit(self, fn: Callable[[Tx], T]) -> tuple[T, list[OutboxRow]]:
         """Run and commit a unit of work without waiting for its events to be published."""

@@ -58,6 +58,7 @@ class Relay:
         self.db = db
         self.stream = stream
         self.acked_seq = 0
+        self.enqueued_seq = 0  # the highest sequence handed to the relay: every event committed so far
         self.published_total = 0
         self.duplicates = 0
         self.failures = 0  # publish rounds that failed (refused, unanswered, disconnected) and were retried
@@ -98,7 +99,10 @@ class Relay:
         self._waiters.clear()
 
     def enqueue(self, rows: Iterable[OutboxRow]) -> None:
+        before = len(self._pending)
         self._pending.extend(rows)
+        if len(self._pending) > before:
+            self.enqueued_seq = max(self.enqueued_seq, self._pending[-1].seq)
         self._wake.set()
 
     async def published(self, seq: int) -> None:

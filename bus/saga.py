@@ -198,6 +198,7 @@ class SagaRun:
     stop_reason: str | None = None
     created_at: float = 0.0
     start_recorded: bool = False  # the current step's attempt was recorded with the previous outcome
+    settle_seq: int = 0  # the outbox sequence JetStream must have acknowledged before the saga acts
     result: Any = field(default=None, repr=False)  # what the hooks leave for a waiter once the saga ends
     wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -292,8 +293,13 @@ class SagaEngine:
                 (RUNNING, COMPENSATING, self.saga.name),
             )
         )
+        # Their events may still wait in the outbox (a crash before the acknowledgement): a resumed saga
+        # sends nothing until they are in JetStream, as a new one waits for its order's creation.
+        horizon = self.db.relay.enqueued_seq if self.db.relay is not None else 0
         for row in rows:
-            self.start(SagaRun.from_row(row))
+            run = SagaRun.from_row(row)
+            run.settle_seq = horizon
+            self.start(run)
         if rows:
             log.info("sagas resumed", extra={"count": len(rows)})
         return len(rows)
@@ -363,6 +369,8 @@ class SagaEngine:
     async def _drive(self, run: SagaRun) -> None:
         started = time.monotonic()
         try:
+            if run.settle_seq and self.db.relay is not None:
+                await self.db.relay.published(run.settle_seq)
             async with self._slots:
                 while run.status in ACTIVE:
                     if run.status == RUNNING:
@@ -403,7 +411,7 @@ class SagaEngine:
         if run.start_recorded:
             run.start_recorded = False
         else:
-            await self.db.write(lambda tx: self._record_start(tx, run, step, "invoke", run.attempts + 1))
+            await self.db.write(lambda tx: self._record_start(tx, run, step, "invoke", run.attempts + 1), settle=False)
             run.start_recorded = False
         attempt = run.attempts
         began = time.monotonic()
@@ -427,7 +435,8 @@ class SagaEngine:
             return
         self._count(step, "OK")
         elapsed_ms = (time.monotonic() - began) * 1000
-        await self.db.write(lambda tx: self._step_succeeded(tx, run, step, result, elapsed_ms))
+        # Nothing is answered from this unit: it waits for its own events only (the last step's confirmation).
+        await self.db.write(lambda tx: self._step_succeeded(tx, run, step, result, elapsed_ms), settle=False)
 
     async def _after_transient(self, run: SagaRun, step: Step, exc: OmsError, attempt: int) -> None:
         policy = step.retry or self.retry

@@ -54,7 +54,7 @@ async def build(k: Kernel) -> None:
         """Read-only, for the audit."""
         return await db.read(lambda tx: store.reservations(tx, cmd))
 
-    await db.write(lambda tx: catalog.seed(tx, {}))
+    await db.write(lambda tx: catalog.seed(tx, {}), settle=False)  # answers nobody: no need to wait for the relay
     show(await db.read(store.all_levels))
 
     k.runner.add(s.INVENTORY_CHECK, check)

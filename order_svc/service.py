@@ -58,10 +58,12 @@ class Orders:
         outcome, events = await self.k.db.commit(call.once(cmd, effect, exclude=store.PLACE_HASH_EXCLUDES))
         if isinstance(outcome, OmsError):
             raise outcome
+        # The order must be in JetStream before anything happens on its behalf: were this database lost
+        # first, a rebuild would not know the order or its key, and the client's retry would reserve and
+        # charge a second time. A repeat of the key waits for what the first request committed.
+        await self.k.db.settled(events)
         if created:
-            self.engine.start(created[0])  # the saga runs while the creation event is being acknowledged
-        if events:
-            await self.k.relay.published(events[-1].seq)
+            self.engine.start(created[0])
         placed_id = outcome.order_id if isinstance(outcome, c.Order) else outcome["order_id"]
         if cmd.wait_ms:
             await self.engine.wait(saga_of(placed_id), cmd.wait_ms / 1000)

@@ -239,6 +239,55 @@ async def test_events_committed_while_the_stream_is_missing_go_out_once_and_in_o
     await nc.close()
 
 
+async def test_a_repeated_key_is_answered_only_once_the_first_requests_events_are_in_the_stream(
+    settings: Settings, tmp_path
+):
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    cmd = c.Release(order_id="o1")
+
+    def effect(tx):
+        tx.execute("INSERT INTO counter VALUES ('o1', 1)")
+        tx.emit("stock_released", "o1", {"order_id": "o1"}, order_id="o1")
+        return c.Released(order_id="o1")
+
+    async with Database(tmp_path / "k.db", "inventory", (MIGRATION,)) as db:
+        relay = Relay(js, db, settings.stream_name)
+        await relay.start()
+        try:
+            # No stream yet: the first request's event is committed but cannot be acknowledged.
+            first = asyncio.create_task(db.write(once("k1", "inventory.release", request_hash(cmd), effect)))
+            await wait_for(lambda: relay.failures >= 1, what="the first publish to be refused")
+            repeat = asyncio.create_task(db.write(once("k1", "inventory.release", request_hash(cmd), effect)))
+            # The repeat finds the stored reply at once, and still waits for the first request's event.
+            await wait_for(lambda: db.units >= 2 and len(relay._waiters) == 2, what="the repeat to wait")
+            assert not first.done() and not repeat.done()
+            await ensure_stream(js, settings)
+            assert (await first).order_id == "o1"
+            assert (await repeat)["order_id"] == "o1"
+            assert relay.acked_seq >= 1
+        finally:
+            await relay.stop()
+    await nc.close()
+
+
+async def test_a_new_orders_saga_sends_nothing_before_its_creation_is_in_the_stream(stack, settings: Settings):
+    from bus import subjects as s
+
+    orders = stack["orders"]
+    await stack["js"].delete_stream(settings.stream_name)  # the order's creation cannot be acknowledged
+    placing = asyncio.create_task(
+        stack["client"].call(s.ORDERS_PLACE, {"customer_id": "c1", "items": [{"sku": "KB-101", "qty": 1}]})
+    )
+    await wait_for(lambda: orders.relay.failures >= 1, what="the creation's publish to be refused")
+    order_id = (await orders.db.read(lambda tx: tx.one("SELECT order_id FROM orders")))["order_id"]
+    assert await orders.db.read(lambda tx: tx.one("SELECT count(*) FROM saga_steps")[0]) == 1  # recorded, unsent
+    reservations = await stack["client"].call(s.INVENTORY_RESERVATIONS, {})
+    assert all(r["order_id"] != order_id for r in reservations["reservations"])  # nothing reserved for it
+    await ensure_stream(stack["js"], settings)
+    assert (await placing)["status"] == "CONFIRMED"
+
+
 async def test_a_started_service_answers_other_connections_at_once(settings: Settings):
     from bus import subjects as s
     from bus.client import Client

@@ -7,6 +7,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import nats
 import pytest
 
 from bus import contract as c
@@ -18,6 +19,7 @@ from bus.settings import SagaSettings
 from order_svc import store
 from order_svc.saga import PLACE_ORDER
 from order_svc.service import SPEC as ORDERS_SPEC
+from tests.conftest import wait_for
 
 FAST = SagaSettings(
     step_timeout_ms=50, deadline_ms=5000, retry_initial_ms=1, retry_max_interval_ms=5, retry_max_attempts=4
@@ -307,3 +309,34 @@ async def test_saga_listings_walk_an_index_newest_first_instead_of_sorting_every
     found = await db.read(plans)
     assert len(found) == 2
     assert all("INDEX" in plan and "TEMP B-TREE" not in plan for plan in found), found
+
+
+async def test_a_resumed_saga_sends_nothing_before_the_outbox_it_found_is_in_the_stream(settings, tmp_path):
+    from bus.outbox import Relay, ensure_stream
+
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    cmd = c.PlaceOrder(customer_id="c1", items=[c.Line(sku="KB-101", qty=2)])
+    data = {"order_id": "ord_r", "customer_id": "c1", "items": [{"sku": "KB-101", "qty": 2}], "payment_method": "card"}
+    async with Database(tmp_path / "orders.db", "orders", ORDERS_SPEC.migrations) as db:
+        p = Participants()
+        engine = SagaEngine(db, PLACE_ORDER, p.send, FAST)
+
+        def created(tx):  # committed just before a crash: the order's creation event never left the outbox
+            store.create(tx, "ord_r", "saga_r", cmd)
+            engine.create(tx, "saga_r", "ord_r", data)
+
+        await db.commit(created)
+        relay = Relay(js, db, settings.stream_name)  # and the stream is not there yet
+        await relay.start()
+        try:
+            assert await engine.resume_all() == 1
+            await wait_for(lambda: relay.failures >= 1, what="the creation's publish to be refused")
+            assert p.calls == []
+            await ensure_stream(js, settings)
+            assert await engine.wait("saga_r", 10)
+            assert p.subjects() == ["inventory.reserve", "payment.authorize"]
+        finally:
+            await engine.stop()
+            await relay.stop()
+    await nc.close()
