@@ -165,6 +165,7 @@ class Step:
 class SagaHooks(Protocol):
     """What the owning service does, in the same transaction, when a saga changes course."""
 
+    def on_stop_requested(self, tx: Tx, run: SagaRun, reason: str) -> None: ...
     def on_compensating(self, tx: Tx, run: SagaRun, reason: str) -> None: ...
     def on_finished(self, tx: Tx, run: SagaRun, status: str, reason: str | None) -> None: ...
 
@@ -350,6 +351,8 @@ class SagaEngine:
                     (reason, self.clock(), saga_id),
                 )
                 run.stop_reason = reason
+                # A state change like any other: its event lets a rebuild by replay turn the saga back too.
+                self.saga.hooks.on_stop_requested(tx, run, reason)
             elif row["status"] == COMPLETED:
                 run.status = RUNNING  # so that the transition below is the normal one
                 self._begin_compensation(tx, run, reason, index=len(self.saga.steps) - 1)

@@ -170,6 +170,13 @@ def _cancel_requested(tx: Tx, e: c.Event, at: float) -> None:
     tx.execute("UPDATE sagas SET stop_reason = 'CANCELLED' WHERE saga_id = ? AND status = ?", (e.saga_id, RUNNING))
 
 
+def _abort_requested(tx: Tx, e: c.Event, at: float) -> None:
+    """An operator aborted the saga: it turns back at its next step boundary, as it would have."""
+    tx.execute(
+        "UPDATE sagas SET stop_reason = ? WHERE saga_id = ? AND status = ?", (e.data["reason"], e.saga_id, RUNNING)
+    )
+
+
 def _compensation_retried(tx: Tx, e: c.Event, at: float) -> None:
     if _status(tx, e) != COMPENSATING:
         return
@@ -251,6 +258,7 @@ PROJECTIONS: dict[str, Project] = {
     "step_retried": _step_retried,
     "step_failed": _step_failed,
     "cancel_requested": _cancel_requested,
+    "abort_requested": _abort_requested,
     "order_compensating": _compensating,
     "compensation_retried": _compensation_retried,
     "step_compensated": _step_compensated,

@@ -159,6 +159,11 @@ def confirm(tx: Tx, run: SagaRun) -> None:
 class OrderHooks:
     """The order's status follows its saga."""
 
+    def on_stop_requested(self, tx: Tx, run: SagaRun, reason: str) -> None:
+        """An operator's abort has its event here; a cancel had its own (`cancel_requested`) already."""
+        if reason != "CANCELLED":
+            tx.emit("abort_requested", run.ref, {"reason": reason}, order_id=run.ref, saga_id=run.saga_id)
+
     def on_compensating(self, tx: Tx, run: SagaRun, reason: str) -> None:
         now = now_iso()
         tx.execute(

@@ -340,3 +340,41 @@ async def test_a_resumed_saga_sends_nothing_before_the_outbox_it_found_is_in_the
             await engine.stop()
             await relay.stop()
     await nc.close()
+
+
+async def test_an_abort_is_an_event_and_a_rebuild_turns_the_saga_back_as_well(db, tmp_path):
+    from bus import jsonb
+    from order_svc import replay
+
+    paying = asyncio.Event()
+    release = asyncio.Event()
+
+    async def script_authorize_waits(route, payload, *, timeout_s: float, idempotency_key: str):
+        if route.subject == "payment.authorize":
+            paying.set()
+            await release.wait()
+        return await Participants().send(route, payload, timeout_s=timeout_s, idempotency_key=idempotency_key)
+
+    engine = SagaEngine(db, PLACE_ORDER, script_authorize_waits, FAST)
+    placing = asyncio.create_task(place(db, engine, "ord_a"))
+    await asyncio.wait_for(paying.wait(), 10)
+    assert await engine.stop_forward("saga_ord_a", "ABORTED") == "RUNNING"  # turns back at the step's end
+    release.set()
+    await placing
+    assert await order_status(db, "ord_a") == ("FAILED", "ABORTED")
+    events = await db.read(lambda tx: [jsonb.loads(r["body"]) for r in tx.all("SELECT body FROM outbox ORDER BY seq")])
+    types = [e["type"] for e in events]
+    assert "abort_requested" in types and types.index("abort_requested") < types.index("order_compensating")
+
+    # A rebuild that saw the abort but not yet the turn back (the database lost in between) turns back too.
+    async with Database(tmp_path / "rebuilt.db", "orders", ORDERS_SPEC.migrations) as rebuilt:
+        upto = types.index("abort_requested") + 1
+
+        def project(tx):
+            for body in events[:upto]:
+                replay.apply(tx, c.Event.model_validate(body))
+
+        await rebuilt.write(project)
+        saga = "SELECT status, stop_reason FROM sagas WHERE saga_id = 'saga_ord_a'"
+        row = await rebuilt.read(lambda tx: tx.one(saga))
+        assert (row["status"], row["stop_reason"]) == ("RUNNING", "ABORTED")
