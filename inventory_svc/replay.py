@@ -6,8 +6,10 @@ state, which makes a repeated event (one published again after the duplicate
 window) harmless. The catalog is marked as seeded, so the first start after a
 rebuild does not restock it a second time.
 
-The idempotency table is not rebuilt: reserve and release are idempotent by
-order id, which is what a resumed saga relies on when it re-sends a step.
+Of the idempotency table, only the restock keys are rebuilt (from the key and
+hash each restock event carries): reserve and release are idempotent by order id,
+which is what a resumed saga relies on when it re-sends a step, but a restock
+repeated after a rebuild would add its units a second time.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bus import contract as c
 from bus import jsonb
 from bus.contract import Event
 from bus.db import Tx
+from bus.service import envelope
+from bus.subjects import INVENTORY_RESTOCK
 from inventory_svc import catalog, store
 
 
@@ -37,6 +42,22 @@ def _restocked(tx: Tx, d: dict[str, Any]) -> None:
         (d["sku"], d["name"], d["price_cents"], d["on_hand"]),
     )
     tx.execute("INSERT INTO meta (name, value) VALUES (?, 'replay') ON CONFLICT DO NOTHING", (catalog.SEEDED,))
+    key, digest = d.get("idempotency_key"), d.get("request_hash")
+    if key and digest:
+        reserved = d.get("reserved", 0)
+        answered = c.Product(
+            sku=d["sku"],
+            name=d["name"],
+            price_cents=d["price_cents"],
+            on_hand=d["on_hand"],
+            reserved=reserved,
+            available=d["on_hand"] - reserved,
+        )
+        tx.execute(
+            "INSERT INTO idempotency (key, endpoint, request_hash, reply, created_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            (key, INVENTORY_RESTOCK.subject, digest, envelope(answered), d.get("restocked_at") or ""),
+        )
 
 
 def _reserved(tx: Tx, d: dict[str, Any]) -> None:

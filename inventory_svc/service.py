@@ -46,7 +46,9 @@ async def build(k: Kernel) -> None:
     async def restock(cmd: c.Restock, call: Call) -> Reply:
         """Adds units; raises InvalidRequest when a new SKU lacks its name or price."""
         levels: store.Levels = {}
-        result = await db.write(call.once(cmd, lambda tx: store.restock(tx, cmd, levels)))
+        result = await db.write(
+            call.once(cmd, lambda tx: store.restock(tx, cmd, levels, call.idempotency_key, call.request_hash))
+        )
         show(levels)
         return result
 

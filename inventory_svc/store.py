@@ -152,8 +152,11 @@ def release(tx: Tx, cmd: c.Release, currency: str, levels: Levels) -> c.Released
     return c.Released(order_id=cmd.order_id, tombstone=False)
 
 
-def restock(tx: Tx, cmd: c.Restock, levels: Levels) -> c.Product:
-    """Add units to a SKU; a new SKU needs its name and price, an existing one may change them."""
+def restock(tx: Tx, cmd: c.Restock, levels: Levels, key: str | None = None, digest: str | None = None) -> c.Product:
+    """Add units to a SKU; a new SKU needs its name and price, an existing one may change them.
+
+    Restocking is not idempotent by nature (unlike reserve and release): the event carries the request's
+    idempotency key and hash, so that a rebuild by replay keeps answering a repeat instead of adding again."""
     row = tx.one("SELECT sku FROM products WHERE sku = ?", (cmd.sku,))
     if row is None:
         for field in ("name", "price_cents"):
@@ -170,13 +173,17 @@ def restock(tx: Tx, cmd: c.Restock, levels: Levels) -> c.Product:
             (cmd.qty, cmd.name, cmd.price_cents, cmd.sku),
         )
     product = _product(_products(tx, [cmd.sku])[cmd.sku])
-    data = {
+    data: dict[str, Any] = {
         "sku": product.sku,
         "name": product.name,
         "price_cents": product.price_cents,
         "qty": cmd.qty,
         "on_hand": product.on_hand,
+        "reserved": product.reserved,
+        "restocked_at": now_iso(),
     }
+    if key is not None and digest is not None:
+        data |= {"idempotency_key": key, "request_hash": digest}
     tx.emit(STOCK_RESTOCKED, cmd.sku, data)
     levels[product.sku] = (product.on_hand, product.reserved)
     return product

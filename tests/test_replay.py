@@ -369,3 +369,18 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
 def terminate(proc: subprocess.Popen[bytes]) -> int:
     os.killpg(proc.pid, signal.SIGTERM)
     return proc.wait(timeout=10)
+
+
+async def test_a_restock_repeated_after_a_rebuild_answers_as_before_instead_of_adding_again(services):
+    body = {"sku": "KB-101", "qty": 7}
+    first = await services.client.call(s.INVENTORY_RESTOCK, body, idempotency_key="restock-rebuilt-1")
+    await services.stop(INVENTORY)
+    services.lose_database(INVENTORY)
+    await services.start(INVENTORY, recover=True)
+
+    again = await services.client.call(s.INVENTORY_RESTOCK, body, idempotency_key="restock-rebuilt-1")
+    assert again == first
+    stock = await services.client.call(s.INVENTORY_STOCK, {"sku": "KB-101"})
+    assert stock["products"][0]["on_hand"] == first["on_hand"]  # the units went in once
+    with pytest.raises(Conflict):  # and the key still knows what it was used for
+        await services.client.call(s.INVENTORY_RESTOCK, body | {"qty": 8}, idempotency_key="restock-rebuilt-1")
