@@ -257,6 +257,7 @@ class SagaEngine:
         self.comp_retry = RetryPolicy.from_settings(settings, forever=True)
         self._runs: dict[str, SagaRun] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._driver_failures: Counter[str] = Counter()  # consecutive unexpected failures, by saga
         self.counts: Counter[str] = Counter()  # retries, compensations and outcomes since start
         self._slots = asyncio.Semaphore(settings.max_concurrent)
 
@@ -282,9 +283,29 @@ class SagaEngine:
         self._runs[run.saga_id] = run
         if self.metrics:
             self.metrics.sagas_in_flight.inc()
-        task = asyncio.create_task(self._drive(run), name=f"saga-{run.saga_id}")
+        self._spawn(self._drive(run), f"saga-{run.saga_id}")
+
+    def _spawn(self, work: Any, name: str) -> None:
+        task = asyncio.create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _restart(self, saga_id: str, delay: float) -> None:
+        """Drive a saga again after its driver failed unexpectedly: from what its records say, since
+        the failure may have left the run in memory ahead of a unit of work that was rolled back."""
+        await asyncio.sleep(delay)
+        try:
+            row = await self.db.read(lambda tx: tx.one("SELECT * FROM sagas WHERE saga_id = ?", (saga_id,)))
+        except Exception:
+            self._driver_failures[saga_id] += 1
+            delay = self.comp_retry.backoff(self._driver_failures[saga_id], self.rng)
+            log.exception("saga restart failed; trying again", extra={"saga_id": saga_id, "retry_in_s": delay})
+            self._spawn(self._restart(saga_id, delay), f"saga-restart-{saga_id}")
+            return
+        if row is not None and saga_id not in self._runs:
+            run = SagaRun.from_row(row)
+            run.settle_seq = self.db.relay.enqueued_seq if self.db.relay is not None else 0
+            self.start(run)
 
     async def resume_all(self) -> int:
         """Start every saga that was running or compensating when the service last stopped."""
@@ -383,10 +404,15 @@ class SagaEngine:
         except asyncio.CancelledError:
             raise
         except Exception:
+            self._driver_failures[run.saga_id] += 1
+            delay = self.comp_retry.backoff(self._driver_failures[run.saga_id], self.rng)
             log.exception(
-                "saga driver failed; it resumes at the next start",
-                extra={"saga_id": run.saga_id, "order_id": run.ref},
+                "saga driver failed; it starts again from its stored state",
+                extra={"saga_id": run.saga_id, "order_id": run.ref, "retry_in_s": round(delay, 3)},
             )
+            self._spawn(self._restart(run.saga_id, delay), f"saga-restart-{run.saga_id}")
+        else:
+            self._driver_failures.pop(run.saga_id, None)
         finally:
             self._runs.pop(run.saga_id, None)
             run.done.set()

@@ -378,3 +378,29 @@ async def test_an_abort_is_an_event_and_a_rebuild_turns_the_saga_back_as_well(db
         saga = "SELECT status, stop_reason FROM sagas WHERE saga_id = 'saga_ord_a'"
         row = await rebuilt.read(lambda tx: tx.one(saga))
         assert (row["status"], row["stop_reason"]) == ("RUNNING", "ABORTED")
+
+
+async def test_a_saga_whose_driver_fails_unexpectedly_starts_again_from_its_records(db):
+    failures = []
+
+    def script(subject: str, body: dict[str, Any], key: str) -> Any:
+        if subject == "inventory.reserve" and not failures:
+            failures.append(key)
+            raise RuntimeError("a bug, or a database error, in the middle of a step")
+        return None
+
+    p = Participants(script)
+    engine = SagaEngine(db, PLACE_ORDER, p.send, FAST)
+    await place(db, engine, "ord_d")  # returns when the first driver gave up
+    await wait_for(lambda: order_status(db, "ord_d"), what="the order to be readable")
+
+    async def confirmed() -> bool:
+        return (await order_status(db, "ord_d"))[0] == "CONFIRMED"
+
+    await wait_for(confirmed, what="the saga to be driven again and finish")
+    # The failed attempt may have reached the participant: the step was sent again with the same key.
+    assert p.subjects() == ["inventory.reserve", "inventory.reserve", "payment.authorize"]
+    assert failures == [p.calls[1][1]]
+    steps = await db.read(lambda tx: tx.one("SELECT attempts, uncertain FROM saga_steps WHERE step = 'reserve_stock'"))
+    assert (steps["attempts"], steps["uncertain"]) == (2, 1)
+    await engine.stop()
