@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js import api as js_api
 
 from bus import subjects as s
 from bus.client import Client
+from bus.errors import Unavailable
 from bus.ids import parse_iso
 from bus.settings import SagaSettings
 
@@ -79,29 +79,24 @@ async def _pages(
         page[cursor] = id_of(batch[-1])
 
 
-async def stream_subjects(js: JetStreamContext, stream: str, timeout_s: float = 30.0) -> Counter[str]:
-    """How many messages the stream holds on each subject (read once, headers only)."""
-    info = await js.stream_info(stream)
-    last = info.state.last_seq
+async def stream_subjects(js: JetStreamContext, stream: str, timeout_s: float = 10.0) -> Counter[str]:
+    """How many messages the stream holds on each subject, as the server counts them.
+
+    The server answers a subject count in pages (at most 100,000 subjects each); nats-py's `stream_info`
+    reads only the first, so the pages are asked for here. Reading every message instead took about
+    30 s per 360,000 events and, cut short by a deadline, reported the rest as missing."""
+    prefix = getattr(js, "_prefix", "$JS.API")  # nats-py keeps the API prefix (domains) on the context
     seen: Counter[str] = Counter()
-    if info.state.messages == 0:
-        return seen
-    sub = await js.subscribe(
-        "events.>",
-        stream=stream,
-        ordered_consumer=True,
-        config=js_api.ConsumerConfig(headers_only=True, deliver_policy=js_api.DeliverPolicy.ALL),
-    )
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            msg = await sub.next_msg(timeout=max(0.1, deadline - time.monotonic()))
-            seen[msg.subject] += 1
-            if msg.metadata.sequence.stream >= last:
-                break
-    finally:
-        await sub.unsubscribe()
-    return seen
+    while True:
+        body = {"subjects_filter": "events.>", "offset": len(seen)}
+        reply = await js._nc.request(f"{prefix}.STREAM.INFO.{stream}", json.dumps(body).encode(), timeout=timeout_s)
+        info = json.loads(reply.data)
+        if "error" in info:
+            raise Unavailable(f"stream {stream}: {info['error'].get('description', info['error'])}")
+        page = (info.get("state") or {}).get("subjects") or {}
+        seen.update(page)
+        if not page or len(seen) >= int(info.get("total") or 0):
+            return seen
 
 
 async def run_audit(client: Client, js: JetStreamContext, stream: str, saga: SagaSettings) -> Report:

@@ -318,3 +318,17 @@ async def test_a_service_process_freezes_its_start_out_of_the_collector_before_i
         await nc.close()
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+async def test_the_audit_counts_the_stream_per_subject_as_the_server_holds_it(settings: Settings):
+    from bus.audit import stream_subjects
+
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    await ensure_stream(js, settings)
+    expected = {f"events.inventory.stock_restocked.P{i}": 1 + i % 3 for i in range(120)}
+    for subject, count in expected.items():
+        for _ in range(count):
+            await js.publish(subject, b"{}")
+    assert await stream_subjects(js, settings.stream_name) == expected
+    await nc.close()
