@@ -82,7 +82,8 @@ def nats_for_recovery(settings: Settings, config: stack.StackSettings, note: Con
     try:
         yield
     finally:
-        stack.down(settings, config)
+        # Only the server started here: services of this home that run (and reconnected to it) stay up.
+        stack.stop(settings, [NATS_SERVER], config)
         note.print("[dim]stopped nats-server again[/]")
 
 

@@ -312,6 +312,11 @@ def _stop(layout: Layout, names: list[str], timeout_s: float) -> list[Stopped]:
     return sorted(report, key=lambda s: order[s.name])
 
 
+def stop(settings: Settings, names: list[str], stack: StackSettings | None = None) -> list[Stopped]:
+    """SIGTERM these processes of the stack (SIGKILL after the stop timeout), and no other."""
+    return _stop(Layout.of(settings), names, (stack or StackSettings()).stop_timeout_s)
+
+
 def down(settings: Settings, stack: StackSettings | None = None) -> list[Stopped]:
     """SIGTERM the services, then nats-server; SIGKILL what is still there after the stop timeout."""
     stack = stack or StackSettings()

@@ -450,3 +450,37 @@ def test_recover_rebuilds_a_lost_inventory_database(running: Running, happy: dic
     assert code == ExitCode.OK and after == before
     code, report = running.json("audit")
     assert code == ExitCode.OK and report["ok"] is True
+
+
+def test_recover_stops_the_nats_server_it_started_and_nothing_else(tmp_path: Path):
+    from rich.console import Console
+
+    from bus.settings import Settings
+    from cli import stack as cli_stack
+    from cli.processes import NATS_SERVER, Layout, is_ours, running_pid
+    from cli.recover import nats_for_recovery
+
+    home = tmp_path / "home"
+    layout = Layout.of(Settings(home=home))
+    layout.home.mkdir(parents=True)
+    (layout.home / "pids").mkdir(exist_ok=True)
+    # A payment service of this home that runs while its nats-server is gone (a stand-in: same command line).
+    package = tmp_path / "code" / "payment_svc"
+    package.mkdir(parents=True)
+    (package / "__main__.py").write_text("import time\ntime.sleep(120)\n")
+    service = subprocess.Popen(
+        [sys.executable, "-m", "payment_svc"], cwd=package.parent, env=clean_env(OMS_HOME=str(home))
+    )
+    try:
+        layout.pid_file("payment").write_text(str(service.pid))
+        eventually(lambda: is_ours(layout, "payment", service.pid), what="the stand-in to run")
+        settings = Settings(home=home)
+        config = cli_stack.StackSettings(nats_port=free_port())
+        with nats_for_recovery(settings, config, Console(quiet=True)):
+            assert running_pid(settings, NATS_SERVER) is not None
+        assert running_pid(settings, NATS_SERVER) is None
+        assert service.poll() is None and running_pid(settings, "payment") == service.pid  # left running
+    finally:
+        service.kill()
+        service.wait()
+        cli_stack.stop(Settings(home=home), [NATS_SERVER])
