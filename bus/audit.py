@@ -161,7 +161,9 @@ async def run_audit(client: Client, js: JetStreamContext, stream: str, saga: Sag
             full = await client.call(s.ORDERS_GET, {"order_id": o["order_id"]}, timeout_s=10)
             saga_view = full.get("saga") or {}
             deadline = saga_view.get("deadline_at")
-            if deadline and now > parse_iso(deadline) + grace:
+            if not deadline:  # nothing drives it, so nothing will ever end it
+                quiet.fail(f"{o['order_id']}: {o['status']} without a saga to finish it")
+            elif now > parse_iso(deadline) + grace:
                 quiet.fail(f"{o['order_id']}: {o['status']} past its deadline {deadline}")
 
     # 5. one idempotency key, one order; every charge and reservation belongs to an order

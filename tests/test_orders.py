@@ -164,3 +164,16 @@ async def test_each_service_reports_its_health(stack):
     orders = await stack["client"].call(s.ORDERS_HEALTH, {})
     assert orders["breakers"] == {"inventory": "closed", "payment": "closed"}
     assert orders["sagas_in_flight"] == 0
+
+
+async def test_the_audit_flags_an_open_order_that_no_saga_will_finish(stack, settings):
+    from bus import contract as c
+    from order_svc import store
+
+    cmd = c.PlaceOrder(customer_id="orphan", items=[c.Line(sku="KB-101", qty=1)])
+    # An order row with no saga row (a bug, or a hand-edited database): it would stay PENDING forever.
+    await stack["orders"].db.write(lambda tx: store.create(tx, "ord_orphan", "saga_orphan", cmd))
+    report = await run_audit(stack["client"], stack["js"], settings.stream_name, settings.saga)
+    deadline_check = next(check for check in report.checks if check.number == 4)
+    assert len(deadline_check.violations) == 1
+    assert "ord_orphan" in deadline_check.violations[0] and "without a saga" in deadline_check.violations[0]
