@@ -23,7 +23,9 @@ A unit that raises is rolled back to its savepoint; the rest of the batch commit
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -150,9 +152,11 @@ class Database:
         self._forget_timer: asyncio.TimerHandle | None = None
         self.commits = 0
         self.units = 0
+        self._lock: int | None = None  # a shared lock on the file's lock file while it is open
 
     async def open(self) -> Database:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = hold_lock(self.path, exclusive=False)
         conn = await aiosqlite.connect(self.path, isolation_level=None)
         conn.row_factory = sqlite3.Row
         self._conn = conn
@@ -169,6 +173,9 @@ class Database:
         if self._conn:
             await self._conn.close()
             self._conn = None
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     async def _stop_writing(self) -> None:
         if self._forget_timer is not None:
@@ -332,6 +339,27 @@ class Database:
         self._forget_timer = None
         if self._forget_upto > self._forgotten and self._writer is not None:
             self._queue.put_nowait(_Unit(_nothing, asyncio.get_running_loop().create_future(), []))
+
+
+class DatabaseInUse(RuntimeError):
+    """The file is open elsewhere in a way that excludes this use (a service, or a rebuild)."""
+
+
+def hold_lock(path: Path, *, exclusive: bool) -> int:
+    """Take a lock on `path`'s lock file (`<name>.lock`) and return its descriptor (close it to release).
+
+    Every process that uses a service's database holds it shared; a rebuild by replay, which replaces the
+    file, holds it exclusive: neither can start while the other runs, whoever started the service and
+    wherever it keeps its home. Raises DatabaseInUse instead of waiting."""
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        if exclusive:
+            raise DatabaseInUse(f"{path} is open in a running service: stop it first") from None
+        raise DatabaseInUse(f"{path} is being rebuilt by replay: start the service when that is done") from None
+    return fd
 
 
 def _nothing(tx: Tx) -> None:

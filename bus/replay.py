@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from bus.connect import connect
 from bus.contract import Event
-from bus.db import Database, Tx
+from bus.db import Database, DatabaseInUse, Tx, hold_lock
 from bus.settings import Settings
 
 if TYPE_CHECKING:
@@ -78,11 +78,26 @@ async def rebuild(
     """Rebuild `spec`'s database from the stream up to its last sequence now; returns what was applied."""
     if spec.apply is None:
         raise ReplayError(f"the {spec.name} service has no projection to rebuild its database with")
+    real = settings.db_path(spec.name)
+    real.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = hold_lock(real, exclusive=True)  # until the new file is in place: no service opens it meanwhile
+    except DatabaseInUse as exc:
+        raise ReplayError(f"cannot rebuild the {spec.name} database: {exc}") from None
+    try:
+        return await _rebuild(settings, spec, js, real, progress)
+    finally:
+        os.close(lock)
+
+
+async def _rebuild(
+    settings: Settings, spec: ServiceSpec, js: JetStreamContext, real: Path, progress: Progress | None
+) -> ReplayStats:
+    assert spec.apply is not None
     try:
         info = await js.stream_info(settings.stream_name)
     except NotFoundError:
         raise ReplayError(f"stream {settings.stream_name} not found: nothing to rebuild {spec.name} from") from None
-    real = settings.db_path(spec.name)
     fresh = real.with_name(real.name + ".rebuild")
     _remove(fresh)  # what a crashed rebuild left behind
     started = time.perf_counter()

@@ -384,3 +384,14 @@ async def test_a_restock_repeated_after_a_rebuild_answers_as_before_instead_of_a
     assert stock["products"][0]["on_hand"] == first["on_hand"]  # the units went in once
     with pytest.raises(Conflict):  # and the key still knows what it was used for
         await services.client.call(s.INVENTORY_RESTOCK, body | {"qty": 8}, idempotency_key="restock-rebuilt-1")
+
+
+async def test_a_rebuild_refuses_a_database_a_running_service_has_open_however_it_was_started(services):
+    before = tables(services.settings.db_path(INVENTORY.name))
+    # No pid file or home needed: the running service holds its database's lock.
+    with pytest.raises(ReplayError, match="open in a running service"):
+        await rebuild(services.settings, INVENTORY, services.js)
+    assert tables(services.settings.db_path(INVENTORY.name)) == before
+    await services.stop(INVENTORY)
+    stats = await rebuild(services.settings, INVENTORY, services.js)  # stopped: it goes ahead
+    assert stats.applied > 0
