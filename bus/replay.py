@@ -10,9 +10,12 @@ steps a resumed saga must re-send). Only when all of it has committed does the
 fresh file replace the real one (`os.replace`); a failed rebuild leaves the old
 file as it was.
 
-The service must not be running meanwhile; refusing when its pid file says it
-is, is the caller's job (`oms recover`). `rebuild` needs only settings and a
-JetStream context, so a CLI process can run it.
+The service must not be running meanwhile: the rebuild holds the file's lock
+exclusively (every open database holds it shared), and `oms recover` also checks
+pid files first. Events the old file committed but never published (a killed
+service's outbox) go into the stream before the rebuild reads it, so their
+changes are kept. `rebuild` needs only settings and a JetStream context, so a
+CLI process can run it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -98,6 +102,8 @@ async def _rebuild(
         info = await js.stream_info(settings.stream_name)
     except NotFoundError:
         raise ReplayError(f"stream {settings.stream_name} not found: nothing to rebuild {spec.name} from") from None
+    if await _publish_leftovers(js, settings.stream_name, real):
+        info = await js.stream_info(settings.stream_name)  # read up to what was just added
     fresh = real.with_name(real.name + ".rebuild")
     _remove(fresh)  # what a crashed rebuild left behind
     started = time.perf_counter()
@@ -254,6 +260,32 @@ class _Reader:
         if lost is not None:
             raise ReplayError(lost + "; run the rebuild again")
         return events
+
+
+async def _publish_leftovers(js: JetStreamContext, stream: str, real: Path) -> int:
+    """Publish what the old file's outbox still holds: changes a killed service committed and never
+    published. Their event ids make a repeat harmless (the stream's duplicate window, and projections
+    that apply an event once). A lost or unreadable file has nothing to give."""
+    rows = _unsent(real)
+    for event_id, subject, body in rows:
+        await js.publish(subject, body, stream=stream, headers={"Nats-Msg-Id": event_id})
+    if rows:
+        log.info("published the old outbox before the rebuild", extra={"events": len(rows)})
+    return len(rows)
+
+
+def _unsent(real: Path) -> list[tuple[str, str, bytes]]:
+    if not real.exists():
+        return []
+    try:
+        conn = sqlite3.connect(real)
+        try:
+            return conn.execute("SELECT event_id, subject, body FROM outbox ORDER BY seq").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        log.warning("old database unreadable: its unpublished events are lost", extra={"error": repr(exc)})
+        return []
 
 
 def _swap(fresh: Path, real: Path) -> None:

@@ -395,3 +395,22 @@ async def test_a_rebuild_refuses_a_database_a_running_service_has_open_however_i
     await services.stop(INVENTORY)
     stats = await rebuild(services.settings, INVENTORY, services.js)  # stopped: it goes ahead
     assert stats.applied > 0
+
+
+async def test_a_rebuild_keeps_what_the_old_file_committed_and_never_published(services):
+    from bus import contract as c
+    from bus.db import Database
+    from inventory_svc import store as inventory_store
+
+    await services.stop(INVENTORY)
+    path = services.settings.db_path(INVENTORY.name)
+    # As a service killed between a commit and its publish leaves it: the change, its event in the outbox.
+    async with Database(path, INVENTORY.name, INVENTORY.migrations) as db:
+        product, events = await db.commit(lambda tx: inventory_store.restock(tx, c.Restock(sku="KB-101", qty=11), {}))
+        outbox = await db.read(lambda tx: [r[0] for r in tx.all("SELECT event_id FROM outbox")])
+        assert events[0].event_id in outbox
+    await rebuild(services.settings, INVENTORY, services.js)
+    await services.start(INVENTORY)
+    stock = await services.client.call(s.INVENTORY_STOCK, {"sku": "KB-101"})
+    assert stock["products"][0]["on_hand"] == product.on_hand  # the restock survived the rebuild
+    await audit_clean(services)
