@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from bus import subjects as s
 from bus.client import Client
@@ -99,6 +100,15 @@ async def stream_subjects(js: JetStreamContext, stream: str, timeout_s: float = 
             return seen
 
 
+async def _last_restock_on_hand(js: JetStreamContext, stream: str, sku: str) -> int | None:
+    try:
+        msg = await js.get_last_msg(stream, s.event_subject("inventory", "stock_restocked", sku))
+    except NotFoundError:
+        return None
+    on_hand = json.loads(msg.data or b"{}").get("data", {}).get("on_hand")
+    return on_hand if isinstance(on_hand, int) else None
+
+
 async def run_audit(client: Client, js: JetStreamContext, stream: str, saga: SagaSettings) -> Report:
     orders, products, reservations, payments, events = await asyncio.gather(
         _pages(client, s.ORDERS_LIST, {"limit": 1000}, "orders", "before", lambda o: o["order_id"]),
@@ -124,6 +134,11 @@ async def run_audit(client: Client, js: JetStreamContext, stream: str, saga: Sag
             oversold.fail(f"{p['sku']}: reserved {p['reserved']} but active reservations hold {held[p['sku']]}")
         if p["available"] != p["on_hand"] - p["reserved"] or p["available"] < 0:
             oversold.fail(f"{p['sku']}: on_hand {p['on_hand']} reserved {p['reserved']} available {p['available']}")
+        # on_hand changes only by restocks: each restock event carries on_hand after it, so the last one
+        # must still be right (a SKU without one is invariant 6's business).
+        left = await _last_restock_on_hand(js, stream, p["sku"])
+        if left is not None and left != p["on_hand"]:
+            oversold.fail(f"{p['sku']}: on_hand {p['on_hand']} but its last restock left {left}")
 
     # 2. a CONFIRMED order holds one matching reservation and one exact authorization
     confirmed = Check(2, "confirmed orders are reserved and charged exactly")

@@ -177,3 +177,15 @@ async def test_the_audit_flags_an_open_order_that_no_saga_will_finish(stack, set
     deadline_check = next(check for check in report.checks if check.number == 4)
     assert len(deadline_check.violations) == 1
     assert "ord_orphan" in deadline_check.violations[0] and "without a saga" in deadline_check.violations[0]
+
+
+async def test_the_audit_flags_stock_that_changed_without_a_restock(stack, settings):
+    # Units that appear (or vanish) without a restock event: on_hand moved by something else.
+    more = "UPDATE products SET on_hand = on_hand + 5 WHERE sku = 'KB-101'"
+    await stack["inventory"].db.write(lambda tx: tx.execute(more))
+    report = await run_audit(stack["client"], stack["js"], settings.stream_name, settings.saga)
+    stock_check = next(check for check in report.checks if check.number == 1)
+    assert [v for v in stock_check.violations if v.startswith("KB-101")] == [
+        "KB-101: on_hand 105 but its last restock left 100"
+    ]
+    assert all(check.violations == [] for check in report.checks if check.number != 1)
