@@ -154,6 +154,9 @@ async def run_audit(client: Client, js: JetStreamContext, stream: str, saga: Sag
                 confirmed.fail(f"{oid}: no active reservation")
             elif {line["sku"]: line["qty"] for line in r["items"]} != want:
                 confirmed.fail(f"{oid}: reservation items differ from the order")
+            priced = sum(line["qty"] * (line.get("unit_price_cents") or 0) for line in o["items"])
+            if o["total_cents"] != priced or (r is not None and r["total_cents"] != priced):
+                confirmed.fail(f"{oid}: total {o['total_cents']}, but its lines at their unit prices come to {priced}")
             p = pay.get(oid)
             if p is None or p["status"] != "AUTHORIZED":
                 confirmed.fail(f"{oid}: no authorized payment ({p['status'] if p else 'none'})")

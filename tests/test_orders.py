@@ -189,3 +189,19 @@ async def test_the_audit_flags_stock_that_changed_without_a_restock(stack, setti
         "KB-101: on_hand 105 but its last restock left 100"
     ]
     assert all(check.violations == [] for check in report.checks if check.number != 1)
+
+
+async def test_the_audit_flags_a_confirmed_order_whose_total_is_not_its_lines(stack, settings):
+    order = await place(stack, "audit-total")
+    assert order["status"] == "CONFIRMED"
+    # Charged and recorded alike, but not what the lines at their unit prices come to.
+    oid = (order["order_id"],)
+    await stack["orders"].db.write(
+        lambda tx: tx.execute("UPDATE orders SET total_cents = total_cents + 1 WHERE order_id = ?", oid)
+    )
+    await stack["payment"].db.write(
+        lambda tx: tx.execute("UPDATE payments SET amount_cents = amount_cents + 1 WHERE order_id = ?", oid)
+    )
+    report = await run_audit(stack["client"], stack["js"], settings.stream_name, settings.saga)
+    exact = next(check for check in report.checks if check.number == 2)
+    assert len(exact.violations) == 1 and "lines at their unit prices" in exact.violations[0]
