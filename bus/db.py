@@ -244,8 +244,17 @@ class Database:
 
     async def settled(self, events: Sequence[OutboxRow] = ()) -> None:
         """Wait until `events`, or without them every event committed so far, are acknowledged by JetStream."""
-        if self.relay is not None:
-            await self.relay.published(events[-1].seq if events else self.relay.enqueued_seq)
+        await self.published(events[-1].seq if events else self.horizon)
+
+    @property
+    def horizon(self) -> int:
+        """The outbox sequence of the last event committed so far (0 when nothing publishes them)."""
+        return self.relay.enqueued_seq if self.relay is not None else 0
+
+    async def published(self, seq: int) -> None:
+        """Wait until JetStream acknowledged every event up to outbox sequence `seq`."""
+        if self.relay is not None and seq:
+            await self.relay.published(seq)
 
     async def commit(self, fn: Callable[[Tx], T]) -> tuple[T, list[OutboxRow]]:
         """Run and commit a unit of work without waiting for its events to be published."""
@@ -317,12 +326,7 @@ class Database:
         return outcomes
 
     async def unsent_events(self) -> list[OutboxRow]:
-        return await self.read(
-            lambda tx: [
-                OutboxRow(r["seq"], r["event_id"], r["subject"], r["body"])
-                for r in tx.all("SELECT seq, event_id, subject, body FROM outbox ORDER BY seq")
-            ]
-        )
+        return await self._on_db_thread(outbox_rows)
 
     def forget_sent(self, up_to_seq: int) -> None:
         """Drop outbox rows the stream has acknowledged (history lives in JetStream, not here).
@@ -339,6 +343,11 @@ class Database:
         self._forget_timer = None
         if self._forget_upto > self._forgotten and self._writer is not None:
             self._queue.put_nowait(_Unit(_nothing, asyncio.get_running_loop().create_future(), []))
+
+
+def outbox_rows(conn: sqlite3.Connection) -> list[OutboxRow]:
+    """The events a file has committed and not yet seen acknowledged, in commit order."""
+    return [OutboxRow(*row) for row in conn.execute("SELECT seq, event_id, subject, body FROM outbox ORDER BY seq")]
 
 
 class DatabaseInUse(RuntimeError):

@@ -99,9 +99,8 @@ class Relay:
         self._waiters.clear()
 
     def enqueue(self, rows: Iterable[OutboxRow]) -> None:
-        before = len(self._pending)
         self._pending.extend(rows)
-        if len(self._pending) > before:
+        if self._pending:  # rows come in commit order: the last pending one is the newest
             self.enqueued_seq = max(self.enqueued_seq, self._pending[-1].seq)
         self._wake.set()
 

@@ -38,7 +38,7 @@ from pydantic import ValidationError
 
 from bus.connect import connect
 from bus.contract import Event
-from bus.db import Database, DatabaseInUse, Tx, hold_lock
+from bus.db import Database, DatabaseInUse, OutboxRow, Tx, hold_lock, outbox_rows
 from bus.settings import Settings
 
 if TYPE_CHECKING:
@@ -267,20 +267,20 @@ async def _publish_leftovers(js: JetStreamContext, stream: str, real: Path) -> i
     published. Their event ids make a repeat harmless (the stream's duplicate window, and projections
     that apply an event once). A lost or unreadable file has nothing to give."""
     rows = _unsent(real)
-    for event_id, subject, body in rows:
-        await js.publish(subject, body, stream=stream, headers={"Nats-Msg-Id": event_id})
+    for row in rows:
+        await js.publish(row.subject, row.body, stream=stream, headers={"Nats-Msg-Id": row.event_id})
     if rows:
         log.info("published the old outbox before the rebuild", extra={"events": len(rows)})
     return len(rows)
 
 
-def _unsent(real: Path) -> list[tuple[str, str, bytes]]:
+def _unsent(real: Path) -> list[OutboxRow]:
     if not real.exists():
         return []
     try:
-        conn = sqlite3.connect(real)
+        conn = sqlite3.connect(real)  # not a Database: no migrations on a file about to be replaced
         try:
-            return conn.execute("SELECT event_id, subject, body FROM outbox ORDER BY seq").fetchall()
+            return outbox_rows(conn)
         finally:
             conn.close()
     except sqlite3.Error as exc:

@@ -290,22 +290,33 @@ class SagaEngine:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _resume(self, row: Any) -> None:
+        """Drive a stored saga. Its events may still wait in the outbox (a crash before their
+        acknowledgement): it sends nothing until they are in JetStream, as a new one waits for its
+        order's creation."""
+        run = SagaRun.from_row(row)
+        run.settle_seq = self.db.horizon
+        self.start(run)
+
+    def _restart_later(self, saga_id: str) -> float:
+        """Drive a saga again, after a capped backoff, once its driver failed unexpectedly; returns the delay."""
+        self._driver_failures[saga_id] += 1
+        delay = self.comp_retry.backoff(self._driver_failures[saga_id], self.rng)
+        self._spawn(self._restart(saga_id, delay), f"saga-restart-{saga_id}")
+        return delay
+
     async def _restart(self, saga_id: str, delay: float) -> None:
-        """Drive a saga again after its driver failed unexpectedly: from what its records say, since
-        the failure may have left the run in memory ahead of a unit of work that was rolled back."""
+        """From what its records say, since the failure may have left the run in memory ahead of a unit
+        of work that was rolled back."""
         await asyncio.sleep(delay)
         try:
             row = await self.db.read(lambda tx: tx.one("SELECT * FROM sagas WHERE saga_id = ?", (saga_id,)))
         except Exception:
-            self._driver_failures[saga_id] += 1
-            delay = self.comp_retry.backoff(self._driver_failures[saga_id], self.rng)
-            log.exception("saga restart failed; trying again", extra={"saga_id": saga_id, "retry_in_s": delay})
-            self._spawn(self._restart(saga_id, delay), f"saga-restart-{saga_id}")
+            retry_in = self._restart_later(saga_id)
+            log.exception("saga restart failed; trying again", extra={"saga_id": saga_id, "retry_in_s": retry_in})
             return
         if row is not None and saga_id not in self._runs:
-            run = SagaRun.from_row(row)
-            run.settle_seq = self.db.relay.enqueued_seq if self.db.relay is not None else 0
-            self.start(run)
+            self._resume(row)
 
     async def resume_all(self) -> int:
         """Start every saga that was running or compensating when the service last stopped."""
@@ -315,13 +326,8 @@ class SagaEngine:
                 (RUNNING, COMPENSATING, self.saga.name),
             )
         )
-        # Their events may still wait in the outbox (a crash before the acknowledgement): a resumed saga
-        # sends nothing until they are in JetStream, as a new one waits for its order's creation.
-        horizon = self.db.relay.enqueued_seq if self.db.relay is not None else 0
         for row in rows:
-            run = SagaRun.from_row(row)
-            run.settle_seq = horizon
-            self.start(run)
+            self._resume(row)
         if rows:
             log.info("sagas resumed", extra={"count": len(rows)})
         return len(rows)
@@ -393,8 +399,7 @@ class SagaEngine:
     async def _drive(self, run: SagaRun) -> None:
         started = time.monotonic()
         try:
-            if run.settle_seq and self.db.relay is not None:
-                await self.db.relay.published(run.settle_seq)
+            await self.db.published(run.settle_seq)
             async with self._slots:
                 while run.status in ACTIVE:
                     if run.status == RUNNING:
@@ -404,13 +409,11 @@ class SagaEngine:
         except asyncio.CancelledError:
             raise
         except Exception:
-            self._driver_failures[run.saga_id] += 1
-            delay = self.comp_retry.backoff(self._driver_failures[run.saga_id], self.rng)
+            retry_in = self._restart_later(run.saga_id)
             log.exception(
                 "saga driver failed; it starts again from its stored state",
-                extra={"saga_id": run.saga_id, "order_id": run.ref, "retry_in_s": round(delay, 3)},
+                extra={"saga_id": run.saga_id, "order_id": run.ref, "retry_in_s": round(retry_in, 3)},
             )
-            self._spawn(self._restart(run.saga_id, delay), f"saga-restart-{run.saga_id}")
         else:
             self._driver_failures.pop(run.saga_id, None)
         finally:

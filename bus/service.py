@@ -234,9 +234,8 @@ class ServiceRunner:
         except OmsError as exc:
             outcome = exc
         except Exception:
-            if not bound:
-                logs.bind(**context)
-                bound = True
+            logs.bind(**context)  # (again, if the handler had them already: a rare path)
+            bound = True
             ref = new_id("err")
             log.exception("handler failed", extra={"ref": ref})
             outcome = InternalError(f"internal error (ref {ref}); the service log has the details", {"ref": ref})
