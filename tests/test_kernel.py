@@ -15,6 +15,7 @@ import pytest
 from bus import contract as c
 from bus import loop
 from bus.app import running
+from bus.audit import run_audit
 from bus.db import Database
 from bus.errors import Conflict, OutOfStock
 from bus.idempotency import once, request_hash
@@ -286,6 +287,10 @@ async def test_a_new_orders_saga_sends_nothing_before_its_creation_is_in_the_str
     assert all(r["order_id"] != order_id for r in reservations["reservations"])  # nothing reserved for it
     await ensure_stream(stack["js"], settings)
     assert (await placing)["status"] == "CONFIRMED"
+    report = await run_audit(stack["client"], stack["js"], settings.stream_name, settings.saga)
+    for check in report.checks:  # deleting the stream took the catalog's restock events with it, and only those
+        assert all(v.startswith("missing events.inventory.stock_restocked.") for v in check.violations), check
+        assert check.number == 6 or not check.violations
 
 
 async def test_a_started_service_answers_other_connections_at_once(settings: Settings):

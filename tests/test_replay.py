@@ -384,6 +384,7 @@ async def test_a_restock_repeated_after_a_rebuild_answers_as_before_instead_of_a
     assert stock["products"][0]["on_hand"] == first["on_hand"]  # the units went in once
     with pytest.raises(Conflict):  # and the key still knows what it was used for
         await services.client.call(s.INVENTORY_RESTOCK, body | {"qty": 8}, idempotency_key="restock-rebuilt-1")
+    await audit_clean(services)
 
 
 async def test_a_rebuild_refuses_a_database_a_running_service_has_open_however_it_was_started(services):
@@ -395,6 +396,8 @@ async def test_a_rebuild_refuses_a_database_a_running_service_has_open_however_i
     await services.stop(INVENTORY)
     stats = await rebuild(services.settings, INVENTORY, services.js)  # stopped: it goes ahead
     assert stats.applied > 0
+    await services.start(INVENTORY)
+    await audit_clean(services)
 
 
 async def test_a_rebuild_keeps_what_the_old_file_committed_and_never_published(services):
