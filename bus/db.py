@@ -99,6 +99,11 @@ class Tx:
     def all(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
         return self._conn.execute(sql, params).fetchall()
 
+    def undo(self) -> None:
+        """Undo everything this unit of work has done so far (its rows and its events); it goes on from there."""
+        self._conn.execute("ROLLBACK TO unit")
+        self.events.clear()
+
     def emit(
         self,
         event_type: str,

@@ -47,6 +47,9 @@ def once(
 ) -> Callable[[Tx], BaseModel | dict[str, Any] | OmsError]:
     """Wrap a unit of work so that it runs at most once per idempotency key.
 
+    The result is a whole unit of work (`Database.write` runs it as it is), not a part of one: an effect
+    that raises a business error is undone with everything else the unit did.
+
     With `cmd` (and the `exclude` its digest was computed with), a key stored by an earlier version,
     under the earlier hash, is still recognised as the same request."""
     if key is None:
@@ -61,15 +64,13 @@ def once(
                     {"field": "Idempotency-Key", "endpoint": row["endpoint"]},
                 )
             return replay(row["reply"])
-        emitted = len(tx.events)
-        tx.execute("SAVEPOINT effect")
         try:
             outcome = effect(tx)
         except BusinessError as exc:
-            tx.execute("ROLLBACK TO effect")
-            del tx.events[emitted:]  # their outbox rows were rolled back: the relay must not publish them
+            # The unit so far is the lookup above and the effect: undo the effect's rows, and its events with
+            # them (the relay must not publish those), then store the error as the reply.
+            tx.undo()
             outcome = exc
-        tx.execute("RELEASE effect")
         if isinstance(outcome, OmsError) and not isinstance(outcome, BusinessError):
             return outcome
         tx.execute(
