@@ -112,13 +112,18 @@ def listing(tx: Tx, q: c.ListOrders) -> list[c.Order]:
 
 
 def priced(tx: Tx, run: SagaRun, reservation: dict[str, Any]) -> None:
-    """The reservation fixed the unit prices: the order's total comes from them."""
+    """The reservation fixed the unit prices: the order's lines get them, and its total comes from them.
+
+    The lines stay the ones the customer asked for: were a reservation ever to hold other quantities,
+    the order would not take them on, and the audit (invariant 2) would see the two differ."""
     run.data["total_cents"] = reservation["total_cents"]
     run.data["currency"] = reservation["currency"]
+    prices = {line["sku"]: line.get("unit_price_cents") for line in reservation["items"]}
+    items = [{**line, "unit_price_cents": prices.get(line["sku"])} for line in run.data["items"]]
     tx.execute(
         "UPDATE orders SET items = ?, total_cents = ?, currency = ?, updated_at = ? WHERE order_id = ?",
         (
-            jsonb.text(reservation["items"]),
+            jsonb.text(items),
             reservation["total_cents"],
             reservation["currency"],
             now_iso(),

@@ -102,6 +102,27 @@ async def test_happy_path_reserves_authorizes_and_confirms(db):
     assert row["total_cents"] == 2000
 
 
+async def test_the_order_keeps_the_lines_it_was_placed_with_and_takes_only_prices_from_the_reservation(db):
+    def short(subject, body, key):  # a faulty inventory that reserves one unit fewer than asked
+        if subject != "inventory.reserve":
+            return None
+        items = [{**line, "qty": line["qty"] - 1, "unit_price_cents": 1000} for line in body["items"]]
+        return {
+            "order_id": body["order_id"],
+            "status": "ACTIVE",
+            "items": items,
+            "total_cents": 1000,
+            "currency": "USD",
+            "created_at": "now",
+        }
+
+    engine = SagaEngine(db, PLACE_ORDER, Participants(short).send, FAST)
+    await place(db, engine)
+    row = await db.read(lambda tx: store.get(tx, "ord_1"))
+    # Two were asked for: the order says so, so the audit can see that the reservation holds one.
+    assert store.to_order(row).items == [c.PricedLine(sku="KB-101", qty=2, unit_price_cents=1000)]
+
+
 async def test_out_of_stock_fails_without_compensating_anything(db):
     p = Participants(lambda s, b, k: OutOfStock("none left") if s == "inventory.reserve" else None)
     engine = SagaEngine(db, PLACE_ORDER, p.send, FAST)
