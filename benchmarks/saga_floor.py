@@ -136,8 +136,15 @@ async def _open_loop(nc: nats.NATS, rate: float, sagas: int) -> list[float]:
     return latencies
 
 
-async def measure(url: str, server_pid: int, sagas: int = 10_000, levels: tuple[int, ...] = (1, 64, 256)) -> dict:
-    """Start the three role processes against `url` and run the saga's messages at each level."""
+async def measure(
+    url: str,
+    server_pid: int,
+    sagas: int = 10_000,
+    levels: tuple[int, ...] = (1, 64, 256),
+    rates: tuple[float, ...] = (),
+) -> dict:
+    """Start the three role processes against `url` and run the saga's messages at each level; then
+    offer half the best rate, and each of `rates`, in an open loop."""
     nc = await nats.connect(url)
     js = nc.jetstream()
     config = js_api.StreamConfig(
@@ -175,21 +182,34 @@ async def measure(url: str, server_pid: int, sagas: int = 10_000, levels: tuple[
             )
         best = max(r["sagas_per_s"] for r in results)
         half = sorted(await _open_loop(nc, best / 2, max(1000, sagas // 2)))
+        offered = []
+        for rate in rates:
+            latencies = sorted(await _open_loop(nc, rate, max(1000, sagas // 2)))
+            offered.append({"rate": rate, **_percentiles(latencies)})
         return {
             "levels": results,
             "best_sagas_per_s": best,
             # The latency target is stated at half the peak rate: the floor's own figure at half its peak.
             "half_rate": {
                 "rate": round(best / 2, 1),
-                "p50_ms": round(statistics.median(half) * 1000, 2),
-                "p99_ms": round(half[int(0.99 * (len(half) - 1))] * 1000, 2),
+                **_percentiles(half),
             },
+            # The same at fixed offered rates: where latency at a given rate stands with no work at all.
+            "open_loop": offered,
         }
     finally:
         for proc in roles.values():
             proc.kill()
             await proc.wait()
         await nc.close()
+
+
+def _percentiles(ordered: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(statistics.median(ordered) * 1000, 2),
+        "p90_ms": round(ordered[int(0.90 * (len(ordered) - 1))] * 1000, 2),
+        "p99_ms": round(ordered[int(0.99 * (len(ordered) - 1))] * 1000, 2),
+    }
 
 
 def report(floor: dict, rr: dict | None = None) -> None:
@@ -203,6 +223,11 @@ def report(floor: dict, rr: dict | None = None) -> None:
         f"  floor at half its peak ({half['rate']:,.0f}/s offered): "
         f"p50 {half['p50_ms']:.2f} ms  p99 {half['p99_ms']:.2f} ms"
     )
+    for r in floor.get("open_loop", ()):
+        print(
+            f"  floor at {r['rate']:>7,.0f}/s offered: p50 {r['p50_ms']:>6.2f} ms  p90 {r['p90_ms']:>6.2f} ms  "
+            f"p99 {r['p99_ms']:>6.2f} ms"
+        )
     if rr:
         print(
             f"  raw request-reply in the same run: {rr['rr_64_per_s']:,.0f}/s at 64 in flight, "
@@ -211,13 +236,13 @@ def report(floor: dict, rr: dict | None = None) -> None:
         print(f"  the floor's best is {floor['best_sagas_per_s'] / rr['rr_64_per_s']:.3f} x raw round trips/s")
 
 
-async def run_floor(sagas: int = 10_000, *, with_rr: bool = True) -> dict:
+async def run_floor(sagas: int = 10_000, *, with_rr: bool = True, rates: tuple[float, ...] = ()) -> dict:
     """The floor (and raw request-reply, unless told not to) on a nats-server of its own."""
     with tempfile.TemporaryDirectory() as tmp:
         server, url = natsserver.start(Path(tmp))
         try:
             rr = await rr_measure(url, 20_000, server_pid=server.pid) if with_rr else None
-            floor = await measure(url, server.pid, sagas)
+            floor = await measure(url, server.pid, sagas, rates=rates)
         finally:
             server.terminate()
             server.wait()
@@ -227,9 +252,15 @@ async def run_floor(sagas: int = 10_000, *, with_rr: bool = True) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sagas", type=int, default=10_000, help="sagas per level (a tenth of it at 1 in flight)")
+    parser.add_argument(
+        "--rates",
+        type=lambda text: tuple(float(r) for r in text.split(",")),
+        default=(),
+        help="also offer these rates (sagas/s, comma-separated) in an open loop and print their latency",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
-    result = loop.run(run_floor(args.sagas))
+    result = loop.run(run_floor(args.sagas, rates=args.rates))
     if args.json:
         print(json.dumps(result, indent=2))
     else:
