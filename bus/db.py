@@ -212,7 +212,7 @@ class Database:
         for number, script in enumerate(self.migrations[version:], start=version + 1):
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for statement in _statements(script):
+                for statement in statements(script):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={number}")
                 conn.execute("COMMIT")
@@ -391,5 +391,6 @@ def _tune(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA foreign_keys=ON")
 
 
-def _statements(script: str) -> list[str]:
+def statements(script: str) -> list[str]:
+    """The statements of a migration script."""
     return [s.strip() for s in script.split(";") if s.strip()]

@@ -85,6 +85,19 @@ SAGA_MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+# Step records in `saga_steps` moved into their saga's row, and the table emptied (the upgrade below, and the
+# end of a rebuild by replay). Part of a migration: never change it, write a new one.
+FOLD_STEPS = """
+    UPDATE sagas SET steps = (
+        SELECT json_group_array(json_object(
+            'step', step, 'action', action, 'status', status, 'attempts', attempts, 'uncertain', uncertain,
+            'started_at', started_at, 'finished_at', finished_at, 'duration_ms', duration_ms,
+            'last_error', last_error))
+        FROM saga_steps WHERE saga_steps.saga_id = sagas.saga_id)
+    WHERE saga_id IN (SELECT saga_id FROM saga_steps);
+    DELETE FROM saga_steps;
+"""
+
 # Migrations are applied by position: a service lists SAGA_MIGRATIONS, then its own, then these.
 SAGA_UPGRADES: tuple[str, ...] = (
     # Step records keyed and stored by (saga_id, step, action) alone: one B-tree per write instead of two.
@@ -115,6 +128,13 @@ SAGA_UPGRADES: tuple[str, ...] = (
     DROP INDEX sagas_status;
     CREATE INDEX sagas_status ON sagas (status, saga_id);
     """,
+    # A saga's step records live in its own row (a JSON list, `steps`): each transition is one UPDATE of that
+    # row instead of one more statement per record. `saga_steps` stays, empty: a rebuild by replay assembles
+    # records there and folds them in at its end (FOLD_STEPS).
+    """
+    ALTER TABLE sagas ADD COLUMN steps TEXT NOT NULL DEFAULT '[]';
+    """
+    + FOLD_STEPS,
 )
 
 
@@ -200,6 +220,8 @@ class SagaRun:
     created_at: float = 0.0
     start_recorded: bool = False  # the current step's attempt was recorded with the previous outcome
     settle_seq: int = 0  # the outbox sequence JetStream must have acknowledged before the saga acts
+    # Its step records by (step, action), in the order they began: saved with the saga row (`steps`).
+    steps: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, repr=False)
     result: Any = field(default=None, repr=False)  # what the hooks leave for a waiter once the saga ends
     wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -219,7 +241,32 @@ class SagaRun:
             failure_reason=row["failure_reason"],
             stop_reason=row["stop_reason"],
             created_at=row["created_at"],
+            steps=load_steps(row["steps"]),
         )
+
+    def record(self, step: str, action: str) -> dict[str, Any]:
+        """The step record of `action` on `step`, begun now if there is none."""
+        found = self.steps.get((step, action))
+        if found is None:
+            found = self.steps[(step, action)] = {
+                "step": step,
+                "action": action,
+                "status": "RUNNING",
+                "attempts": 0,
+                "uncertain": False,
+                "started_at": None,
+                "finished_at": None,
+                "duration_ms": None,
+                "last_error": None,
+            }
+        return found
+
+    def steps_text(self) -> str:
+        return jsonb.text(list(self.steps.values()))
+
+
+def load_steps(text: str | None) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(r["step"], r["action"]): r for r in jsonb.loads(text)} if text else {}
 
 
 Send = Callable[..., Awaitable[dict[str, Any]]]
@@ -272,8 +319,19 @@ class SagaEngine:
             self._record_start(tx, run, self.saga.steps[0], "invoke", 1, persist=False)
         tx.execute(
             "INSERT INTO sagas (saga_id, name, ref, status, step_index, data, deadline_at, attempts, created_at,"
-            " updated_at) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
-            (saga_id, run.name, ref, RUNNING, jsonb.text(data), run.deadline_at, run.attempts, now, now),
+            " updated_at, steps) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
+            (
+                saga_id,
+                run.name,
+                ref,
+                RUNNING,
+                jsonb.text(data),
+                run.deadline_at,
+                run.attempts,
+                now,
+                now,
+                run.steps_text(),
+            ),
         )
         return run
 
@@ -491,7 +549,7 @@ class SagaEngine:
         await self._sleep(run, delay)
 
     async def _compensate(self, run: SagaRun) -> None:
-        index = await self.db.read(lambda tx: self._next_to_compensate(tx, run))
+        index = self._next_to_compensate(run)
         if index is None:
             final = CANCELLED if run.failure_reason in CANCEL_REASONS else FAILED
             await self.db.write(lambda tx: self._finish(tx, run, final))
@@ -545,6 +603,7 @@ class SagaEngine:
             "comp_failures": run.comp_failures,
             "failure_reason": run.failure_reason,
             "updated_at": self.clock(),
+            "steps": run.steps_text(),
             **extra,
         }
         assignments = ", ".join(f"{name} = ?" for name in columns)
@@ -555,29 +614,31 @@ class SagaEngine:
     ) -> None:
         """Record an attempt before its request; `persist=False` when the caller writes the saga row."""
         now = self.clock()
-        tx.execute(
-            "INSERT INTO saga_steps (saga_id, step, action, status, attempts, uncertain, started_at)"
-            " VALUES (?, ?, ?, 'RUNNING', ?, ?, ?)"
-            " ON CONFLICT (saga_id, step, action) DO UPDATE SET status = 'RUNNING', attempts = excluded.attempts,"
-            " uncertain = uncertain OR excluded.uncertain",
-            # A second attempt means the first was sent and never answered for sure (a timeout, or the
-            # service died waiting): whatever the later attempts say, the step may have taken effect.
-            (run.saga_id, step.name, action, attempt, int(action == "invoke" and attempt > 1), now),
-        )
+        record = run.record(step.name, action)
+        if record["started_at"] is None:
+            record["started_at"] = now  # a record keeps the start of its first attempt
+        record["status"], record["attempts"] = "RUNNING", attempt
+        # A second attempt means the first was sent and never answered for sure (a timeout, or the
+        # service died waiting): whatever the later attempts say, the step may have taken effect.
+        record["uncertain"] = bool(record["uncertain"]) or (action == "invoke" and attempt > 1)
         if action == "invoke":
             run.attempts = attempt
             run.start_recorded = True
-        if action == "invoke" and persist:
+        if not persist:
+            return
+        if action == "invoke":
             tx.execute(
-                "UPDATE sagas SET attempts = ?, next_retry_at = NULL, updated_at = ? WHERE saga_id = ?",
-                (attempt, now, run.saga_id),
+                "UPDATE sagas SET attempts = ?, next_retry_at = NULL, updated_at = ?, steps = ? WHERE saga_id = ?",
+                (attempt, now, run.steps_text(), run.saga_id),
+            )
+        else:
+            tx.execute(
+                "UPDATE sagas SET updated_at = ?, steps = ? WHERE saga_id = ?", (now, run.steps_text(), run.saga_id)
             )
 
     def _step_succeeded(self, tx: Tx, run: SagaRun, step: Step, result: dict[str, Any], elapsed_ms: float) -> None:
-        tx.execute(
-            "UPDATE saga_steps SET status = 'SUCCEEDED', finished_at = ?, duration_ms = ?, last_error = NULL"
-            " WHERE saga_id = ? AND step = ? AND action = 'invoke'",
-            (self.clock(), elapsed_ms, run.saga_id, step.name),
+        run.record(step.name, "invoke").update(
+            status="SUCCEEDED", finished_at=self.clock(), duration_ms=elapsed_ms, last_error=None
         )
         if step.on_success is not None:
             step.on_success(tx, run, result)
@@ -603,10 +664,14 @@ class SagaEngine:
         now = self.clock()
         assert step.local is not None
         step.local(tx, run)
-        tx.execute(
-            "INSERT OR REPLACE INTO saga_steps (saga_id, step, action, status, attempts, started_at, finished_at,"
-            " duration_ms) VALUES (?, ?, 'invoke', 'SUCCEEDED', 1, ?, ?, 0)",
-            (run.saga_id, step.name, now, now),
+        run.record(step.name, "invoke").update(
+            status="SUCCEEDED",
+            attempts=1,
+            uncertain=False,
+            started_at=now,
+            finished_at=now,
+            duration_ms=0,
+            last_error=None,
         )
         run.step_index += 1
         run.attempts = 0
@@ -617,11 +682,9 @@ class SagaEngine:
             self._save(tx, run, data=jsonb.text(run.data), **finished)
 
     def _step_failed(self, tx: Tx, run: SagaRun, step: Step, exc: OmsError, reason: str, *, uncertain: bool) -> None:
-        tx.execute(
-            "UPDATE saga_steps SET status = 'FAILED', finished_at = ?, last_error = ?, uncertain = uncertain OR ?"
-            " WHERE saga_id = ? AND step = ? AND action = 'invoke'",
-            (self.clock(), _error_json(exc), int(uncertain), run.saga_id, step.name),
-        )
+        record = run.record(step.name, "invoke")
+        record.update(status="FAILED", finished_at=self.clock(), last_error=_error_json(exc))
+        record["uncertain"] = bool(record["uncertain"]) or uncertain
         tx.emit(
             "step_failed",
             run.ref,
@@ -632,14 +695,13 @@ class SagaEngine:
         self._begin_compensation(tx, run, reason)
 
     def _record_retry(self, tx: Tx, run: SagaRun, step: Step, exc: OmsError, retry_at: float, uncertain: bool) -> None:
+        record = run.record(step.name, "invoke")
+        record.update(status="RETRYING", last_error=_error_json(exc), attempts=run.attempts)
+        record["uncertain"] = bool(record["uncertain"]) or uncertain
         tx.execute(
-            "UPDATE saga_steps SET status = 'RETRYING', last_error = ?, uncertain = uncertain OR ?, attempts = ?"
-            " WHERE saga_id = ? AND step = ? AND action = 'invoke'",
-            (_error_json(exc), int(uncertain), run.attempts, run.saga_id, step.name),
-        )
-        tx.execute(
-            "UPDATE sagas SET attempts = ?, next_retry_at = ?, last_error = ?, updated_at = ? WHERE saga_id = ?",
-            (run.attempts, retry_at, _error_json(exc), self.clock(), run.saga_id),
+            "UPDATE sagas SET attempts = ?, next_retry_at = ?, last_error = ?, updated_at = ?, steps = ?"
+            " WHERE saga_id = ?",
+            (run.attempts, retry_at, _error_json(exc), self.clock(), run.steps_text(), run.saga_id),
         )
         if uncertain:
             tx.emit(
@@ -663,24 +725,16 @@ class SagaEngine:
         run.comp_failures = 0
         if index is not None:
             run.step_index = index
-        if self._next_to_compensate(tx, run) is None:
+        if self._next_to_compensate(run) is None:
             self._finish(tx, run, CANCELLED if reason in CANCEL_REASONS else FAILED)
             return
         self._save(tx, run, next_retry_at=None)
         self.saga.hooks.on_compensating(tx, run, reason)
 
-    def _next_to_compensate(self, tx: Tx, run: SagaRun) -> int | None:
-        done = {
-            r["step"]: r
-            for r in tx.all("SELECT step, action, status, uncertain FROM saga_steps WHERE saga_id = ?", (run.saga_id,))
-            if r["action"] == "invoke"
-        }
+    def _next_to_compensate(self, run: SagaRun) -> int | None:
+        done = {step: r for (step, action), r in run.steps.items() if action == "invoke"}
         compensated = {
-            r["step"]
-            for r in tx.all(
-                "SELECT step FROM saga_steps WHERE saga_id = ? AND action = 'compensate' AND status = 'SUCCEEDED'",
-                (run.saga_id,),
-            )
+            step for (step, action), r in run.steps.items() if action == "compensate" and r["status"] == "SUCCEEDED"
         }
         # From the last step, not from step_index: a saga rebuilt by replay starts again at its first step
         # while later steps may already have taken effect (the rebuild records those as RUNNING).
@@ -694,10 +748,8 @@ class SagaEngine:
         return None
 
     def _compensated(self, tx: Tx, run: SagaRun, step: Step, elapsed_ms: float) -> None:
-        tx.execute(
-            "UPDATE saga_steps SET status = 'SUCCEEDED', finished_at = ?, duration_ms = ?, last_error = NULL"
-            " WHERE saga_id = ? AND step = ? AND action = 'compensate'",
-            (self.clock(), elapsed_ms, run.saga_id, step.name),
+        run.record(step.name, "compensate").update(
+            status="SUCCEEDED", finished_at=self.clock(), duration_ms=elapsed_ms, last_error=None
         )
         tx.emit(
             "step_compensated",
@@ -710,10 +762,8 @@ class SagaEngine:
         self._save(tx, run, last_error=None, next_retry_at=None)
 
     def _record_comp_failure(self, tx: Tx, run: SagaRun, step: Step, exc: OmsError, retry_at: float) -> None:
-        tx.execute(
-            "UPDATE saga_steps SET status = 'RETRYING', last_error = ?, attempts = ?"
-            " WHERE saga_id = ? AND step = ? AND action = 'compensate'",
-            (_error_json(exc), run.comp_failures, run.saga_id, step.name),
+        run.record(step.name, "compensate").update(
+            status="RETRYING", last_error=_error_json(exc), attempts=run.comp_failures
         )
         self._save(tx, run, last_error=_error_json(exc), next_retry_at=retry_at)
         if run.comp_failures in (1, self.settings.stuck_after_attempts):
@@ -758,7 +808,7 @@ class SagaEngine:
     def _view(self, tx: Tx, row: Any, with_steps: bool) -> SagaView:
         steps: list[StepRecord] = []
         if with_steps:
-            records = tx.all("SELECT * FROM saga_steps WHERE saga_id = ?", (row["saga_id"],))
+            records = list(load_steps(row["steps"]).values())
             # By start; records without one (a rebuild's) or with the same one go in the saga's step order.
             position = {step.name: i for i, step in enumerate(self.saga.steps)}
             records.sort(key=lambda r: (r["started_at"] or 0, position.get(r["step"], 0), r["action"]))

@@ -26,10 +26,10 @@ from typing import Any
 
 from bus import contract as c
 from bus import jsonb
-from bus.db import Tx
+from bus.db import Tx, statements
 from bus.errors import Conflict, InvalidRequest, NotFound, OutOfStock, PaymentDeclined
 from bus.ids import parse_iso
-from bus.saga import CANCELLED, COMPENSATING, COMPLETED, FAILED, RUNNING
+from bus.saga import CANCELLED, COMPENSATING, COMPLETED, FAILED, FOLD_STEPS, RUNNING
 from bus.service import envelope
 from bus.settings import Settings
 from bus.subjects import ORDERS_PLACE
@@ -46,14 +46,16 @@ Project = Callable[[Tx, c.Event, float], None]
 
 
 def apply(tx: Tx, event: c.Event) -> None:
-    """Replay one order-service event onto the orders, sagas, saga_steps and idempotency tables."""
+    """Replay one order-service event onto the orders, sagas and idempotency tables (step records go to
+    `saga_steps` until `settle` folds them into their sagas)."""
     project = PROJECTIONS.get(event.type)
     if project is not None and event.order_id and event.saga_id:
         project(tx, event, parse_iso(event.occurred_at))
 
 
 def settle(tx: Tx, settings: Settings) -> None:
-    """Deadlines from the creation time; every step an unfinished saga might have run counts as started."""
+    """Deadlines from the creation time; every step an unfinished saga might have run counts as started.
+    Then each saga's step records move into its row."""
     tx.execute("UPDATE sagas SET deadline_at = created_at + ?", (settings.saga.deadline_ms / 1000,))
     unfinished = tx.all("SELECT saga_id, status FROM sagas WHERE status IN (?, ?)", (RUNNING, COMPENSATING))
     for row in unfinished:
@@ -75,6 +77,9 @@ def settle(tx: Tx, settings: Settings) -> None:
             " VALUES (?, ?, 'invoke', 'RUNNING', 0, ?) ON CONFLICT (saga_id, step, action) DO NOTHING",
             [(row["saga_id"], step, int(not running)) for step in COMPENSABLE],
         )
+    # The records were assembled in `saga_steps`; a saga keeps them in its own row.
+    for statement in statements(FOLD_STEPS):
+        tx.execute(statement)
 
 
 # -- one projection per event type ------------------------------------------

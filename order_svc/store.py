@@ -134,15 +134,12 @@ def priced(tx: Tx, run: SagaRun, reservation: dict[str, Any]) -> None:
 
 def confirm(tx: Tx, run: SagaRun) -> None:
     now = now_iso()
-    tx.execute("UPDATE orders SET status = 'CONFIRMED', updated_at = ? WHERE order_id = ?", (now, run.ref))
-    row = tx.one("SELECT * FROM orders WHERE order_id = ?", (run.ref,))
+    row = tx.one(
+        "UPDATE orders SET status = 'CONFIRMED', updated_at = ? WHERE order_id = ? RETURNING *", (now, run.ref)
+    )
+    invoked = sorted((r for (_, action), r in run.steps.items() if action == "invoke"), key=_started)
     steps = [
-        {"step": r["step"], "attempts": r["attempts"], "duration_ms": round(r["duration_ms"] or 0, 2)}
-        for r in tx.all(
-            "SELECT step, attempts, duration_ms FROM saga_steps WHERE saga_id = ? AND action = 'invoke'"
-            " ORDER BY started_at",
-            (run.saga_id,),
-        )
+        {"step": r["step"], "attempts": r["attempts"], "duration_ms": round(r["duration_ms"] or 0, 2)} for r in invoked
     ]
     tx.emit(
         "order_confirmed",
@@ -161,6 +158,10 @@ def confirm(tx: Tx, run: SagaRun) -> None:
         run.result = to_order(row)  # the placing request answers with it, without reading again
 
 
+def _started(record: dict[str, Any]) -> float:
+    return record["started_at"] or 0.0
+
+
 class OrderHooks:
     """The order's status follows its saga."""
 
@@ -171,11 +172,11 @@ class OrderHooks:
 
     def on_compensating(self, tx: Tx, run: SagaRun, reason: str) -> None:
         now = now_iso()
-        tx.execute(
-            "UPDATE orders SET status = 'COMPENSATING', failure_reason = ?, updated_at = ? WHERE order_id = ?",
+        row = tx.one(
+            "UPDATE orders SET status = 'COMPENSATING', failure_reason = ?, updated_at = ? WHERE order_id = ?"
+            " RETURNING items, total_cents, currency, cancel_reason",
             (None if reason == "CANCELLED" else reason, now, run.ref),
         )
-        row = tx.one("SELECT items, total_cents, currency, cancel_reason FROM orders WHERE order_id = ?", (run.ref,))
         data: dict[str, Any] = {"reason": reason, "updated_at": now}
         if row is not None:
             # The pricing and the cancel request have no events of their own: a rebuild learns them here.
@@ -190,18 +191,22 @@ class OrderHooks:
     def on_finished(self, tx: Tx, run: SagaRun, status: str, reason: str | None) -> None:
         now = now_iso()
         if status == "CANCELLED":
-            tx.execute("UPDATE orders SET status = 'CANCELLED', updated_at = ? WHERE order_id = ?", (now, run.ref))
-            row = tx.one("SELECT cancel_reason FROM orders WHERE order_id = ?", (run.ref,))
+            row = tx.one(
+                "UPDATE orders SET status = 'CANCELLED', updated_at = ? WHERE order_id = ? RETURNING *", (now, run.ref)
+            )
             data = {"reason": row["cancel_reason"] if row else None, "updated_at": now}
             tx.emit("order_cancelled", run.ref, data, order_id=run.ref, saga_id=run.saga_id)
         else:
-            tx.execute(
-                "UPDATE orders SET status = 'FAILED', failure_reason = ?, updated_at = ? WHERE order_id = ?",
+            row = tx.one(
+                "UPDATE orders SET status = 'FAILED', failure_reason = ?, updated_at = ? WHERE order_id = ?"
+                " RETURNING *",
                 (reason, now, run.ref),
             )
             data = {"reason": reason, "updated_at": now}
             tx.emit("order_failed", run.ref, data, order_id=run.ref, saga_id=run.saga_id)
-        run.result = to_order(get(tx, run.ref))
+        if row is None:
+            raise NotFound(f"no order {run.ref}", {"order_id": run.ref})
+        run.result = to_order(row)
 
 
 def request_cancel(tx: Tx, cmd: c.CancelOrder) -> c.Order:

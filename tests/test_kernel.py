@@ -282,7 +282,8 @@ async def test_a_new_orders_saga_sends_nothing_before_its_creation_is_in_the_str
     )
     await wait_for(lambda: orders.relay.failures >= 1, what="the creation's publish to be refused")
     order_id = (await orders.db.read(lambda tx: tx.one("SELECT order_id FROM orders")))["order_id"]
-    assert await orders.db.read(lambda tx: tx.one("SELECT count(*) FROM saga_steps")[0]) == 1  # recorded, unsent
+    recorded = await orders.db.read(lambda tx: tx.one("SELECT steps FROM sagas")[0])
+    assert [r["status"] for r in json.loads(recorded)] == ["RUNNING"]  # recorded, unsent
     reservations = await stack["client"].call(s.INVENTORY_RESERVATIONS, {})
     assert all(r["order_id"] != order_id for r in reservations["reservations"])  # nothing reserved for it
     await ensure_stream(stack["js"], settings)
