@@ -86,11 +86,13 @@ SAGA_MIGRATIONS: tuple[str, ...] = (
 )
 
 # Step records in `saga_steps` moved into their saga's row, and the table emptied (the upgrade below, and the
-# end of a rebuild by replay). Part of a migration: never change it, write a new one.
+# end of a rebuild by replay). Part of a migration: never change it, write a new one. SQLite writes a time in
+# JSON to 15 digits (10 us): a rebuild's times come from events, in milliseconds, and lose nothing.
 FOLD_STEPS = """
     UPDATE sagas SET steps = (
         SELECT json_group_array(json_object(
-            'step', step, 'action', action, 'status', status, 'attempts', attempts, 'uncertain', uncertain,
+            'step', step, 'action', action, 'status', status, 'attempts', attempts,
+            'uncertain', json(CASE WHEN uncertain THEN 'true' ELSE 'false' END),
             'started_at', started_at, 'finished_at', finished_at, 'duration_ms', duration_ms,
             'last_error', last_error))
         FROM saga_steps WHERE saga_steps.saga_id = sagas.saga_id)
@@ -430,6 +432,7 @@ class SagaEngine:
             if row is None:
                 return None
             run = self._runs.get(saga_id) or SagaRun.from_row(row)
+            driven.append(run.saga_id in self._runs)
             if row["status"] == RUNNING:
                 tx.execute(
                     "UPDATE sagas SET stop_reason = ?, updated_at = ? WHERE saga_id = ?",
@@ -443,13 +446,23 @@ class SagaEngine:
                 self._begin_compensation(tx, run, reason, index=len(self.saga.steps) - 1)
             return run
 
+        driven: list[bool] = []
         run = await self.db.write(unit)
         if run is None:
             return "UNKNOWN"
         if run.saga_id in self._runs:
             run.wake.set()
-        else:
+        elif not driven[-1]:
             self.start(run)
+        else:
+            # Its driver stopped since: the saga ended, or a unit of its failed, which may have left this run
+            # ahead of what was committed. Go on from the records (the stop is among them), never from it.
+            row = await self.db.read(lambda tx: tx.one("SELECT * FROM sagas WHERE saga_id = ?", (saga_id,)))
+            if row is None:
+                return "UNKNOWN"
+            if saga_id not in self._runs:
+                self._resume(row)
+            return str(row["status"])
         return run.status
 
     # -- driving --------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ from bus import contract as c
 from bus.db import Database
 from bus.errors import BreakerOpen, OmsError, OutOfStock, PaymentDeclined, RequestTimeout, Unavailable
 from bus.ids import new_id
-from bus.saga import SagaEngine
+from bus.saga import Saga, SagaEngine
 from bus.settings import SagaSettings
 from order_svc import store
 from order_svc.saga import PLACE_ORDER
@@ -297,12 +298,14 @@ async def test_an_order_database_from_before_the_step_upgrades_keeps_its_step_re
         engine = SagaEngine(db, PLACE_ORDER, Participants().send, FAST)
         saga = await db.read(lambda tx: engine.view(tx, "saga_1"))
         left = await db.read(lambda tx: tx.one("SELECT count(*) FROM saga_steps")[0])
+        stored = await db.read(lambda tx: json.loads(tx.one("SELECT steps FROM sagas")[0]))
         indexes = await db.read(lambda tx: {r[0] for r in tx.all("SELECT name FROM sqlite_master WHERE type='index'")})
     # The record moved into its saga's row, as it was.
     assert [(r.step, r.action, r.status, r.attempts, r.uncertain) for r in saga.steps] == [
         ("reserve_stock", "invoke", "RUNNING", 2, True)
     ]
     assert saga.steps[0].started_at is not None and left == 0
+    assert stored[0]["uncertain"] is True  # as the engine writes it, not SQLite's 1
     assert "sagas_ref" not in indexes
 
 
@@ -435,4 +438,48 @@ async def test_a_saga_whose_driver_fails_unexpectedly_starts_again_from_its_reco
     saga = await db.read(lambda tx: engine.view(tx, "saga_ord_d"))
     reserve = next(r for r in saga.steps if (r.step, r.action) == ("reserve_stock", "invoke"))
     assert (reserve.attempts, reserve.uncertain) == (2, True)
+    await engine.stop()
+
+
+async def test_a_cancel_that_meets_a_failed_driver_goes_on_from_the_records_not_from_the_failed_run(db):
+    class FailingOnce:
+        """The order's hooks, but turning back fails once, after the engine changed the run in memory."""
+
+        failures = 1
+
+        def on_stop_requested(self, *args: Any) -> None:
+            PLACE_ORDER.hooks.on_stop_requested(*args)
+
+        def on_finished(self, *args: Any) -> None:
+            PLACE_ORDER.hooks.on_finished(*args)
+
+        def on_compensating(self, *args: Any) -> None:
+            PLACE_ORDER.hooks.on_compensating(*args)
+            if self.failures:
+                self.failures -= 1
+                raise RuntimeError("a bug, or a database error, while turning back")
+
+    cancels: list[asyncio.Task[str]] = []
+
+    def script(subject: str, body: dict[str, Any], key: str) -> Any:
+        if subject == "payment.authorize":  # a cancel arrives as the decline does: one batch holds both units
+            cancels.append(asyncio.create_task(engine.stop_forward("saga_ord_1", "CANCELLED")))
+            return PaymentDeclined("no")
+        return None
+
+    p = Participants(script)
+    engine = SagaEngine(db, Saga(PLACE_ORDER.name, *PLACE_ORDER.steps, hooks=FailingOnce()), p.send, FAST)
+    await place(db, engine)  # returns when the failed driver gave up
+    await cancels[0]
+
+    async def ended() -> bool:
+        return (await order_status(db))[0] == "CANCELLED"
+
+    await wait_for(ended, what="the saga to go on from its records and end")
+    # The failed unit was rolled back, so the records say the authorize is still in doubt, and the cancel
+    # stands: refund, then release. The run in memory, ahead of them, would have skipped the refund and the
+    # order's turn back (its event included).
+    assert p.subjects() == ["inventory.reserve", "payment.authorize", "payment.refund", "inventory.release"]
+    kinds = await db.read(lambda tx: [r[0].split(".")[2] for r in tx.all("SELECT subject FROM outbox ORDER BY seq")])
+    assert kinds == ["order_created", "order_compensating", "step_compensated", "step_compensated", "order_cancelled"]
     await engine.stop()
