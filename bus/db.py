@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# UPDATE ... RETURNING (3.35) and the JSON functions built in (3.38): a Python linked against an older
+# SQLite is refused at start, with this reason, instead of failing in the middle of a saga.
+SQLITE_NEEDED = (3, 38, 0)
+
 MAX_BATCH = 512
 FORGET_AFTER_S = 0.5  # the longest acknowledged outbox rows wait for a batch to delete them
 
@@ -160,6 +164,7 @@ class Database:
         self._lock: int | None = None  # a shared lock on the file's lock file while it is open
 
     async def open(self) -> Database:
+        require_sqlite(sqlite3.sqlite_version_info)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = hold_lock(self.path, exclusive=False)
         conn = await aiosqlite.connect(self.path, isolation_level=None)
@@ -353,6 +358,16 @@ class Database:
 def outbox_rows(conn: sqlite3.Connection) -> list[OutboxRow]:
     """The events a file has committed and not yet seen acknowledged, in commit order."""
     return [OutboxRow(*row) for row in conn.execute("SELECT seq, event_id, subject, body FROM outbox ORDER BY seq")]
+
+
+def require_sqlite(version: tuple[int, ...]) -> None:
+    """Refuse an SQLite library older than the statements OMS runs need."""
+    if tuple(version) < SQLITE_NEEDED:
+        have, need = ".".join(map(str, version)), ".".join(map(str, SQLITE_NEEDED))
+        raise RuntimeError(
+            f"SQLite {have} is too old: OMS needs {need} or later (UPDATE ... RETURNING, JSON functions). "
+            "Use a Python linked against a newer SQLite (python.org builds and the python:3.11 images are)"
+        )
 
 
 class DatabaseInUse(RuntimeError):

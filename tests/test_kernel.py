@@ -16,7 +16,7 @@ from bus import contract as c
 from bus import loop
 from bus.app import running
 from bus.audit import run_audit
-from bus.db import Database
+from bus.db import SQLITE_NEEDED, Database, require_sqlite
 from bus.errors import Conflict, OutOfStock
 from bus.idempotency import once, request_hash
 from bus.outbox import Relay, ensure_stream
@@ -54,6 +54,12 @@ async def test_a_returned_error_keeps_the_changes_and_is_raised(tmp_path):
         with pytest.raises(OutOfStock):
             await db.write(declined)
         assert await db.read(lambda tx: tx.one("SELECT value FROM counter WHERE name='d'")[0]) == 1
+
+
+def test_an_sqlite_too_old_for_the_statements_is_refused_with_the_reason():
+    require_sqlite(SQLITE_NEEDED)  # this machine's, or newer, passes: the suite runs on it
+    with pytest.raises(RuntimeError, match=r"SQLite 3\.34\.1 is too old: OMS needs 3\.38\.0 or later"):
+        require_sqlite((3, 34, 1))
 
 
 async def test_migrations_run_once(tmp_path):
