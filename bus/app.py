@@ -35,7 +35,22 @@ from bus.subjects import HEALTH
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE_S = 5.0
+STOP_GRACE_S = 5.0  # the most one phase of a stop waits (requests in flight, the outbox, the connection's drain)
+
+
+class StopBudget:
+    """One time budget for a whole graceful stop, spent by its phases in turn: each gets what the ones
+    before it left, at most STOP_GRACE_S. Started by the first phase that asks."""
+
+    def __init__(self, total_s: float) -> None:
+        self.total_s = total_s
+        self._ends: float | None = None
+
+    def left(self) -> float:
+        if self._ends is None:
+            self._ends = time.monotonic() + self.total_s
+        return max(0.0, min(STOP_GRACE_S, self._ends - time.monotonic()))
+
 
 VERSION = "0.1.0"
 
@@ -86,17 +101,18 @@ async def running(
     """
     if recover:
         await recover_by_replay(settings, spec)
+    budget = StopBudget(settings.stop_budget_s)
     async with AsyncExitStack() as stack:
         db = await stack.enter_async_context(Database(settings.db_path(spec.name), spec.name, spec.migrations))
         nc = await connect(settings, spec.name, user=settings.nats_user, password=settings.nats_password)
-        stack.push_async_callback(_close_nats, nc)
+        stack.push_async_callback(lambda: _close_nats(nc, budget.left()))
         js = nc.jetstream()
         await ensure_stream(js, settings)
         relay = Relay(js, db, settings.stream_name)
         await relay.start()
         stack.push_async_callback(relay.stop)
         # Runs before relay.stop and after the runner and the sagas stopped: what was committed goes out.
-        stack.push_async_callback(relay.drain, STOP_GRACE_S)
+        stack.push_async_callback(lambda: relay.drain(budget.left()))
         metrics = Metrics(spec.name)
         runner = ServiceRunner(nc, spec.name, settings, version=VERSION, description=spec.description, metrics=metrics)
         kernel = Kernel(
@@ -119,7 +135,7 @@ async def running(
         metrics.outbox_lag.set_function(lambda: relay.oldest_pending_age_s)
         metrics.events_published.set_function(lambda: relay.published_total)
         await runner.start()
-        stack.push_async_callback(runner.stop)
+        stack.push_async_callback(lambda: runner.stop(budget.left()))
         await _answering(nc, spec.name)
         if serve_metrics:
             server = metrics.serve(settings.metrics_host, settings.metrics_port(spec.name))
@@ -169,11 +185,11 @@ def _health_handler(k: Kernel, started: float) -> Callable[[HealthQuery, Call], 
     return health
 
 
-async def _close_nats(nc: Nats) -> None:
+async def _close_nats(nc: Nats, grace_s: float) -> None:
     # Draining needs the server; with NATS gone (it may be stopped first) it would only wait out its timeout.
-    if nc.is_connected:
+    if nc.is_connected and grace_s > 0:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(nc.drain(), STOP_GRACE_S)
+            await asyncio.wait_for(nc.drain(), grace_s)
     with contextlib.suppress(Exception):
         await nc.close()
 

@@ -180,14 +180,18 @@ class ServiceRunner:
         await self.nc.flush()
 
     async def stop(self, grace_s: float = 5.0) -> None:
-        """Stop taking requests, then let the ones in flight finish (bounded)."""
+        """Stop taking requests, then let the ones in flight finish: all of it within `grace_s`."""
+        deadline = time.monotonic() + grace_s
         if self._micro is not None:
             micro, self._micro = self._micro, None
-            if self.nc.is_connected:  # unsubscribing needs the server; without it, just stop answering
+            if self.nc.is_connected and grace_s > 0:  # unsubscribing needs the server; without it, stop answering
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(micro.stop(), grace_s)
+        left = deadline - time.monotonic()
+        if self._tasks and left > 0:
+            await asyncio.wait(self._tasks, timeout=left)
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=grace_s)
+            log.warning("stopped with requests unanswered", extra={"in_flight": len(self._tasks)})
 
     @property
     def in_flight(self) -> int:

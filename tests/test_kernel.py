@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -220,6 +221,28 @@ async def test_a_graceful_stop_publishes_what_was_committed(settings: Settings):
     msg = await nc.jetstream().get_last_msg(settings.stream_name, "events.inventory.stock_restocked.GRACE-2999")
     assert json.loads(msg.data)["event_id"] == events[-1].event_id
     await nc.close()
+
+
+async def test_a_graceful_stop_keeps_to_its_budget_with_a_request_that_will_not_finish(settings: Settings):
+    from bus import contract as c
+    from bus import subjects as s
+    from payment_svc.service import SPEC as PAYMENT
+
+    budget = settings.model_copy(update={"stop_budget_s": 0.5})
+    nc = await nats.connect(settings.nats_url)
+    try:
+        async with running(PAYMENT, budget, serve_metrics=False) as k:
+            k.runner.chaos.set(c.ChaosSet(latency_ms=60_000, endpoints=["list"]))  # a request stuck for a minute
+            stuck = asyncio.create_task(nc.request(s.PAYMENT_LIST.subject, b"{}", timeout=90))
+            await wait_for(lambda: k.runner.in_flight == 1, what="the request to be in flight")
+            stopping = time.monotonic()
+        took = time.monotonic() - stopping
+        stuck.cancel()
+    finally:
+        await nc.close()
+    # Each phase used to wait up to 5 s whatever the others had taken (up to 20 s in all, where `oms down`
+    # kills after 10): the stuck request alone held the stop for 5 s. Now all of it is within the budget.
+    assert took < 4.0, f"the stop took {took:.1f} s with a budget of 0.5 s"
 
 
 async def test_events_committed_while_the_stream_is_missing_go_out_once_and_in_order_when_it_appears(
