@@ -4,7 +4,9 @@
 
 For each step: `request` is the participant round trip measured by the engine
 (the participant's own commit and event publish are inside it); `record` is the
-rest of the step's time (persisting its start and outcome, scheduling). Before
+rest of the step's time (persisting its start and outcome, scheduling; for the
+first step also the order's creation reaching JetStream, which a saga waits for
+before it sends anything). Before
 the first step is the wait for a saga slot; after the last one, the client
 waits for the order's events to be acknowledged and for the reply.
 """
