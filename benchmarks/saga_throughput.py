@@ -66,9 +66,12 @@ async def run(levels: list[int], orders_per_level: int) -> dict:
         rss_after = {name: rss_bytes(pid) for name, pid in pids(settings).items()}
         # The VM's speed drifts: raw request-reply is measured before and after, and the ratio uses the mean.
         after = await rr_measure(url, 20_000, user, password, server_pid)
-    floor = (await run_floor(10_000, with_rr=False))["floor"]  # with the stack stopped, as rr ran alone
-    steal = steal_seconds() - steal0
     baseline = {key: round((before[key] + after[key]) / 2, 1) for key in before}
+    # Half the peak the throughput target asks for (0.10 x raw): the rate its p99 target would be measured
+    # at, offered to the floor. Above 25 ms there, no implementation of this design meets both here.
+    target_half = round(0.05 * baseline["rr_64_per_s"])
+    floor = (await run_floor(10_000, with_rr=False, rates=(target_half,)))["floor"]  # the stack stopped, as rr ran
+    steal = steal_seconds() - steal0
     return {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.processor()},
         "baseline": baseline | {"before": before, "after": after},
@@ -147,6 +150,11 @@ def main() -> None:
         f"per saga, p50 {floor_one['p50_ms']:.2f} ms at one in flight, p99 {floor['half_rate']['p99_ms']:.1f} ms "
         f"at half its peak"
     )
+    for offered in floor.get("open_loop", ()):
+        print(
+            f"the floor at {offered['rate']:,.0f} sagas/s offered (half the peak the throughput target asks for, "
+            f"0.05 x raw): p99 {offered['p99_ms']:.1f} ms against the 25 ms target"
+        )
     print(
         f"OMS against the floor: {result['best']['sagas_per_s'] / floor_best['sagas_per_s']:.2f} x its throughput, "
         f"{best['cpu_us_per_saga'] / floor_best['cpu_us_per_saga']:.2f} x its CPU per saga, "
