@@ -48,7 +48,12 @@ from order_svc.service import SPEC, saga_of
 IN_FLIGHT = 64
 KEY = "saga_01a2189a989718fef8a66bd7:reserve_stock:invoke"
 RESERVE = {"order_id": "ord_01a2189a989718fef8a66bd7", "items": [{"sku": "KB-101", "qty": 1}]}
-AUTHORIZED = {"order_id": "ord_01a2189a989718fef8a66bd7", "status": "AUTHORIZED", "amount_cents": 4999}
+AUTHORIZED = {
+    "order_id": "ord_01a2189a989718fef8a66bd7",
+    "status": "AUTHORIZED",
+    "amount_cents": 4999,
+    "currency": "EUR",
+}
 
 
 async def cpu_per_call(call: Callable[[], Awaitable[Any]], count: int) -> float:
@@ -136,7 +141,9 @@ async def engine(sagas: int, rounds: int, folder: Path) -> dict[str, Any]:
 
     async def send(route: Any, payload: Any, *, timeout_s: float, idempotency_key: str) -> dict[str, Any]:
         await asyncio.sleep(0)  # an answer in the next turn of the loop, as a reply would come
-        return RESERVATION if route.name == "reserve" else AUTHORIZED
+        # Answers for this order, as the participants give them (the engine checks that they do).
+        answer = RESERVATION if route.name == "reserve" else AUTHORIZED
+        return {**answer, "order_id": payload["order_id"]}
 
     saga_engine = SagaEngine(db, PLACE_ORDER, send, Settings().saga)
     cmd = c.PlaceOrder(customer_id="bench", items=[c.Line(sku="KB-101", qty=1)])

@@ -182,6 +182,9 @@ class Step:
     local: Callable[[Tx, SagaRun], None] | None = None
     on_success: Callable[[Tx, SagaRun, dict[str, Any]], None] | None = None
     retry: RetryPolicy | None = None
+    # Whether a participant's success answers what was asked (given the saga's data and the result): an
+    # error here fails the step, and what the participant did is compensated like any step that took effect.
+    check: Callable[[dict[str, Any], dict[str, Any]], OmsError | None] | None = None
 
 
 class SagaHooks(Protocol):
@@ -535,6 +538,15 @@ class SagaEngine:
                 await self.db.write(lambda tx, e=exc: self._step_failed(tx, run, step, e, e.code, uncertain=True))
                 return
             await self._after_transient(run, step, exc, attempt)
+            return
+        refused = step.check(run.data, result) if step.check is not None else None
+        if refused is not None:
+            self._count(step, refused.code)
+            log.error(
+                "a participant's success does not answer the request; the step is undone",
+                extra={"saga_id": run.saga_id, "order_id": run.ref, "step": step.name, "error": refused.message},
+            )
+            await self.db.write(lambda tx: self._step_failed(tx, run, step, refused, refused.code, uncertain=True))
             return
         self._count(step, "OK")
         elapsed_ms = (time.monotonic() - began) * 1000

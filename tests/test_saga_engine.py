@@ -55,6 +55,13 @@ class Participants:
                 "currency": "USD",
                 "created_at": "now",
             }
+        if route.subject == "payment.authorize":
+            return {
+                "order_id": body["order_id"],
+                "status": "AUTHORIZED",
+                "amount_cents": body["amount_cents"],
+                "currency": body["currency"],
+            }
         return {"order_id": body["order_id"], "status": "OK"}
 
     def subjects(self) -> list[str]:
@@ -103,7 +110,7 @@ async def test_happy_path_reserves_authorizes_and_confirms(db):
     assert row["total_cents"] == 2000
 
 
-async def test_the_order_keeps_the_lines_it_was_placed_with_and_takes_only_prices_from_the_reservation(db):
+async def test_a_reservation_of_other_quantities_than_asked_is_undone_and_nothing_is_charged(db):
     def short(subject, body, key):  # a faulty inventory that reserves one unit fewer than asked
         if subject != "inventory.reserve":
             return None
@@ -117,11 +124,30 @@ async def test_the_order_keeps_the_lines_it_was_placed_with_and_takes_only_price
             "created_at": "now",
         }
 
-    engine = SagaEngine(db, PLACE_ORDER, Participants(short).send, FAST)
+    p = Participants(short)
+    engine = SagaEngine(db, PLACE_ORDER, p.send, FAST)
     await place(db, engine)
+    # Confirmed, it would have sold two while one is held: the reservation is released, nothing charged.
+    assert p.subjects() == ["inventory.reserve", "inventory.release"]
+    assert await order_status(db) == ("FAILED", "CONFLICT")
     row = await db.read(lambda tx: store.get(tx, "ord_1"))
-    # Two were asked for: the order says so, so the audit can see that the reservation holds one.
-    assert store.to_order(row).items == [c.PricedLine(sku="KB-101", qty=2, unit_price_cents=1000)]
+    assert store.to_order(row).items == [c.PricedLine(sku="KB-101", qty=2)]  # the order keeps what was asked
+
+
+async def test_an_authorization_of_another_amount_than_the_total_is_refunded(db):
+    def overcharge(subject, body, key):
+        if subject != "payment.authorize":
+            return None
+        return {"order_id": body["order_id"], "status": "AUTHORIZED", "amount_cents": 2001, "currency": "USD"}
+
+    p = Participants(overcharge)
+    engine = SagaEngine(db, PLACE_ORDER, p.send, FAST)
+    await place(db, engine)
+    assert p.subjects() == ["inventory.reserve", "payment.authorize", "payment.refund", "inventory.release"]
+    assert await order_status(db) == ("FAILED", "CONFLICT")
+    saga = await db.read(lambda tx: engine.view(tx, "saga_ord_1"))
+    authorize = next(r for r in saga.steps if (r.step, r.action) == ("authorize_payment", "invoke"))
+    assert authorize.status == "FAILED" and "2001" in authorize.last_error["message"]
 
 
 async def test_out_of_stock_fails_without_compensating_anything(db):

@@ -52,6 +52,7 @@ class World:
             self.reservations[oid] = "ACTIVE"
             return {
                 "order_id": oid,
+                "status": "ACTIVE",
                 "items": [{**i, "unit_price_cents": 100} for i in body["items"]],
                 "total_cents": 100 * sum(i["qty"] for i in body["items"]),
                 "currency": "USD",
@@ -67,7 +68,12 @@ class World:
                 self.payments[oid] = "DECLINED"
                 raise PaymentDeclined("declined")
             self.payments[oid] = "AUTHORIZED"
-            return {"order_id": oid, "status": "AUTHORIZED"}
+            return {
+                "order_id": oid,
+                "status": "AUTHORIZED",
+                "amount_cents": body["amount_cents"],
+                "currency": body["currency"],
+            }
         assert subject == "payment.refund"
         state = self.payments.get(oid)
         self.payments[oid] = "REFUNDED" if state == "AUTHORIZED" else ("VOIDED" if state != "REFUNDED" else state)
