@@ -713,7 +713,14 @@ class SagaEngine:
         tx.emit(
             "step_failed",
             run.ref,
-            {"step": step.name, "attempt": run.attempts, "error": exc.code, "message": exc.message},
+            # `uncertain`: the step may have taken effect and is compensated; a rebuild by replay needs to know.
+            {
+                "step": step.name,
+                "attempt": run.attempts,
+                "error": exc.code,
+                "message": exc.message,
+                "uncertain": bool(record["uncertain"]),
+            },
             order_id=run.ref,
             saga_id=run.saga_id,
         )

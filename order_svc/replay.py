@@ -138,7 +138,9 @@ def _step_failed(tx: Tx, e: c.Event, at: float) -> None:
         return
     d = e.data
     _earlier_succeeded(tx, e.saga_id, d["step"], at)
-    uncertain = int(d["error"] not in FINAL_CODES)
+    # Events since `uncertain` was added say whether the step may have taken effect (a success refused by the
+    # saga's check did, with a final code); earlier ones leave it to the code.
+    uncertain = int(d.get("uncertain", d["error"] not in FINAL_CODES))
     _record(
         tx, e.saga_id, d["step"], "invoke", "FAILED", at, attempts=d["attempt"], uncertain=uncertain, error=_error(d)
     )

@@ -509,3 +509,62 @@ async def test_a_cancel_that_meets_a_failed_driver_goes_on_from_the_records_not_
     kinds = await db.read(lambda tx: [r[0].split(".")[2] for r in tx.all("SELECT subject FROM outbox ORDER BY seq")])
     assert kinds == ["order_created", "order_compensating", "step_compensated", "step_compensated", "order_cancelled"]
     await engine.stop()
+
+
+@pytest.mark.parametrize("refused", ["inventory.reserve", "payment.authorize"])
+async def test_a_step_refused_by_the_check_is_still_undone_after_the_order_database_is_rebuilt(db, tmp_path, refused):
+    from bus import jsonb
+    from bus.settings import Settings
+    from order_svc import replay
+
+    undo = {"inventory.reserve": "inventory.release", "payment.authorize": "payment.refund"}[refused]
+    reachable = asyncio.Event()  # compensations fail until the database is lost and rebuilt
+
+    def script(subject: str, body: dict[str, Any], key: str) -> Any:
+        if subject == refused == "inventory.reserve":  # one unit fewer than asked
+            items = [{**line, "qty": line["qty"] - 1, "unit_price_cents": 1000} for line in body["items"]]
+            return {
+                "order_id": body["order_id"],
+                "status": "ACTIVE",
+                "items": items,
+                "total_cents": 1000,
+                "currency": "USD",
+            }
+        if subject == refused == "payment.authorize":
+            return {"order_id": body["order_id"], "status": "AUTHORIZED", "amount_cents": 1, "currency": "USD"}
+        if subject in ("inventory.release", "payment.refund") and not reachable.is_set():
+            return Unavailable("down")
+        return None
+
+    before = Participants(script)
+    engine = SagaEngine(db, PLACE_ORDER, before.send, FAST)
+    cmd = c.PlaceOrder(customer_id="c1", items=[c.Line(sku="KB-101", qty=2)])
+    data = {"order_id": "ord_1", "customer_id": "c1", "items": [{"sku": "KB-101", "qty": 2}], "payment_method": "card"}
+
+    def create(tx):
+        store.create(tx, "ord_1", "saga_ord_1", cmd)
+        return engine.create(tx, "saga_ord_1", "ord_1", data)
+
+    engine.start(await db.write(create))
+    await wait_for(lambda: undo in before.subjects(), what="the refused step's compensation to be tried")
+    await engine.stop()
+    events = await db.read(lambda tx: [jsonb.loads(r["body"]) for r in tx.all("SELECT body FROM outbox ORDER BY seq")])
+
+    # The order database is lost; what its events tell is all that is left.
+    async with Database(tmp_path / "rebuilt.db", "orders", ORDERS_SPEC.migrations) as rebuilt:
+
+        def project(tx):
+            for body in events:
+                replay.apply(tx, c.Event.model_validate(body))
+            replay.settle(tx, Settings())
+
+        await rebuilt.write(project)
+        reachable.set()
+        after = Participants(script)
+        resumed = SagaEngine(rebuilt, PLACE_ORDER, after.send, FAST)
+        await resumed.resume_all()
+        assert await resumed.wait("saga_ord_1", 10)
+        status = await rebuilt.read(lambda tx: tuple(tx.one("SELECT status, failure_reason FROM orders")))
+        await resumed.stop()
+    # What the participant did on the refused request is undone, rebuilt or not.
+    assert undo in after.subjects() and status == ("FAILED", "CONFLICT")
