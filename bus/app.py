@@ -22,7 +22,7 @@ from bus import logs, loop
 from bus.client import Client
 from bus.connect import connect
 from bus.contract import Event, Health, HealthQuery
-from bus.db import Database, Tx
+from bus.db import Database, DatabaseInUse, SqliteTooOld, Tx
 from bus.errors import Unavailable
 from bus.ids import iso
 from bus.metrics import Metrics
@@ -222,3 +222,6 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> None:
     except Unavailable as exc:  # e.g. refused credentials: retrying does not help, and the message says why
         log.error("cannot start", extra={"error": exc.message})
         sys.exit(f"{spec.name}: {exc.message}")
+    except (DatabaseInUse, SqliteTooOld) as exc:  # its file is being rebuilt, or this Python cannot run it
+        log.error("cannot start", extra={"error": str(exc)})
+        sys.exit(f"{spec.name}: {exc}")

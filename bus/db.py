@@ -360,11 +360,15 @@ def outbox_rows(conn: sqlite3.Connection) -> list[OutboxRow]:
     return [OutboxRow(*row) for row in conn.execute("SELECT seq, event_id, subject, body FROM outbox ORDER BY seq")]
 
 
+class SqliteTooOld(RuntimeError):
+    """The SQLite library behind Python's sqlite3 lacks statements OMS runs."""
+
+
 def require_sqlite(version: tuple[int, ...]) -> None:
     """Refuse an SQLite library older than the statements OMS runs need."""
     if tuple(version) < SQLITE_NEEDED:
         have, need = ".".join(map(str, version)), ".".join(map(str, SQLITE_NEEDED))
-        raise RuntimeError(
+        raise SqliteTooOld(
             f"SQLite {have} is too old: OMS needs {need} or later (UPDATE ... RETURNING, JSON functions). "
             "Use a Python linked against a newer SQLite (python.org builds and the python:3.11 images are)"
         )

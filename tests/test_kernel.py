@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import gc
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +20,7 @@ from bus import contract as c
 from bus import loop
 from bus.app import running
 from bus.audit import run_audit
-from bus.db import SQLITE_NEEDED, Database, require_sqlite
+from bus.db import SQLITE_NEEDED, Database, hold_lock, require_sqlite
 from bus.errors import Conflict, OutOfStock
 from bus.idempotency import once, request_hash
 from bus.outbox import Relay, ensure_stream
@@ -61,6 +64,22 @@ def test_an_sqlite_too_old_for_the_statements_is_refused_with_the_reason():
     require_sqlite(SQLITE_NEEDED)  # this machine's, or newer, passes: the suite runs on it
     with pytest.raises(RuntimeError, match=r"SQLite 3\.34\.1 is too old: OMS needs 3\.38\.0 or later"):
         require_sqlite((3, 34, 1))
+
+
+def test_a_service_started_while_its_database_is_rebuilt_exits_with_the_reason_and_no_traceback(tmp_path):
+    path = Settings(home=tmp_path).db_path("payment")
+    path.parent.mkdir(parents=True)
+    rebuilding = hold_lock(path, exclusive=True)  # as `oms recover payment` holds it
+    try:
+        env = {**os.environ, "OMS_HOME": str(tmp_path), "OMS_NATS_URL": "nats://127.0.0.1:1"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "payment_svc"], env=env, capture_output=True, text=True, timeout=120
+        )
+    finally:
+        os.close(rebuilding)
+    assert proc.returncode == 1
+    assert "payment: " in proc.stderr and "is being rebuilt by replay" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 async def test_migrations_run_once(tmp_path):
