@@ -190,7 +190,7 @@ class Step:
 class SagaHooks(Protocol):
     """What the owning service does, in the same transaction, when a saga changes course."""
 
-    def on_stop_requested(self, tx: Tx, run: SagaRun, reason: str) -> None: ...
+    def on_stop_requested(self, tx: Tx, run: SagaRun, reason: str, note: str | None) -> None: ...
     def on_compensating(self, tx: Tx, run: SagaRun, reason: str) -> None: ...
     def on_finished(self, tx: Tx, run: SagaRun, status: str, reason: str | None) -> None: ...
 
@@ -426,40 +426,43 @@ class SagaEngine:
         run.wake.set()
         return True
 
-    async def stop_forward(self, saga_id: str, reason: str) -> str:
-        """Cancel or abort: a running saga compensates at its next step boundary; a completed one
-        is reopened and compensated. Returns the saga's status afterwards."""
+    def request_stop(
+        self, tx: Tx, saga_id: str, reason: str, *, reopen: bool, note: str | None = None
+    ) -> tuple[SagaRun | None, bool]:
+        """Cancel or abort, in the caller's unit of work (with whatever else asked for it, so that a crash
+        cannot keep one without the other). A running saga turns back at its next step boundary; the first
+        stop asked for wins. A completed one is reopened and compensated, when `reopen`. Returns the run and
+        whether it was being driven here: hand both to `stopped` once the unit has committed."""
+        row = tx.one("SELECT * FROM sagas WHERE saga_id = ?", (saga_id,))
+        if row is None:
+            return None, False
+        driven = saga_id in self._runs
+        run = self._runs.get(saga_id) or SagaRun.from_row(row)
+        if row["status"] == RUNNING and not row["stop_reason"]:
+            tx.execute(
+                "UPDATE sagas SET stop_reason = ?, updated_at = ? WHERE saga_id = ?", (reason, self.clock(), saga_id)
+            )
+            run.stop_reason = reason
+            # A state change like any other: its event lets a rebuild by replay turn the saga back too.
+            self.saga.hooks.on_stop_requested(tx, run, reason, note)
+        elif row["status"] == COMPLETED and reopen:
+            run.status = RUNNING  # so that the transition below is the normal one
+            self._begin_compensation(tx, run, reason, index=len(self.saga.steps) - 1)
+        return run, driven
 
-        def unit(tx: Tx) -> SagaRun | None:
-            row = tx.one("SELECT * FROM sagas WHERE saga_id = ?", (saga_id,))
-            if row is None:
-                return None
-            run = self._runs.get(saga_id) or SagaRun.from_row(row)
-            driven.append(run.saga_id in self._runs)
-            if row["status"] == RUNNING:
-                tx.execute(
-                    "UPDATE sagas SET stop_reason = ?, updated_at = ? WHERE saga_id = ?",
-                    (reason, self.clock(), saga_id),
-                )
-                run.stop_reason = reason
-                # A state change like any other: its event lets a rebuild by replay turn the saga back too.
-                self.saga.hooks.on_stop_requested(tx, run, reason)
-            elif row["status"] == COMPLETED:
-                run.status = RUNNING  # so that the transition below is the normal one
-                self._begin_compensation(tx, run, reason, index=len(self.saga.steps) - 1)
-            return run
-
-        driven: list[bool] = []
-        run = await self.db.write(unit)
+    async def stopped(self, run: SagaRun | None, driven: bool) -> str:
+        """After `request_stop` committed: wake the saga's driver, or drive it. Returns its status."""
         if run is None:
             return "UNKNOWN"
         if run.saga_id in self._runs:
             run.wake.set()
-        elif not driven[-1]:
+        elif not driven:
+            run.settle_seq = self.db.horizon  # as a resumed saga: nothing is sent before its events are out
             self.start(run)
         else:
             # Its driver stopped since: the saga ended, or a unit of its failed, which may have left this run
             # ahead of what was committed. Go on from the records (the stop is among them), never from it.
+            saga_id = run.saga_id
             row = await self.db.read(lambda tx: tx.one("SELECT * FROM sagas WHERE saga_id = ?", (saga_id,)))
             if row is None:
                 return "UNKNOWN"
@@ -467,6 +470,11 @@ class SagaEngine:
                 self._resume(row)
             return str(row["status"])
         return run.status
+
+    async def stop_forward(self, saga_id: str, reason: str, *, reopen: bool = True, note: str | None = None) -> str:
+        """`request_stop` in a unit of its own, then `stopped`."""
+        run, driven = await self.db.write(lambda tx: self.request_stop(tx, saga_id, reason, reopen=reopen, note=note))
+        return await self.stopped(run, driven)
 
     # -- driving --------------------------------------------------------------
 
@@ -521,6 +529,7 @@ class SagaEngine:
             run.start_recorded = False
         attempt = run.attempts
         began = time.monotonic()
+        run.wake.clear()  # from here on, a stop or a retry asked for cuts the backoff after this attempt short
         try:
             result = await self.send(
                 step.invoke.route,
@@ -585,6 +594,7 @@ class SagaEngine:
         attempt = run.comp_failures + 1
         await self.db.commit(lambda tx: self._record_start(tx, run, step, "compensate", attempt))
         began = time.monotonic()
+        run.wake.clear()
         try:
             await self.send(
                 step.compensate.route,
@@ -608,11 +618,15 @@ class SagaEngine:
         await self.db.commit(lambda tx: self._compensated(tx, run, step, elapsed_ms))
 
     async def _sleep(self, run: SagaRun, delay: float) -> None:
+        """Wait out a backoff, or less: a stop or a retry asked for since the attempt began (while its request
+        was out, too) ends it at once."""
+        if not run.wake.is_set():
+            try:
+                async with asyncio.timeout(delay):
+                    await run.wake.wait()
+            except TimeoutError:
+                pass
         run.wake.clear()
-        try:
-            await asyncio.wait_for(run.wake.wait(), delay)
-        except TimeoutError:
-            pass
 
     def _count(self, step: Step, outcome: str) -> None:
         if self.metrics:

@@ -172,15 +172,20 @@ def _compensating(tx: Tx, e: c.Event, at: float) -> None:
 
 
 def _cancel_requested(tx: Tx, e: c.Event, at: float) -> None:
-    """The saga turns back at its next step boundary; a confirmed one is reopened when the caller asks again."""
+    """The saga turns back at its next step boundary; a confirmed one was reopened in the same unit of work
+    (its `order_compensating` follows)."""
     tx.execute("UPDATE orders SET cancel_reason = ? WHERE order_id = ?", (e.data["reason"], e.order_id))
-    tx.execute("UPDATE sagas SET stop_reason = 'CANCELLED' WHERE saga_id = ? AND status = ?", (e.saga_id, RUNNING))
+    tx.execute(  # the first stop asked for wins, as in the engine
+        "UPDATE sagas SET stop_reason = 'CANCELLED' WHERE saga_id = ? AND status = ? AND stop_reason IS NULL",
+        (e.saga_id, RUNNING),
+    )
 
 
 def _abort_requested(tx: Tx, e: c.Event, at: float) -> None:
     """An operator aborted the saga: it turns back at its next step boundary, as it would have."""
     tx.execute(
-        "UPDATE sagas SET stop_reason = ? WHERE saga_id = ? AND status = ?", (e.data["reason"], e.saga_id, RUNNING)
+        "UPDATE sagas SET stop_reason = ? WHERE saga_id = ? AND status = ? AND stop_reason IS NULL",
+        (e.data["reason"], e.saga_id, RUNNING),
     )
 
 

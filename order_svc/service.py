@@ -85,12 +85,22 @@ class Orders:
         return c.OrderList(orders=await self.k.db.read(lambda tx: store.listing(tx, cmd)))
 
     async def cancel(self, cmd: c.CancelOrder, call: Call) -> c.Order:
-        await self.k.db.write(call.once(cmd, lambda tx: store.request_cancel(tx, cmd)))
+        saga_id = saga_of(cmd.order_id)
+        stop: list[tuple[SagaRun | None, bool]] = []
+
+        def effect(tx: Tx) -> c.Order:
+            order = store.request_cancel(tx, cmd)
+            if store.wants_cancel(order):  # the cancel and the saga's stop commit together: a crash keeps both
+                stop.append(self.engine.request_stop(tx, saga_id, "CANCELLED", reopen=True))
+            return order
+
+        await self.k.db.write(call.once(cmd, effect))
+        if stop:
+            await self.engine.stopped(*stop[0])
         order = await self.k.db.read(lambda tx: store.to_order(store.get(tx, cmd.order_id)))
-        # Also on a repeat: a cancel noted just before a crash still turns the saga back.
-        if store.wants_cancel(order):
-            saga_id = saga_of(cmd.order_id)
-            await self.engine.stop_forward(saga_id, "CANCELLED")
+        if stop or store.wants_cancel(order):
+            if not stop:  # a repeat of the key: a cancel noted by an earlier version still turns the saga back
+                await self.engine.stop_forward(saga_id, "CANCELLED")
             await self.engine.wait(saga_id, CANCEL_WAIT_S)
             order = await self.k.db.read(lambda tx: store.to_order(store.get(tx, cmd.order_id)))
         return order
@@ -125,7 +135,10 @@ class Orders:
         view = await self.saga_get(c.SagaRef(saga_id=cmd.saga_id), call)
         if view.status != "RUNNING":
             raise Conflict(f"saga {cmd.saga_id} is {view.status}; only a running saga can be aborted")
-        await self.engine.stop_forward(cmd.saga_id, "ABORTED")
+        # Never reopened: a saga that completed since the check above stays completed (only a cancel reopens).
+        status = await self.engine.stop_forward(cmd.saga_id, "ABORTED", reopen=False, note=cmd.reason)
+        if status not in ACTIVE:
+            raise Conflict(f"saga {cmd.saga_id} is {status}; only a running saga can be aborted")
         await self.engine.wait(cmd.saga_id, CANCEL_WAIT_S)
         return await self.saga_get(c.SagaRef(saga_id=cmd.saga_id), call)
 

@@ -165,10 +165,12 @@ def _started(record: dict[str, Any]) -> float:
 class OrderHooks:
     """The order's status follows its saga."""
 
-    def on_stop_requested(self, tx: Tx, run: SagaRun, reason: str) -> None:
-        """An operator's abort has its event here; a cancel had its own (`cancel_requested`) already."""
+    def on_stop_requested(self, tx: Tx, run: SagaRun, reason: str, note: str | None) -> None:
+        """An operator's abort has its event here, with the operator's note; a cancel has its own
+        (`cancel_requested`), written in the same unit of work."""
         if reason != "CANCELLED":
-            tx.emit("abort_requested", run.ref, {"reason": reason}, order_id=run.ref, saga_id=run.saga_id)
+            data = {"reason": reason, "note": note}
+            tx.emit("abort_requested", run.ref, data, order_id=run.ref, saga_id=run.saga_id)
 
     def on_compensating(self, tx: Tx, run: SagaRun, reason: str) -> None:
         now = now_iso()

@@ -418,13 +418,16 @@ async def test_an_abort_is_an_event_and_a_rebuild_turns_the_saga_back_as_well(db
     engine = SagaEngine(db, PLACE_ORDER, script_authorize_waits, FAST)
     placing = asyncio.create_task(place(db, engine, "ord_a"))
     await asyncio.wait_for(paying.wait(), 10)
-    assert await engine.stop_forward("saga_ord_a", "ABORTED") == "RUNNING"  # turns back at the step's end
+    # turns back at the step's end
+    assert await engine.stop_forward("saga_ord_a", "ABORTED", note="payment provider incident") == "RUNNING"
     release.set()
     await placing
     assert await order_status(db, "ord_a") == ("FAILED", "ABORTED")
     events = await db.read(lambda tx: [jsonb.loads(r["body"]) for r in tx.all("SELECT body FROM outbox ORDER BY seq")])
     types = [e["type"] for e in events]
     assert "abort_requested" in types and types.index("abort_requested") < types.index("order_compensating")
+    abort = events[types.index("abort_requested")]["data"]
+    assert abort == {"reason": "ABORTED", "note": "payment provider incident"}  # the operator's words are kept
 
     # A rebuild that saw the abort but not yet the turn back (the database lost in between) turns back too.
     async with Database(tmp_path / "rebuilt.db", "orders", ORDERS_SPEC.migrations) as rebuilt:
@@ -568,3 +571,150 @@ async def test_a_step_refused_by_the_check_is_still_undone_after_the_order_datab
         await resumed.stop()
     # What the participant did on the refused request is undone, rebuilt or not.
     assert undo in after.subjects() and status == ("FAILED", "CONFLICT")
+
+
+# -- cancels and aborts against a saga in flight (through the order service's handlers) ----------------------
+
+
+def _create(engine: SagaEngine, order_id: str) -> Callable[[Any], Any]:
+    from order_svc.service import saga_of
+
+    cmd = c.PlaceOrder(customer_id="c1", items=[c.Line(sku="KB-101", qty=1)])
+    data = {"order_id": order_id, "customer_id": "c1", "items": [{"sku": "KB-101", "qty": 1}], "payment_method": "card"}
+
+    def unit(tx):  # the saga's id follows from the order's, as in the order service
+        store.create(tx, order_id, saga_of(order_id), cmd)
+        return engine.create(tx, saga_of(order_id), order_id, data)
+
+    return unit
+
+
+def _held_at_authorize(gate: asyncio.Event, reached: asyncio.Event) -> Callable[..., Any]:
+    async def send(route, payload, **kw):
+        if route.subject == "payment.authorize":
+            reached.set()
+            await gate.wait()
+        return await Participants().send(route, payload, **kw)
+
+    return send
+
+
+def _orders(db: Database, engine: SagaEngine) -> Any:
+    from types import SimpleNamespace
+
+    from order_svc.service import Orders
+
+    return Orders(SimpleNamespace(db=db), engine)  # type: ignore[arg-type]  # its handlers use the database only
+
+
+def _call(route: Any) -> Any:
+    from bus.service import Call
+
+    return Call(route)
+
+
+async def test_a_cancel_accepted_just_before_a_crash_still_turns_the_saga_back(db):
+    from bus import subjects as s
+
+    gate, reached = asyncio.Event(), asyncio.Event()
+    engine = SagaEngine(db, PLACE_ORDER, _held_at_authorize(gate, reached), FAST)
+    engine.start(await db.write(_create(engine, "ord_c")))
+    await asyncio.wait_for(reached.wait(), 10)
+
+    class Died(Exception):
+        pass
+
+    async def dies(*args: Any) -> str:  # the process dies as soon as the cancel has committed
+        await engine.stop()
+        raise Died
+
+    engine.stopped = dies  # type: ignore[method-assign]
+    with pytest.raises(Died):
+        await _orders(db, engine).cancel(c.CancelOrder(order_id="ord_c", reason="changed mind"), _call(s.ORDERS_CANCEL))
+    p = Participants()
+    fresh = SagaEngine(db, PLACE_ORDER, p.send, FAST)
+    assert await fresh.resume_all() == 1
+    assert await fresh.wait("saga_c", 10)
+    # The cancel and the saga's stop were one unit of work: the restarted saga turns back instead of confirming.
+    assert await order_status(db, "ord_c") == ("CANCELLED", None)
+    assert p.subjects() == ["payment.refund", "inventory.release"]  # the authorize may have happened: undone too
+
+
+async def test_an_abort_that_finds_the_saga_completed_leaves_the_confirmed_order_alone(db):
+    from bus import subjects as s
+    from bus.errors import Conflict
+
+    gate, reached = asyncio.Event(), asyncio.Event()
+    engine = SagaEngine(db, PLACE_ORDER, _held_at_authorize(gate, reached), FAST)
+    engine.start(await db.write(_create(engine, "ord_a")))
+    await asyncio.wait_for(reached.wait(), 10)
+    stop_forward = engine.stop_forward
+
+    async def completes_first(saga_id: str, reason: str, **options: Any) -> str:
+        gate.set()  # the authorize answers between the abort's check of the status and its write
+        assert await engine.wait(saga_id, 10)
+        return await stop_forward(saga_id, reason, **options)
+
+    engine.stop_forward = completes_first  # type: ignore[method-assign]
+    with pytest.raises(Conflict, match="is COMPLETED; only a running saga can be aborted"):
+        await _orders(db, engine).saga_abort(c.SagaAbort(saga_id="saga_a"), _call(s.SAGA_ABORT))
+    assert await order_status(db, "ord_a") == ("CONFIRMED", None)
+
+
+async def test_the_first_stop_asked_for_wins_a_cancel_then_an_abort_ends_cancelled(db):
+    from bus import subjects as s
+
+    gate, reached = asyncio.Event(), asyncio.Event()
+    engine = SagaEngine(db, PLACE_ORDER, _held_at_authorize(gate, reached), FAST)
+    engine.start(await db.write(_create(engine, "ord_b")))
+    await asyncio.wait_for(reached.wait(), 10)
+    orders = _orders(db, engine)
+    cancel = asyncio.create_task(orders.cancel(c.CancelOrder(order_id="ord_b"), _call(s.ORDERS_CANCEL)))
+
+    async def stop_noted() -> bool:
+        row = await db.read(lambda tx: tx.one("SELECT stop_reason FROM sagas WHERE saga_id = 'saga_b'"))
+        return row["stop_reason"] == "CANCELLED"
+
+    await wait_for(stop_noted, what="the cancel to be noted")
+    stop_forward, asked = engine.stop_forward, asyncio.Event()
+
+    async def abort_asked(*args: Any, **options: Any) -> str:
+        try:
+            return await stop_forward(*args, **options)
+        finally:
+            asked.set()
+
+    engine.stop_forward = abort_asked  # type: ignore[method-assign]
+    abort = asyncio.create_task(orders.saga_abort(c.SagaAbort(saga_id="saga_b"), _call(s.SAGA_ABORT)))
+    await asyncio.wait_for(asked.wait(), 10)  # the abort is in before the saga moves on
+    gate.set()
+    assert (await cancel).status == c.OrderStatus.CANCELLED
+    assert (await abort).status == "CANCELLED"
+    assert await order_status(db, "ord_b") == ("CANCELLED", None)
+
+
+async def test_a_cancel_asked_for_while_a_request_is_out_does_not_wait_out_the_backoff(db):
+    from bus import subjects as s
+
+    # A minute of backoff after a timeout: without the wake that came during the request, the saga sleeps it out.
+    slow = SagaSettings(step_timeout_ms=50, deadline_ms=600_000, retry_initial_ms=60_000, retry_max_interval_ms=60_000)
+    gate, reached = asyncio.Event(), asyncio.Event()
+
+    async def send(route, payload, **kw):
+        if route.subject == "payment.authorize" and not gate.is_set():
+            reached.set()
+            await gate.wait()
+            raise RequestTimeout("no answer")
+        return await Participants().send(route, payload, **kw)
+
+    class Longest(random.Random):
+        def uniform(self, a: float, b: float) -> float:
+            return b
+
+    engine = SagaEngine(db, PLACE_ORDER, send, slow, rng=Longest())
+    engine.start(await db.write(_create(engine, "ord_w")))
+    await asyncio.wait_for(reached.wait(), 10)
+    cancel = asyncio.create_task(_orders(db, engine).cancel(c.CancelOrder(order_id="ord_w"), _call(s.ORDERS_CANCEL)))
+    await wait_for(lambda: engine._runs["saga_w"].stop_reason == "CANCELLED", what="the cancel to be noted")
+    gate.set()  # the authorize times out after the cancel arrived
+    assert (await cancel).status == c.OrderStatus.CANCELLED  # within the cancel's own wait (10 s), not a minute
