@@ -419,6 +419,10 @@ class SagaEngine:
 
     # -- operator and user actions -------------------------------------------
 
+    def driving(self, saga_id: str) -> bool:
+        """Whether this instance drives the saga now."""
+        return saga_id in self._runs
+
     def retry_now(self, saga_id: str) -> bool:
         run = self._runs.get(saga_id)
         if run is None:

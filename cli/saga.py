@@ -1,4 +1,4 @@
-"""`oms saga`: list and inspect the order service's sagas; retry or abort one that is stuck (operator)."""
+"""`oms saga`: list and inspect the order service's sagas; retry one that waits (operator), or abort a running one."""
 
 from __future__ import annotations
 
@@ -91,7 +91,11 @@ def list_(
         SagaStatus | None, typer.Option("--status", "-s", case_sensitive=False, help="Only sagas in this state.")
     ] = None,
     stuck: Annotated[
-        bool, typer.Option("--stuck", help="Only sagas whose compensation keeps failing (retry or abort them).")
+        bool,
+        typer.Option(
+            "--stuck",
+            help="Only sagas whose compensation keeps failing (retry them: a compensation is never given up).",
+        ),
     ] = False,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000, help="At most this many.")] = 50,
     as_json: JsonFlag = False,

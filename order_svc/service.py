@@ -127,18 +127,37 @@ class Orders:
         view = await self.saga_get(c.SagaRef(saga_id=cmd.saga_id), call)
         if view.status not in ("RUNNING", "COMPENSATING"):
             raise Conflict(f"saga {cmd.saga_id} is {view.status}; only a running saga can be retried")
-        if not self.engine.retry_now(cmd.saga_id):
+        if not self.engine.driving(cmd.saga_id):
             raise Conflict(f"saga {cmd.saga_id} is not being driven by this instance")
-        return view
+        # With a key, the retry is asked for once: a repeat answers with the saga as it is now.
+        asked: list[bool] = []
+
+        def effect(tx: Tx) -> c.SagaRef:
+            asked.append(True)
+            return c.SagaRef(saga_id=cmd.saga_id)
+
+        await self.k.db.write(call.once(cmd, effect))
+        if asked and not self.engine.retry_now(cmd.saga_id):
+            raise Conflict(f"saga {cmd.saga_id} is not being driven by this instance")
+        return view if asked else await self.saga_get(c.SagaRef(saga_id=cmd.saga_id), call)
 
     async def saga_abort(self, cmd: c.SagaAbort, call: Call) -> c.SagaView:
-        view = await self.saga_get(c.SagaRef(saga_id=cmd.saga_id), call)
-        if view.status != "RUNNING":
-            raise Conflict(f"saga {cmd.saga_id} is {view.status}; only a running saga can be aborted")
-        # Never reopened: a saga that completed since the check above stays completed (only a cancel reopens).
-        status = await self.engine.stop_forward(cmd.saga_id, "ABORTED", reopen=False, note=cmd.reason)
-        if status not in ACTIVE:
-            raise Conflict(f"saga {cmd.saga_id} is {status}; only a running saga can be aborted")
+        stop: list[tuple[SagaRun | None, bool]] = []
+
+        def effect(tx: Tx) -> c.SagaRef:
+            # The check and the stop in one unit: a saga that completes meanwhile is refused, never reopened.
+            row = tx.one("SELECT status FROM sagas WHERE saga_id = ?", (cmd.saga_id,))
+            if row is None:
+                raise NotFound(f"no saga {cmd.saga_id}", {"saga_id": cmd.saga_id})
+            if row["status"] != "RUNNING":
+                raise Conflict(f"saga {cmd.saga_id} is {row['status']}; only a running saga can be aborted")
+            stop.append(self.engine.request_stop(tx, cmd.saga_id, "ABORTED", reopen=False, note=cmd.reason))
+            return c.SagaRef(saga_id=cmd.saga_id)
+
+        # With a key, a repeat does not abort again: it answers with the saga as it is now (or the same refusal).
+        await self.k.db.write(call.once(cmd, effect))
+        if stop:
+            await self.engine.stopped(*stop[0])
         await self.engine.wait(cmd.saga_id, CANCEL_WAIT_S)
         return await self.saga_get(c.SagaRef(saga_id=cmd.saga_id), call)
 

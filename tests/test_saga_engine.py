@@ -644,21 +644,43 @@ async def test_an_abort_that_finds_the_saga_completed_leaves_the_confirmed_order
     from bus import subjects as s
     from bus.errors import Conflict
 
-    gate, reached = asyncio.Event(), asyncio.Event()
-    engine = SagaEngine(db, PLACE_ORDER, _held_at_authorize(gate, reached), FAST)
+    engine = SagaEngine(db, PLACE_ORDER, Participants().send, FAST)
     engine.start(await db.write(_create(engine, "ord_a")))
-    await asyncio.wait_for(reached.wait(), 10)
-    stop_forward = engine.stop_forward
-
-    async def completes_first(saga_id: str, reason: str, **options: Any) -> str:
-        gate.set()  # the authorize answers between the abort's check of the status and its write
-        assert await engine.wait(saga_id, 10)
-        return await stop_forward(saga_id, reason, **options)
-
-    engine.stop_forward = completes_first  # type: ignore[method-assign]
+    assert await engine.wait("saga_a", 10)
+    assert await order_status(db, "ord_a") == ("CONFIRMED", None)
+    # Only a cancel reopens a completed saga: a stop that may not reopen leaves it as it is ...
+    assert await engine.stop_forward("saga_a", "ABORTED", reopen=False) == "COMPLETED"
+    # ... and the abort checks and stops in one unit of work, so a saga completing meanwhile is refused.
     with pytest.raises(Conflict, match="is COMPLETED; only a running saga can be aborted"):
         await _orders(db, engine).saga_abort(c.SagaAbort(saga_id="saga_a"), _call(s.SAGA_ABORT))
     assert await order_status(db, "ord_a") == ("CONFIRMED", None)
+
+
+async def test_an_abort_or_a_retry_repeated_with_its_key_answers_without_acting_again(db):
+    from bus import subjects as s
+    from bus.idempotency import request_hash
+    from bus.service import Call
+
+    gate, reached = asyncio.Event(), asyncio.Event()
+    engine = SagaEngine(db, PLACE_ORDER, _held_at_authorize(gate, reached), FAST)
+    engine.start(await db.write(_create(engine, "ord_k")))
+    await asyncio.wait_for(reached.wait(), 10)
+    orders = _orders(db, engine)
+    abort = c.SagaAbort(saga_id="saga_k", reason="incident")
+    first = asyncio.create_task(orders.saga_abort(abort, Call(s.SAGA_ABORT, "abort-1")))
+
+    async def stop_noted() -> bool:
+        row = await db.read(lambda tx: tx.one("SELECT stop_reason FROM sagas WHERE saga_id = 'saga_k'"))
+        return row["stop_reason"] == "ABORTED"
+
+    await wait_for(stop_noted, what="the abort to be noted")
+    gate.set()
+    assert (await first).status == "FAILED"
+    # The same key again: the stored answer, then the saga as it is now; not "only a running saga can be aborted".
+    again = await orders.saga_abort(abort, Call(s.SAGA_ABORT, "abort-1"))
+    assert (again.status, again.failure_reason) == ("FAILED", "ABORTED")
+    stored = await db.read(lambda tx: tx.one("SELECT request_hash FROM idempotency WHERE key = 'abort-1'"))
+    assert stored["request_hash"] == request_hash(abort)
 
 
 async def test_the_first_stop_asked_for_wins_a_cancel_then_an_abort_ends_cancelled(db):
@@ -676,15 +698,15 @@ async def test_the_first_stop_asked_for_wins_a_cancel_then_an_abort_ends_cancell
         return row["stop_reason"] == "CANCELLED"
 
     await wait_for(stop_noted, what="the cancel to be noted")
-    stop_forward, asked = engine.stop_forward, asyncio.Event()
+    stopped, asked = engine.stopped, asyncio.Event()
 
-    async def abort_asked(*args: Any, **options: Any) -> str:
+    async def abort_asked(*args: Any) -> str:  # the abort's unit of work has committed
         try:
-            return await stop_forward(*args, **options)
+            return await stopped(*args)
         finally:
             asked.set()
 
-    engine.stop_forward = abort_asked  # type: ignore[method-assign]
+    engine.stopped = abort_asked  # type: ignore[method-assign]
     abort = asyncio.create_task(orders.saga_abort(c.SagaAbort(saga_id="saga_b"), _call(s.SAGA_ABORT)))
     await asyncio.wait_for(asked.wait(), 10)  # the abort is in before the saga moves on
     gate.set()
