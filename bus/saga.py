@@ -458,8 +458,13 @@ class SagaEngine:
         """After `request_stop` committed: wake the saga's driver, or drive it. Returns its status."""
         if run is None:
             return "UNKNOWN"
-        if run.saga_id in self._runs:
-            run.wake.set()
+        live = self._runs.get(run.saga_id)
+        if live is not None:
+            # Driven by another run than the one the stop was noted on (its driver started after the unit read
+            # the saga): the stop is committed, so the live run learns it too.
+            if live is not run and run.stop_reason and not live.stop_reason and live.status == RUNNING:
+                live.stop_reason = run.stop_reason
+            live.wake.set()
         elif not driven:
             run.settle_seq = self.db.horizon  # as a resumed saga: nothing is sent before its events are out
             self.start(run)
@@ -515,6 +520,8 @@ class SagaEngine:
                     self.metrics.child(self.metrics.saga_duration, outcome).observe(time.monotonic() - started)
 
     async def _forward(self, run: SagaRun) -> None:
+        # From here on, a stop or a retry asked for cuts the backoff after this attempt short.
+        run.wake.clear()
         if run.stop_reason:
             await self.db.write(lambda tx: self._begin_compensation(tx, run, run.stop_reason or "CANCELLED"))
             return
@@ -531,9 +538,10 @@ class SagaEngine:
         else:
             await self.db.write(lambda tx: self._record_start(tx, run, step, "invoke", run.attempts + 1), settle=False)
             run.start_recorded = False
+            if run.stop_reason:  # asked for while the attempt was being recorded: turn back before sending it
+                return
         attempt = run.attempts
         began = time.monotonic()
-        run.wake.clear()  # from here on, a stop or a retry asked for cuts the backoff after this attempt short
         try:
             result = await self.send(
                 step.invoke.route,
@@ -596,9 +604,9 @@ class SagaEngine:
         assert step.compensate is not None
         run.step_index = index
         attempt = run.comp_failures + 1
+        run.wake.clear()  # a retry asked for from here on cuts the backoff after this attempt short
         await self.db.commit(lambda tx: self._record_start(tx, run, step, "compensate", attempt))
         began = time.monotonic()
-        run.wake.clear()
         try:
             await self.send(
                 step.compensate.route,

@@ -15,7 +15,7 @@ from bus.app import Kernel, ServiceSpec
 from bus.breaker import Breakers
 from bus.client import Client
 from bus.db import Tx
-from bus.errors import BreakerOpen, Conflict, NotFound, OmsError
+from bus.errors import BreakerOpen, Conflict, NotFound, OmsError, Unavailable
 from bus.ids import new_id
 from bus.saga import ACTIVE, SAGA_MIGRATIONS, SAGA_UPGRADES, SagaEngine, SagaRun
 from bus.service import Call
@@ -124,22 +124,24 @@ class Orders:
         return view
 
     async def saga_retry(self, cmd: c.SagaRef, call: Call) -> c.SagaView:
-        view = await self.saga_get(c.SagaRef(saga_id=cmd.saga_id), call)
-        if view.status not in ("RUNNING", "COMPENSATING"):
-            raise Conflict(f"saga {cmd.saga_id} is {view.status}; only a running saga can be retried")
-        if not self.engine.driving(cmd.saga_id):
-            raise Conflict(f"saga {cmd.saga_id} is not being driven by this instance")
-        # With a key, the retry is asked for once: a repeat answers with the saga as it is now.
         asked: list[bool] = []
 
         def effect(tx: Tx) -> c.SagaRef:
+            row = tx.one("SELECT status FROM sagas WHERE saga_id = ?", (cmd.saga_id,))
+            if row is None:
+                raise NotFound(f"no saga {cmd.saga_id}", {"saga_id": cmd.saga_id})
+            if row["status"] not in ACTIVE:
+                raise Conflict(f"saga {cmd.saga_id} is {row['status']}; only a running saga can be retried")
+            if not self.engine.driving(cmd.saga_id):  # its driver starts again shortly (a failure's backoff)
+                raise Unavailable(f"saga {cmd.saga_id} is not being driven by this instance right now; try again")
             asked.append(True)
             return c.SagaRef(saga_id=cmd.saga_id)
 
+        # With a key, the retry is asked for once: a repeat answers with the saga as it is now (or the same refusal).
         await self.k.db.write(call.once(cmd, effect))
-        if asked and not self.engine.retry_now(cmd.saga_id):
-            raise Conflict(f"saga {cmd.saga_id} is not being driven by this instance")
-        return view if asked else await self.saga_get(c.SagaRef(saga_id=cmd.saga_id), call)
+        if asked:
+            self.engine.retry_now(cmd.saga_id)
+        return await self.saga_get(c.SagaRef(saga_id=cmd.saga_id), call)
 
     async def saga_abort(self, cmd: c.SagaAbort, call: Call) -> c.SagaView:
         stop: list[tuple[SagaRun | None, bool]] = []

@@ -740,3 +740,59 @@ async def test_a_cancel_asked_for_while_a_request_is_out_does_not_wait_out_the_b
     await wait_for(lambda: engine._runs["saga_w"].stop_reason == "CANCELLED", what="the cancel to be noted")
     gate.set()  # the authorize times out after the cancel arrived
     assert (await cancel).status == c.OrderStatus.CANCELLED  # within the cancel's own wait (10 s), not a minute
+
+
+async def test_a_cancel_noted_before_the_placing_request_starts_its_saga_reaches_the_run_that_drives_it(db):
+    from bus import subjects as s
+
+    gate, reached = asyncio.Event(), asyncio.Event()
+    engine = SagaEngine(db, PLACE_ORDER, _held_at_authorize(gate, reached), FAST)
+    created = await db.write(_create(engine, "ord_p"))  # placed, not started yet (it waits for its event's ack)
+    stopped = engine.stopped
+
+    async def placing_starts_first(*args: Any) -> str:  # the placing request resumes between commit and wake
+        engine.start(created)
+        return await stopped(*args)
+
+    engine.stopped = placing_starts_first  # type: ignore[method-assign]
+    gate.set()
+    order = await _orders(db, engine).cancel(c.CancelOrder(order_id="ord_p"), _call(s.ORDERS_CANCEL))
+    assert order.status == c.OrderStatus.CANCELLED
+    assert await order_status(db, "ord_p") == ("CANCELLED", None)
+
+
+async def test_a_stop_that_arrives_while_an_attempt_is_recorded_is_honoured_before_that_attempt_is_sent(db):
+    answers = iter([RequestTimeout("no answer")])
+    p = Participants(lambda subject, body, key: next(answers, None) if subject == "payment.authorize" else None)
+    engine = SagaEngine(db, PLACE_ORDER, p.send, FAST)
+    record_start = engine._record_start
+
+    def stop_arrives(tx: Any, run: Any, step: Any, action: str, attempt: int, **options: Any) -> None:
+        record_start(tx, run, step, action, attempt, **options)
+        if step.name == "authorize_payment" and attempt == 2:  # a cancel lands while the retry is being recorded
+            run.stop_reason = "CANCELLED"
+            run.wake.set()
+
+    engine._record_start = stop_arrives  # type: ignore[method-assign]
+    await place(db, engine)
+    # The second attempt was recorded but never sent: the saga turned back, undoing what the first may have done.
+    assert p.subjects() == ["inventory.reserve", "payment.authorize", "payment.refund", "inventory.release"]
+    assert await order_status(db) == ("CANCELLED", None)
+
+
+async def test_a_retry_repeated_with_its_key_after_the_saga_ended_answers_as_before(db):
+    from bus import subjects as s
+    from bus.errors import Conflict
+    from bus.service import Call
+
+    engine = SagaEngine(db, PLACE_ORDER, Participants().send, FAST)
+    engine.start(await db.write(_create(engine, "ord_r")))
+    assert await engine.wait("saga_r", 10)
+    orders = _orders(db, engine)
+    with pytest.raises(Conflict, match="is COMPLETED; only a running saga can be retried"):
+        await orders.saga_retry(c.SagaRef(saga_id="saga_r"), Call(s.SAGA_RETRY, "retry-1"))
+    # The refusal is the key's stored answer: the same again, not a new decision.
+    stored = await db.read(lambda tx: tx.one("SELECT reply FROM idempotency WHERE key = 'retry-1'"))
+    assert b"CONFLICT" in stored["reply"]
+    with pytest.raises(Conflict, match="is COMPLETED"):
+        await orders.saga_retry(c.SagaRef(saga_id="saga_r"), Call(s.SAGA_RETRY, "retry-1"))
