@@ -599,6 +599,25 @@ def _held_at_authorize(gate: asyncio.Event, reached: asyncio.Event) -> Callable[
     return send
 
 
+async def _held_saga(db: Database, order_id: str) -> tuple[SagaEngine, asyncio.Event]:
+    """A saga started and held at its authorize request until the returned gate opens."""
+    gate, reached = asyncio.Event(), asyncio.Event()
+    engine = SagaEngine(db, PLACE_ORDER, _held_at_authorize(gate, reached), FAST)
+    engine.start(await db.write(_create(engine, order_id)))
+    await asyncio.wait_for(reached.wait(), 10)
+    return engine, gate
+
+
+def _stop_noted(db: Database, saga_id: str, reason: str) -> Callable[[], Any]:
+    """A condition for `wait_for`: the saga's stop is committed with this reason."""
+
+    async def noted() -> bool:
+        row = await db.read(lambda tx: tx.one("SELECT stop_reason FROM sagas WHERE saga_id = ?", (saga_id,)))
+        return row["stop_reason"] == reason
+
+    return noted
+
+
 def _orders(db: Database, engine: SagaEngine) -> Any:
     from types import SimpleNamespace
 
@@ -616,10 +635,7 @@ def _call(route: Any) -> Any:
 async def test_a_cancel_accepted_just_before_a_crash_still_turns_the_saga_back(db):
     from bus import subjects as s
 
-    gate, reached = asyncio.Event(), asyncio.Event()
-    engine = SagaEngine(db, PLACE_ORDER, _held_at_authorize(gate, reached), FAST)
-    engine.start(await db.write(_create(engine, "ord_c")))
-    await asyncio.wait_for(reached.wait(), 10)
+    engine, _ = await _held_saga(db, "ord_c")
 
     class Died(Exception):
         pass
@@ -656,24 +672,16 @@ async def test_an_abort_that_finds_the_saga_completed_leaves_the_confirmed_order
     assert await order_status(db, "ord_a") == ("CONFIRMED", None)
 
 
-async def test_an_abort_or_a_retry_repeated_with_its_key_answers_without_acting_again(db):
+async def test_an_abort_repeated_with_its_key_answers_without_acting_again(db):
     from bus import subjects as s
     from bus.idempotency import request_hash
     from bus.service import Call
 
-    gate, reached = asyncio.Event(), asyncio.Event()
-    engine = SagaEngine(db, PLACE_ORDER, _held_at_authorize(gate, reached), FAST)
-    engine.start(await db.write(_create(engine, "ord_k")))
-    await asyncio.wait_for(reached.wait(), 10)
+    engine, gate = await _held_saga(db, "ord_k")
     orders = _orders(db, engine)
     abort = c.SagaAbort(saga_id="saga_k", reason="incident")
     first = asyncio.create_task(orders.saga_abort(abort, Call(s.SAGA_ABORT, "abort-1")))
-
-    async def stop_noted() -> bool:
-        row = await db.read(lambda tx: tx.one("SELECT stop_reason FROM sagas WHERE saga_id = 'saga_k'"))
-        return row["stop_reason"] == "ABORTED"
-
-    await wait_for(stop_noted, what="the abort to be noted")
+    await wait_for(_stop_noted(db, "saga_k", "ABORTED"), what="the abort to be noted")
     gate.set()
     assert (await first).status == "FAILED"
     # The same key again: the stored answer, then the saga as it is now; not "only a running saga can be aborted".
@@ -686,18 +694,10 @@ async def test_an_abort_or_a_retry_repeated_with_its_key_answers_without_acting_
 async def test_the_first_stop_asked_for_wins_a_cancel_then_an_abort_ends_cancelled(db):
     from bus import subjects as s
 
-    gate, reached = asyncio.Event(), asyncio.Event()
-    engine = SagaEngine(db, PLACE_ORDER, _held_at_authorize(gate, reached), FAST)
-    engine.start(await db.write(_create(engine, "ord_b")))
-    await asyncio.wait_for(reached.wait(), 10)
+    engine, gate = await _held_saga(db, "ord_b")
     orders = _orders(db, engine)
     cancel = asyncio.create_task(orders.cancel(c.CancelOrder(order_id="ord_b"), _call(s.ORDERS_CANCEL)))
-
-    async def stop_noted() -> bool:
-        row = await db.read(lambda tx: tx.one("SELECT stop_reason FROM sagas WHERE saga_id = 'saga_b'"))
-        return row["stop_reason"] == "CANCELLED"
-
-    await wait_for(stop_noted, what="the cancel to be noted")
+    await wait_for(_stop_noted(db, "saga_b", "CANCELLED"), what="the cancel to be noted")
     stopped, asked = engine.stopped, asyncio.Event()
 
     async def abort_asked(*args: Any) -> str:  # the abort's unit of work has committed
