@@ -354,10 +354,12 @@ class SagaEngine:
         task.add_done_callback(self._tasks.discard)
 
     def _resume(self, row: Any) -> None:
-        """Drive a stored saga. Its events may still wait in the outbox (a crash before their
+        self._start_stored(SagaRun.from_row(row))
+
+    def _start_stored(self, run: SagaRun) -> None:
+        """Drive a saga read from its records. Its events may still wait in the outbox (a crash before their
         acknowledgement): it sends nothing until they are in JetStream, as a new one waits for its
         order's creation."""
-        run = SagaRun.from_row(row)
         run.settle_seq = self.db.horizon
         self.start(run)
 
@@ -466,8 +468,7 @@ class SagaEngine:
                 live.stop_reason = run.stop_reason
             live.wake.set()
         elif not driven:
-            run.settle_seq = self.db.horizon  # as a resumed saga: nothing is sent before its events are out
-            self.start(run)
+            self._start_stored(run)
         else:
             # Its driver stopped since: the saga ended, or a unit of its failed, which may have left this run
             # ahead of what was committed. Go on from the records (the stop is among them), never from it.

@@ -34,6 +34,14 @@ def saga_of(order_id: str) -> str:
     return "saga_" + order_id.removeprefix("ord_")
 
 
+def saga_status(tx: Tx, saga_id: str) -> str:
+    """A saga's status in this unit of work; NOT_FOUND for an unknown saga."""
+    row = tx.one("SELECT status FROM sagas WHERE saga_id = ?", (saga_id,))
+    if row is None:
+        raise NotFound(f"no saga {saga_id}", {"saga_id": saga_id})
+    return str(row["status"])
+
+
 @dataclass
 class Orders:
     k: Kernel
@@ -127,11 +135,9 @@ class Orders:
         asked: list[bool] = []
 
         def effect(tx: Tx) -> c.SagaRef:
-            row = tx.one("SELECT status FROM sagas WHERE saga_id = ?", (cmd.saga_id,))
-            if row is None:
-                raise NotFound(f"no saga {cmd.saga_id}", {"saga_id": cmd.saga_id})
-            if row["status"] not in ACTIVE:
-                raise Conflict(f"saga {cmd.saga_id} is {row['status']}; only a running saga can be retried")
+            status = saga_status(tx, cmd.saga_id)
+            if status not in ACTIVE:
+                raise Conflict(f"saga {cmd.saga_id} is {status}; only a running saga can be retried")
             if not self.engine.driving(cmd.saga_id):  # its driver starts again shortly (a failure's backoff)
                 raise Unavailable(f"saga {cmd.saga_id} is not being driven by this instance right now; try again")
             asked.append(True)
@@ -148,11 +154,9 @@ class Orders:
 
         def effect(tx: Tx) -> c.SagaRef:
             # The check and the stop in one unit: a saga that completes meanwhile is refused, never reopened.
-            row = tx.one("SELECT status FROM sagas WHERE saga_id = ?", (cmd.saga_id,))
-            if row is None:
-                raise NotFound(f"no saga {cmd.saga_id}", {"saga_id": cmd.saga_id})
-            if row["status"] != "RUNNING":
-                raise Conflict(f"saga {cmd.saga_id} is {row['status']}; only a running saga can be aborted")
+            status = saga_status(tx, cmd.saga_id)
+            if status != "RUNNING":
+                raise Conflict(f"saga {cmd.saga_id} is {status}; only a running saga can be aborted")
             stop.append(self.engine.request_stop(tx, cmd.saga_id, "ABORTED", reopen=False, note=cmd.reason))
             return c.SagaRef(saga_id=cmd.saga_id)
 
