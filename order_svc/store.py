@@ -114,8 +114,8 @@ def listing(tx: Tx, q: c.ListOrders) -> list[c.Order]:
 def priced(tx: Tx, run: SagaRun, reservation: dict[str, Any]) -> None:
     """The reservation fixed the unit prices: the order's lines get them, and its total comes from them.
 
-    The lines stay the ones the customer asked for: were a reservation ever to hold other quantities,
-    the order would not take them on, and the audit (invariant 2) would see the two differ."""
+    The lines stay the ones the customer asked for (the saga's check refuses a reservation of other lines
+    before this runs), so the audit's invariant 2 compares the reservation with what was asked."""
     run.data["total_cents"] = reservation["total_cents"]
     run.data["currency"] = reservation["currency"]
     prices = {line["sku"]: line.get("unit_price_cents") for line in reservation["items"]}
