@@ -1,28 +1,15 @@
-"""Least privilege on NATS: one user per service, a `cli` and an `admin` user, each allowed only its subjects.
+"""Credentials of the NATS users: generated once under OMS_HOME, stored hashed in the server's configuration.
 
 `oms up` (embedded mode) calls `prepare`: it generates each user's password
-once, keeps it in `OMS_HOME/credentials/<user>.json` (mode 0600, folder
-0700), and writes `OMS_HOME/nats.conf` (mode 0600) for the nats-server it
-starts. `deploy/nats/nats.conf` is the same configuration with the passwords
-taken from the environment (`NATS_PASSWORD_<USER>`), for docker compose.
+once, keeps it in `OMS_HOME/credentials/<user>.json` (mode 0600, folder 0700)
+with its bcrypt hash, and writes `OMS_HOME/nats.conf` (mode 0600) for the
+nats-server it starts, holding only the hashes. `deploy/nats/nats.conf` is the
+same configuration with the hashes taken from nats-server's environment
+(`NATS_PASSWORD_HASH_<USER>`), for docker compose; `python -m bus.auth env`
+makes both the passwords (for the services) and their hashes (for the server).
 
-Who may do what (`permissions`):
-
-- a service subscribes to its own request subjects and `chaos.<service>.>`,
-  both only in its queue group, to `$SRV.>` (micro PING/INFO/STATS) and to its
-  private inbox `_INBOX_<service>.>`; it publishes its own events, the
-  JetStream API calls it makes on the event stream (create/update/info,
-  the ordered consumers of a rebuild by replay, message get for an order's
-  timeline), the subjects it calls (orders: reserve, release, authorize,
-  refund), and answers requests through `allow_responses`;
-- `cli` places, reads and cancels orders, checks and reads stock, reads a
-  payment and the health of each service, asks `$SRV.>` and reads the event
-  stream's info; it hears only `_INBOX_cli.>`. It cannot call `payment.*`
-  (but `payment.get`), reserve, release or restock stock, `orders.saga.>` or
-  `chaos.>`;
-- `admin` may do everything (chaos, restock, recover, saga retry/abort, audit).
-
-Which credentials a process uses: `login`.
+Which accounts and permissions the users have: `bus.accounts`. Which credentials
+a process uses: `login`.
 """
 
 from __future__ import annotations
@@ -33,129 +20,36 @@ import secrets
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
 
-from bus import subjects as s
-from bus.connect import inbox_prefix
-from bus.settings import SERVICES, Settings
+import bcrypt
 
-Role = Literal["cli", "admin"]
-USERS: tuple[str, ...] = (*SERVICES, "cli", "admin")
-PASSWORD_ENV = "NATS_PASSWORD_{user}"  # what deploy/nats/nats.conf reads, e.g. NATS_PASSWORD_ORDERS
+from bus import natsconf
+from bus.accounts import CLI_ROUTES as CLI_ROUTES
+from bus.accounts import USERS, Role
+from bus.settings import Settings
 
-# Who calls whom: the participants the order service's saga invokes and compensates.
-CALLS: dict[str, tuple[s.Route, ...]] = {
-    "orders": (s.INVENTORY_RESERVE, s.INVENTORY_RELEASE, s.PAYMENT_AUTHORIZE, s.PAYMENT_REFUND),
-}
-# What a client may ask: place, read and cancel orders; check and read stock; read a payment; health.
-CLI_ROUTES: tuple[s.Route, ...] = (
-    s.ORDERS_PLACE,
-    s.ORDERS_GET,
-    s.ORDERS_LIST,
-    s.ORDERS_CANCEL,
-    s.ORDERS_EVENTS,
-    s.INVENTORY_CHECK,
-    s.INVENTORY_STOCK,
-    s.PAYMENT_GET,
-    *s.HEALTH.values(),
-)
+__all__ = ["CLI_ROUTES", "USERS", "Credentials", "Role", "ensure_credentials", "login", "prepare"]
+
+PASSWORD_ENV = "NATS_PASSWORD_{user}"  # what the services read in compose, e.g. NATS_PASSWORD_ORDERS
+HASH_ENV = "NATS_PASSWORD_HASH_{user}"  # what deploy/nats/nats.conf reads, e.g. NATS_PASSWORD_HASH_ORDERS
+BCRYPT_COST = 11  # nats-server checks it on every connect: about 0.1 s of its CPU per connection here
 
 
 @dataclass(frozen=True)
 class Credentials:
     user: str
     password: str = field(repr=False)
+    hashed: str = field(default="", repr=False, compare=False)  # bcrypt of the password, for nats.conf
 
 
-@dataclass(frozen=True)
-class Permissions:
-    """nats-server `permissions`: subjects a user may publish to and subscribe to (`"subject queue"`
-    allows a subscription only in that queue group); None allows everything."""
-
-    publish: tuple[str, ...] | None
-    subscribe: tuple[str, ...] | None
-    allow_responses: bool = True
-
-    def to_conf(self) -> dict[str, Any]:
-        if self.publish is None and self.subscribe is None:
-            return {}
-        return {
-            "publish": {"allow": list(self.publish or ())},
-            "subscribe": {"allow": list(self.subscribe or ())},
-            "allow_responses": self.allow_responses,
-        }
-
-
-def _js_api(stream: str, *calls: str) -> tuple[str, ...]:
-    return tuple(f"$JS.API.{call}.{stream}" for call in calls)
-
-
-def permissions(user: str, stream: str = "OMS_EVENTS") -> Permissions:
-    """What `user` may do; the event stream's name is a setting."""
-    inbox = f"{inbox_prefix(user)}.>"
-    if user == "admin":
-        return Permissions(None, None)
-    if user == "cli":
-        publish = (
-            *(route.subject for route in CLI_ROUTES),
-            "$SRV.>",
-            *_js_api(stream, "STREAM.INFO"),  # `oms status` shows the stream
-        )
-        return Permissions(publish, (inbox,), allow_responses=False)
-    if user not in SERVICES:
-        raise ValueError(f"unknown NATS user {user!r}: one of {', '.join(USERS)}")
-    publish = (
-        f"events.{user}.>",
-        *_js_api(stream, "STREAM.CREATE", "STREAM.UPDATE", "STREAM.INFO", "CONSUMER.CREATE"),
-        # A rebuild by replay (`--recover`) reads the stream with ordered consumers.
-        f"$JS.API.CONSUMER.CREATE.{stream}.>",
-        f"$JS.API.CONSUMER.INFO.{stream}.*",
-        f"$JS.API.CONSUMER.DELETE.{stream}.*",
-        f"$JS.FC.{stream}.>",
-        *(_js_api(stream, "STREAM.MSG.GET") if user == "orders" else ()),  # an order's timeline
-        *(route.subject for route in CALLS.get(user, ())),
-        f"$SRV.PING.{user}",  # the container health check (`python -m bus.healthcheck`)
-    )
-    subscribe = (f"{user}.> {user}", f"chaos.{user}.> {user}", "$SRV.>", inbox)
-    return Permissions(publish, subscribe)
-
-
-def _quote(text: str) -> str:
-    return json.dumps(text)
-
-
-def render(passwords: dict[str, str], settings: Settings | None = None, *, store_dir: str | None = None) -> str:
-    """A nats-server configuration: JetStream and one user per entry of `passwords` (a literal password,
-    or `$NAME` to read it from the environment of nats-server)."""
-    stream = settings.stream_name if settings else "OMS_EVENTS"
-    lines = [
-        "# OMS: least-privilege users for nats-server (generated by bus/auth.py; do not edit by hand).",
-        "jetstream {",
-        *([f"  store_dir: {_quote(store_dir)}"] if store_dir else []),
-        "}",
-        "authorization {",
-        "  users: [",
-    ]
-    for user in USERS:
-        password = passwords[user]
-        value = password if password.startswith("$") else _quote(password)
-        lines += ["    {", f"      user: {_quote(user)}", f"      password: {value}"]
-        conf = permissions(user, stream).to_conf()
-        if conf:
-            lines.append("      permissions: {")
-            for direction in ("publish", "subscribe"):
-                allowed = ", ".join(_quote(subject) for subject in conf[direction]["allow"])
-                lines.append(f"        {direction}: {{ allow: [{allowed}] }}")
-            lines.append(f"        allow_responses: {str(conf['allow_responses']).lower()}")
-            lines.append("      }")
-        lines.append("    }")
-    lines += ["  ]", "}", ""]
-    return "\n".join(lines)
+def hash_password(password: str) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(BCRYPT_COST)).decode()
 
 
 def deploy_config() -> str:
-    """`deploy/nats/nats.conf`: the same users, passwords from nats-server's environment."""
-    return render({user: "$" + PASSWORD_ENV.format(user=user.upper()) for user in USERS}, store_dir="/data")
+    """`deploy/nats/nats.conf`: the same accounts and users, password hashes from nats-server's environment."""
+    hashes = {user: "$" + HASH_ENV.format(user=user.upper()) for user in USERS}
+    return natsconf.render(hashes, store_dir="/data", sync_always=True)
 
 
 # -- files under OMS_HOME -------------------------------------------------------
@@ -187,22 +81,25 @@ def load(settings: Settings, user: str) -> Credentials | None:
     """The generated credentials of `user` under OMS_HOME, if there are any."""
     try:
         body = json.loads((credentials_dir(settings) / f"{user}.json").read_text())
-        return Credentials(str(body["user"]), str(body["password"]))
+        return Credentials(str(body["user"]), str(body["password"]), str(body.get("hash") or ""))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
 def ensure_credentials(settings: Settings) -> dict[str, Credentials]:
-    """Every user's credentials: generated once (random), then reused."""
+    """Every user's credentials: generated once (random), then reused, each with its bcrypt hash."""
     folder = credentials_dir(settings)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     found: dict[str, Credentials] = {}
     for user in USERS:
         creds = load(settings, user)
         if creds is None or creds.user != user or not creds.password:
             creds = Credentials(user, secrets.token_urlsafe(24))
-            _write_private(folder / f"{user}.json", json.dumps({"user": user, "password": creds.password}) + "\n")
+        if not creds.hashed.startswith("$2"):  # the hash is kept so the configuration stays the same
+            creds = Credentials(user, creds.password, hash_password(creds.password))
+            body = {"user": user, "password": creds.password, "hash": creds.hashed}
+            _write_private(folder / f"{user}.json", json.dumps(body) + "\n")
         os.chmod(folder / f"{user}.json", 0o600)
         found[user] = creds
     return found
@@ -213,7 +110,11 @@ def prepare(settings: Settings) -> Path:
     The JetStream store directory is not in it: `bus.natsserver.start` names it on the command line."""
     creds = ensure_credentials(settings)
     path = config_path(settings)
-    text = render({user: c.password for user, c in creds.items()}, settings)
+    text = natsconf.render(
+        {user: c.hashed for user, c in creds.items()},
+        stream=settings.stream_name,
+        sync_always=settings.durability == "fsync",
+    )
     _write_private(path, text)
     return path
 
@@ -234,11 +135,15 @@ def login(settings: Settings, role: str) -> Settings:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m bus.auth conf` prints deploy/nats/nats.conf; `python -m bus.auth env` prints random
-    passwords for docker compose's `.env`."""
+    passwords and their hashes for docker compose's `.env`."""
     what = (argv if argv is not None else sys.argv[1:]) or ["conf"]
     if what[0] == "env":
         for user in USERS:
-            print(f"{PASSWORD_ENV.format(user=user.upper())}={secrets.token_urlsafe(24)}")
+            password = secrets.token_urlsafe(24)
+            print(f"{PASSWORD_ENV.format(user=user.upper())}={password}")
+            # nats-server parses a variable's value as configuration: the hash in double quotes is a string
+            # (bare, its `$` would start another variable); the single quotes keep compose off the `$` too.
+            print(f"""{HASH_ENV.format(user=user.upper())}='"{hash_password(password)}"'""")
     elif what[0] == "conf":
         sys.stdout.write(deploy_config())
     else:

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from collections.abc import Callable
 
 import nats.errors
 from nats.aio.client import Client as Nats
+from nats.js import JetStreamContext
 
+from bus.accounts import JS_PREFIX, inbox_prefix
 from bus.errors import Unavailable
 from bus.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def inbox_prefix(user: str | None) -> str:
-    """Each user gets a private inbox prefix, so permissions can keep replies private."""
-    return f"_INBOX_{user}" if user else "_INBOX"
 
 
 def is_refusal(exc: BaseException) -> bool:
@@ -103,3 +101,21 @@ async def connect(
         raise
     connecting = False
     return nc
+
+
+_API_PREFIX: weakref.WeakKeyDictionary[Nats, str] = weakref.WeakKeyDictionary()
+
+
+async def jetstream(nc: Nats, stream: str) -> JetStreamContext:
+    """The event stream's API as this connection reaches it: `$JS.API` inside the OMS account (or on a
+    server without accounts), `JS.OMS.API` from a client account (`bus.accounts`). Asked once per
+    connection: the client accounts answer the stream's info there, anyone else has no responders."""
+    prefix = _API_PREFIX.get(nc)
+    if prefix is None:
+        try:
+            await nc.request(f"{JS_PREFIX}.STREAM.INFO.{stream}", b"", timeout=2.0)
+            prefix = JS_PREFIX
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            prefix = "$JS.API"
+        _API_PREFIX[nc] = prefix
+    return nc.jetstream(prefix=prefix)

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     stream_name: str = "OMS_EVENTS"
     stream_max_age_s: int = Field(0, ge=0, description="0 keeps events forever")
     stream_duplicate_window_s: int = Field(600, ge=1)
+    durability: Literal["fsync", "nosync"] = Field(
+        "fsync",
+        description="fsync: every group commit and every JetStream write reaches the disk before it is "
+        "acknowledged (survives power loss); nosync: the OS writes them back in its own time (survives any "
+        "process crash, may lose the last changes on power loss)",
+    )
     stop_budget_s: float = Field(
         8.0, gt=0, le=300, description="the longest a graceful stop takes (`oms down` kills after 10 s)"
     )

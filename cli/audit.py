@@ -15,6 +15,7 @@ from rich.text import Text
 
 from bus.audit import Report, run_audit
 from bus.client import Client
+from bus.connect import jetstream
 from bus.errors import Unavailable
 from bus.settings import Settings
 from cli.connection import ADMIN, connect_briefly
@@ -34,7 +35,10 @@ async def audit_once(settings: Settings) -> Report:
     nc = await connect_briefly(settings, "oms-audit", role=ADMIN)
     try:
         return await run_audit(
-            Client(nc, timeout_s=AUDIT_TIMEOUT_S), nc.jetstream(), settings.stream_name, settings.saga
+            Client(nc, timeout_s=AUDIT_TIMEOUT_S),
+            await jetstream(nc, settings.stream_name),
+            settings.stream_name,
+            settings.saga,
         )
     except NotFoundError:
         raise Unavailable(

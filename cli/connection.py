@@ -33,10 +33,9 @@ def is_permission_refusal(exc: Exception) -> bool:
     return "permissions violation" in str(exc).lower()
 
 
-async def connect_briefly(
-    settings: Settings, name: str, *, role: auth.Role = CLI, refusals: list[str] | None = None
-) -> Nats:
-    """`bus.connect.connect(persistent=False)` as `role`, with a deadline: nats-py keeps retrying a refused
+async def connect_briefly(settings: Settings, name: str, *, role: str = CLI, refusals: list[str] | None = None) -> Nats:
+    """`bus.connect.connect(persistent=False)` as `role` (`cli`, `admin`, or a service for a rebuild), with a
+    deadline: nats-py keeps retrying a refused
     server when it may not reconnect, so an unbounded call could hang on a dead port. The server's
     permissions violations (it drops the message; the request then times out) go to `refusals`."""
 

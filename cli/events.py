@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import nats.errors
 import typer
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
@@ -21,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bus import contract as c
+from bus.connect import jetstream
 from bus.errors import Unavailable
 from bus.ids import parse_iso
 from bus.settings import SERVICES, Settings
@@ -191,6 +193,57 @@ def as_record(subject: str, seq: int | None, data: bytes) -> dict[str, Any]:
     return body | {"seq": seq, "subject": subject}
 
 
+class Reader:
+    """An ephemeral pull consumer on the event stream (no acks): what a client account may read of it.
+
+    Push consumers deliver into the stream's own account, so operators outside it pull: each fetch is
+    a request whose answers are the messages. Removed on `close` (the server would also drop it once
+    idle for INACTIVE_S)."""
+
+    INACTIVE_S = 30.0
+
+    def __init__(self, js: JetStreamContext, stream: str) -> None:
+        self.js = js
+        self.stream = stream
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    async def open(self, subject: str, *, from_start: bool) -> Reader:
+        policy = js_api.DeliverPolicy.ALL if from_start else js_api.DeliverPolicy.NEW
+        config = js_api.ConsumerConfig(
+            deliver_policy=policy, ack_policy=js_api.AckPolicy.NONE, inactive_threshold=self.INACTIVE_S
+        )
+        try:
+            self._sub = await self.js.pull_subscribe(subject, durable=None, stream=self.stream, config=config)
+        except NotFoundError:
+            raise Unavailable(
+                f"stream {self.stream} not found: the services create it when they start (`oms up`)"
+            ) from None
+        except nats.errors.Error as exc:
+            raise Unavailable(f"cannot read {self.stream}: {exc}") from None
+        return self
+
+    async def next_batch(self, timeout_s: float, batch: int = 256) -> list[Msg]:
+        """The next events in stream order; empty when none came within `timeout_s`."""
+        assert self._sub is not None, "open the reader first"
+        try:
+            return await self._sub.fetch(batch, timeout=timeout_s)
+        except nats.errors.TimeoutError:
+            return []
+        except nats.errors.ConnectionClosedError:
+            raise Unavailable("lost the connection to NATS while reading events") from None
+
+    async def close(self) -> None:
+        if self._sub is None:
+            return
+        sub, self._sub = self._sub, None
+        with contextlib.suppress(Exception):
+            name = (await sub.consumer_info()).name
+            await sub.unsubscribe()
+            await self.js.delete_consumer(self.stream, name)
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
 async def follow(
     settings: Settings,
     subject: str,
@@ -200,8 +253,8 @@ async def follow(
     limit: int | None = None,
     on_ready: Callable[[], None] = lambda: None,
 ) -> int:
-    """Feed each event on `subject` to `on_event` in stream order until Ctrl-C/SIGTERM or `limit` events;
-    an ordered push consumer (ephemeral, no acks), removed on the way out. Returns how many were seen."""
+    """Feed each event on `subject` to `on_event` in stream order until Ctrl-C/SIGTERM or `limit` events.
+    Returns how many were seen."""
     nc = await connect_briefly(settings, "oms-events", role=ADMIN)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -212,50 +265,24 @@ async def follow(
             handled.append(sig)
     seen = 0
     try:
-        policy = js_api.DeliverPolicy.ALL if from_start else js_api.DeliverPolicy.NEW
-        try:
-            sub = await nc.jetstream().subscribe(
-                subject,
-                stream=settings.stream_name,
-                ordered_consumer=True,
-                config=js_api.ConsumerConfig(deliver_policy=policy),
-            )
-        except NotFoundError:
-            raise Unavailable(
-                f"stream {settings.stream_name} not found: the services create it when they start (`oms up`)"
-            ) from None
-        except nats.errors.Error as exc:
-            raise Unavailable(f"cannot follow {settings.stream_name}: {exc}") from None
+        reader = await Reader(await jetstream(nc, settings.stream_name), settings.stream_name).open(
+            subject, from_start=from_start
+        )
         on_ready()
         try:
             while not stop.is_set() and (limit is None or seen < limit):
-                try:
-                    msg = await sub.next_msg(timeout=POLL_S)
-                except nats.errors.TimeoutError:
-                    continue
-                except nats.errors.ConnectionClosedError:
-                    raise Unavailable("lost the connection to NATS while following events") from None
-                seq = msg.metadata.sequence.stream if msg.metadata else None
-                on_event(as_record(msg.subject, seq, msg.data))
-                seen += 1
+                for msg in await reader.next_batch(POLL_S, batch=256 if limit is None else min(256, limit - seen)):
+                    seq = msg.metadata.sequence.stream if msg.metadata else None
+                    on_event(as_record(msg.subject, seq, msg.data))
+                    seen += 1
         finally:
-            await _remove(nc.jetstream(), settings.stream_name, sub)
+            await reader.close()
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
         with contextlib.suppress(Exception):
             await nc.close()
     return seen
-
-
-async def _remove(js: JetStreamContext, stream: str, sub: JetStreamContext.PushSubscription) -> None:
-    """Unsubscribe and delete the consumer now (the server would drop it only after it has been idle)."""
-    with contextlib.suppress(Exception):
-        name = (await sub.consumer_info()).name
-        await sub.unsubscribe()
-        await js.delete_consumer(stream, name)
-    with contextlib.suppress(Exception):
-        await sub.unsubscribe()
 
 
 @app.command()

@@ -14,6 +14,7 @@ import nats.errors
 from nats.aio.client import Client as Nats
 
 from bus.client import decode_reply
+from bus.connect import jetstream
 from bus.errors import OmsError
 from bus.settings import SERVICES, Settings
 from bus.subjects import HEALTH
@@ -157,7 +158,7 @@ async def health(nc: Nats, name: str) -> dict[str, Any] | None:
 
 async def _stream(nc: Nats, name: str) -> StreamStatus | None:
     try:
-        info = await nc.jetstream().stream_info(name)
+        info = await (await jetstream(nc, name)).stream_info(name)
     except Exception:  # no JetStream, no stream yet, or no permission: status shows none
         return None
     return StreamStatus(name, info.state.messages, info.state.bytes, info.state.consumer_count)

@@ -12,6 +12,7 @@ from rich.table import Table
 from bus import loop
 from bus.audit import Report, run_audit
 from bus.client import Client
+from bus.connect import jetstream
 from bus.settings import Settings
 from cli.connection import ADMIN, connect_briefly
 from cli.failures import ExitCode, reported
@@ -109,7 +110,8 @@ async def _load(
     if audit:
         nc = await connect_briefly(settings, "oms-audit", role=ADMIN)
         try:
-            report = await run_audit(Client(nc, timeout_s=15), nc.jetstream(), settings.stream_name, settings.saga)
+            js = await jetstream(nc, settings.stream_name)
+            report = await run_audit(Client(nc, timeout_s=15), js, settings.stream_name, settings.saga)
         finally:
             await nc.close()
     return result, report

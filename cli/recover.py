@@ -93,10 +93,17 @@ class EventRate(ProgressColumn):
 
 
 async def rebuild_from_stream(settings: Settings, service: str, progress: Progress) -> ReplayStats:
+    """Checks that nothing serves the service (as `admin`), then rebuilds it as the service's own NATS user:
+    the stream lives in the services' account, and a rebuild reads it with consumers of its own."""
     spec = spec_of(service)
-    nc = await connect_briefly(settings, "oms-recover", role=ADMIN)
+    nc = await connect_briefly(settings, "oms-recover-check", role=ADMIN)
     try:
         await refuse_if_answering(nc, settings, service)
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
+    nc = await connect_briefly(settings, "oms-recover", role=service)
+    try:
         task = progress.add_task(f"replaying {service} events", total=None)
 
         def advance(applied: int, total: int) -> None:

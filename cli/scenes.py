@@ -11,10 +11,12 @@ from dataclasses import dataclass
 
 from rich.table import Table
 
+from bus import auth
 from bus import contract as c
 from bus import subjects as s
 from bus.audit import run_audit
-from bus.replay import rebuild
+from bus.connect import jetstream
+from bus.replay import recover
 from bus.settings import SERVICES
 from cli import stack
 from cli.load import audit_table, results_table
@@ -171,7 +173,7 @@ async def rebuilt(stage: Stage) -> None:
         stage.settings.db_path("inventory").with_name(f"inventory.db{suffix}").unlink(missing_ok=True)
     from inventory_svc.service import SPEC  # the demo may rebuild a service's database itself
 
-    stats = await rebuild(stage.settings, SPEC, stage.admin.nc.jetstream())
+    stats = await recover(auth.login(stage.settings, SPEC.name), SPEC)  # as the service's own NATS user
     stage.say(f"rebuilt from {stats.applied} events in {stats.seconds:.2f}s ({stats.rate:,.0f} events/s)")
     await stack.up(stage.settings)
     after = await stage.stock(show=False)
@@ -193,7 +195,8 @@ async def load(stage: Stage) -> None:
 
 
 async def audit(stage: Stage) -> None:
-    report = await run_audit(stage.admin, stage.admin.nc.jetstream(), stage.settings.stream_name, stage.settings.saga)
+    js = await jetstream(stage.admin.nc, stage.settings.stream_name)
+    report = await run_audit(stage.admin, js, stage.settings.stream_name, stage.settings.saga)
     stage.show("audit", report.to_dict(), audit_table(report))
     stage.expect(report.ok, "every invariant holds: nothing oversold, nobody double-charged, nothing lost")
 

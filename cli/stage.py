@@ -10,15 +10,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nats.js import api as js_api
 from rich.console import RenderableType
 
 from bus import contract as c
 from bus import subjects as s
 from bus.client import Client
+from bus.connect import jetstream
 from bus.settings import Settings
 from cli import views
-from cli.events import timeline
+from cli.events import Reader, timeline
 from cli.output import Output
 from cli.session import parse
 
@@ -109,22 +109,25 @@ class Stage:
         return next(e["num_requests"] for e in stats["endpoints"] if e["name"] == endpoint)
 
     async def events_on(self, subject: str) -> list[dict[str, Any]]:
-        """Every event on `subject` so far (an ordered consumer read to the end)."""
-        js = self.admin.nc.jetstream()
+        """Every event on `subject` so far (read to the end)."""
+        js = await jetstream(self.admin.nc, self.settings.stream_name)
         try:
             info = await js.stream_info(self.settings.stream_name, subjects_filter=subject)
         except Exception:
             return []
         wanted = sum((info.state.subjects or {}).values())
+        found: list[dict[str, Any]] = []
         if not wanted:
-            return []
-        sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=js_api.DeliverPolicy.ALL)
-        found = []
+            return found
+        reader = await Reader(js, self.settings.stream_name).open(subject, from_start=True)
         try:
             while len(found) < wanted:
-                found.append(json.loads((await sub.next_msg(timeout=2)).data))
+                batch = await reader.next_batch(2.0)
+                if not batch:
+                    break
+                found.extend(json.loads(msg.data) for msg in batch)
         finally:
-            await sub.unsubscribe()
+            await reader.close()
         return found
 
     def expect(self, ok: bool, what: str) -> None:

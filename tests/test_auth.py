@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import signal
 import stat
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import nats
 import nats.errors
 import pytest
@@ -22,7 +24,7 @@ from bus import auth, natsserver
 from bus import subjects as s
 from bus.app import running
 from bus.client import Client
-from bus.connect import connect, inbox_prefix
+from bus.connect import connect, inbox_prefix, jetstream
 from bus.errors import NotFound, Unavailable
 from bus.replay import recover
 from bus.settings import SERVICES, Settings
@@ -101,7 +103,7 @@ async def state(secured: Secured) -> dict[str, Any]:
     nc = await connect(secured.as_user("admin"), "snapshot", persistent=False)
     try:
         client = Client(nc, timeout_s=5)
-        info = await nc.jetstream().stream_info(secured.settings.stream_name)
+        info = await (await jetstream(nc, secured.settings.stream_name)).stream_info(secured.settings.stream_name)
         return {
             "stock": await client.call(s.INVENTORY_STOCK, {}),
             "reservations": await client.call(s.INVENTORY_RESERVATIONS, {}),
@@ -130,7 +132,12 @@ def test_credentials_and_config_are_private_and_generated_once(tmp_path: Path):
     for user in first:
         assert stat.S_IMODE((folder / f"{user}.json").stat().st_mode) == 0o600
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
-    assert all(c.password in config.read_text() for c in first.values())
+    # The server's configuration holds bcrypt hashes only; the clear passwords stay in the 0600 files.
+    text = config.read_text()
+    assert not any(c.password in text for c in first.values())
+    for c in first.values():
+        assert c.hashed in text and bcrypt.checkpw(c.password.encode(), c.hashed.encode())
+    assert config.read_text() == text  # prepared again: the same file, so a running server is not reloaded
 
 
 def test_the_cli_uses_its_user_for_client_commands_and_admin_for_operator_commands(tmp_path: Path):
@@ -174,7 +181,7 @@ async def test_the_services_work_as_their_users_and_the_cli_places_and_reads_ord
         assert {e["service"] for e in timeline["events"]} == set(SERVICES)
         assert (await client.call(s.PAYMENT_GET, {"order_id": order["order_id"]}))["status"] == "AUTHORIZED"
         assert await cli.nc.request(f"$SRV.PING.{ORDERS.name}", b"", timeout=2)
-        await cli.nc.jetstream().stream_info(secured.settings.stream_name)  # `oms status`
+        await (await jetstream(cli.nc, secured.settings.stream_name)).stream_info(secured.settings.stream_name)
         assert cli.errors == []
     finally:
         await cli.nc.close()
@@ -242,6 +249,171 @@ async def test_the_cli_user_cannot_read_another_users_inbox_or_the_events(secure
     finally:
         await cli.nc.close()
         await admin.nc.close()
+
+
+async def requests_answered(nc: Any, service: str, endpoint: str) -> int:
+    stats = json.loads((await nc.request(f"$SRV.STATS.{service}", b"", timeout=2)).data)
+    return next(e["num_requests"] for e in stats["endpoints"] if e["name"] == endpoint)
+
+
+async def test_no_reply_subject_a_client_names_puts_a_message_into_the_stream(secured: Secured):
+    """A service, micro's $SRV endpoints and the JetStream API answer whatever reply subject a request
+    names; across the account boundary the answer goes back into the caller's own account."""
+    admin = await session(secured, "admin")
+    cli = await session(secured, "cli")
+    try:
+        js = await jetstream(admin.nc, secured.settings.stream_name)
+        before = (await js.stream_info(secured.settings.stream_name)).state
+        heard: list[str] = []
+
+        async def keep(msg: Any) -> None:
+            heard.append(msg.subject)
+
+        # admin's account has the events as a live feed: its forged replies land there, and only there.
+        await admin.nc.subscribe("events.>", cb=keep)
+        await admin.nc.flush()
+        answered = await requests_answered(admin.nc, "orders", "get")
+        targets = (
+            "$SRV.PING",
+            "$SRV.STATS",
+            "$SRV.INFO.orders",
+            f"JS.OMS.API.STREAM.INFO.{secured.settings.stream_name}",
+        )
+        for who in (cli, admin):
+            for n, subject in enumerate(("orders.get", *targets)):
+                await who.nc.publish(subject, b'{"order_id": "ord_x"}', reply=f"events.payment.payment_authorized.o{n}")
+            await who.nc.flush()
+        await admin.nc.publish("chaos.orders.get", b"{}", reply="events.orders.order_confirmed.ord_y")
+        await admin.nc.flush()
+        await wait_for(
+            lambda: requests_answered(admin.nc, "orders", "get"), what="orders.get to have answered", timeout=5
+        )
+        await wait_for(lambda: len(heard) >= 6, what="admin's own forged replies, in its own account")
+        assert await wait_for(lambda: requests_answered(admin.nc, "orders", "get")) >= answered + 2
+        # Each service has answered (a request after the forged ones comes back) ...
+        for name in SERVICES:
+            await admin.nc.request(f"$SRV.PING.{name}", b"", timeout=2)
+        after = (await js.stream_info(secured.settings.stream_name)).state
+        # ... and not one message more is in the stream.
+        assert (after.messages, after.last_seq) == (before.messages, before.last_seq)
+        assert cli.errors == []
+    finally:
+        await cli.nc.close()
+        await admin.nc.close()
+
+
+async def test_a_stock_client_with_default_settings_works_as_cli(secured: Secured):
+    """The `nats` CLI, nats.js and nats-py use `_INBOX.<id>` unless told otherwise."""
+    nc = await nats.connect(secured.url, user="cli", password=secured.creds["cli"].password, allow_reconnect=False)
+    try:
+        client = Client(nc, timeout_s=15)
+        order = await client.call(
+            s.ORDERS_PLACE, {"customer_id": "stock-client", "items": [{"sku": "KB-101", "qty": 1}]}
+        )
+        assert order["status"] == "CONFIRMED"
+        assert (await client.call(s.ORDERS_GET, {"order_id": order["order_id"]}))["order_id"] == order["order_id"]
+        # `nats micro ls`: every service answers $SRV.INFO.
+        inbox, infos = nc.new_inbox(), []
+
+        async def keep(msg: Any) -> None:
+            infos.append(json.loads(msg.data)["name"])
+
+        await nc.subscribe(inbox, cb=keep)
+        await nc.publish("$SRV.INFO", b"", reply=inbox)
+        await wait_for(lambda: set(infos) == set(SERVICES), what="all three services in `nats micro ls`")
+    finally:
+        await nc.close()
+
+
+async def test_a_client_hears_no_replies_but_its_own_accounts(secured: Secured):
+    """`cli` may hear `_INBOX.>`, but only in its account: not admin's answers nor the services' calls to
+    each other; and admin's account hears nothing of cli's. (Connections of one user share its inboxes.)"""
+    snoop_cli = await session(secured, "cli")
+    snoop_admin = await session(secured, "admin")
+    buyer = await session(secured, "cli")
+    operator = await session(secured, "admin")
+    try:
+        heard: dict[str, list[bytes]] = {"cli": [], "admin": []}
+        for who, snoop in (("cli", snoop_cli), ("admin", snoop_admin)):
+
+            async def keep(msg: Any, who: str = who) -> None:
+                heard[who].append(msg.data)
+
+            await snoop.nc.subscribe("_INBOX.>", cb=keep)
+            await snoop.nc.flush()
+        line = [{"sku": "KB-101", "qty": 1}]
+        for who, customer in ((buyer, "seen-by-cli-only"), (operator, "seen-by-admin-only")):
+            order = await Client(who.nc, timeout_s=15).call(s.ORDERS_PLACE, {"customer_id": customer, "items": line})
+            assert order["status"] == "CONFIRMED"
+        await wait_for(lambda: any(b"seen-by-admin-only" in m for m in heard["admin"]), what="admin's own replies")
+        assert not any(b"seen-by-admin-only" in m for m in heard["cli"])
+        assert not any(b"seen-by-cli-only" in m for m in heard["admin"])
+        # The order service's calls to inventory and payment answer on its own inbox, inside OMS.
+        assert not any(b'"reservation_id"' in m or b'"payment_id"' in m for m in heard["cli"] + heard["admin"])
+        assert snoop_cli.errors == [] and snoop_admin.errors == []
+    finally:
+        for who in (snoop_cli, snoop_admin, buyer, operator):
+            await who.nc.close()
+
+
+def readme_nats_commands() -> list[list[str]]:
+    """The `nats` commands of the README's security section, split as a shell would."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("With the `nats` CLI", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [shlex.split(line) for line in block.splitlines() if line.startswith("nats ")]
+
+
+async def test_the_readmes_nats_commands_work_verbatim_from_a_stock_client(secured: Secured):
+    """Each command as the `nats` CLI sends it: default inbox, the user and password it names."""
+    commands = readme_nats_commands()
+    assert {tuple(c[5:7]) for c in commands} >= {("--password", "$PW"), ("--password", "$ADMIN")}
+    secrets_of = {"$PW": secured.creds["cli"].password, "$ADMIN": secured.creds["admin"].password}
+    placed: dict[str, Any] = {}
+    for argv in commands:
+        assert argv[:3] == ["nats", "-s", "$URL"] and argv[3] == "--user", argv
+        user, verb = argv[4], argv[7:]
+        nc = await nats.connect(secured.url, user=user, password=secrets_of[argv[6]], allow_reconnect=False)
+        try:
+            if verb[0] == "req":
+                subject, body = verb[1], verb[2].replace("ord_...", placed.get("order_id", "ord_x"))
+                headers = dict([verb[verb.index("-H") + 1].split(":", 1)]) if "-H" in verb else None
+                reply = json.loads((await nc.request(subject, body.encode(), timeout=15, headers=headers)).data)
+                assert reply["ok"], (argv, reply)
+                placed = reply["result"] if subject == s.ORDERS_PLACE.subject else placed
+            elif verb == ["micro", "ls"]:
+                inbox, names = nc.new_inbox(), []
+
+                async def keep(msg: Any, names: list[str] = names) -> None:
+                    names.append(json.loads(msg.data)["name"])
+
+                await nc.subscribe(inbox, cb=keep)
+                await nc.publish("$SRV.INFO", b"", reply=inbox)
+                await wait_for(lambda names=names: set(names) == set(SERVICES), what="`nats micro ls`")
+            elif verb[0] == "sub":
+                heard: list[str] = []
+
+                async def note(msg: Any, heard: list[str] = heard) -> None:
+                    heard.append(msg.subject)
+
+                await nc.subscribe(verb[1], cb=note)
+                await nc.flush()
+                cli = Client(await nats.connect(secured.url, user="cli", password=secrets_of["$PW"]), timeout_s=15)
+                order = await cli.call(
+                    s.ORDERS_PLACE, {"customer_id": "watched", "items": [{"sku": "KB-101", "qty": 1}]}
+                )
+                await cli.nc.close()
+                await wait_for(
+                    lambda heard=heard, oid=order["order_id"]: any(oid in h for h in heard), what="events live"
+                )
+            elif verb[:1] == ["--js-api-prefix"]:
+                assert verb[2:4] == ["stream", "info"], argv
+                info = await nc.jetstream(prefix=verb[1]).stream_info(verb[4])
+                assert info.config.name == secured.settings.stream_name
+            else:
+                pytest.fail(f"the test does not know how to run {argv}")
+        finally:
+            await nc.close()
+    assert placed.get("status") == "CONFIRMED"
 
 
 async def test_a_service_user_cannot_serve_or_call_another_services_subjects(secured: Secured):

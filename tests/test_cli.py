@@ -260,7 +260,6 @@ async def test_up_prints_the_table_and_every_service_answers_ping(running: Runni
         (running.home / "nats.url").read_text().strip(),
         user=cli_user["user"],
         password=cli_user["password"],
-        inbox_prefix="_INBOX_cli",
     )
     try:
         for name in SERVICES:

@@ -156,20 +156,50 @@ def test_the_grafana_dashboard_parses_and_queries_only_real_metrics():
     assert f"./deploy/grafana/dashboards:{path}:ro" in compose_mounts
 
 
-def test_the_nats_config_is_bus_auth_with_passwords_from_the_environment(compose, tmp_path: Path):
+def test_the_nats_config_is_bus_auth_with_password_hashes_from_the_environment(compose, tmp_path: Path):
     conf = ROOT / "deploy" / "nats" / "nats.conf"
     assert conf.read_text() == auth.deploy_config(), "regenerate it: python -m bus.auth conf > deploy/nats/nats.conf"
     nats_env = compose["services"]["nats"]["environment"]
-    assert set(nats_env) == {auth.PASSWORD_ENV.format(user=user.upper()) for user in auth.USERS}
-    passwords = {name: f"pw-{name.lower()}" for name in nats_env}
+    assert set(nats_env) == {auth.HASH_ENV.format(user=user.upper()) for user in auth.USERS}
+    # What `python -m bus.auth env` writes for .env: each password, and its hash for nats-server.
+    made = subprocess.run([sys.executable, "-m", "bus.auth", "env"], capture_output=True, text=True, timeout=60)
+    dotenv = dict(line.split("=", 1) for line in made.stdout.splitlines())
+    assert set(dotenv) == set(nats_env) | {auth.PASSWORD_ENV.format(user=user.upper()) for user in auth.USERS}
+    hashes = {name: dotenv[name].strip("'") for name in nats_env}  # as compose passes them on
+    assert all(value.startswith('"$2') for value in hashes.values())  # a string to nats-server, not a variable
+    assert not any(dotenv[auth.PASSWORD_ENV.format(user=u.upper())] in conf.read_text() for u in auth.USERS)
+    # The real server takes that configuration, and the users log in with their passwords.
+    text = conf.read_text().replace('  store_dir: "/data"\n', "")  # natsserver.start names the store
+    local = tmp_path / "nats.conf"
+    local.write_text(text)
     check = subprocess.run(
-        [str(natsserver.binary()), "-t", "-c", str(conf)],
-        env=os.environ | passwords,
+        [str(natsserver.binary()), "-t", "-c", str(local)],
+        env=os.environ | hashes,
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert check.returncode == 0, check.stdout + check.stderr
+    old = os.environ.copy()
+    os.environ.update(hashes)
+    try:
+        proc, url = natsserver.start(tmp_path / "js", config=local)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    try:
+
+        async def logs_in(user: str) -> None:
+            import nats
+
+            nc = await nats.connect(url, user=user, password=dotenv[auth.PASSWORD_ENV.format(user=user.upper())])
+            await nc.close()
+
+        for user in auth.USERS:
+            asyncio.run(logs_in(user))
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 async def test_the_healthcheck_passes_when_the_service_answers_and_fails_when_not(stack, settings):
