@@ -25,9 +25,9 @@ import nats
 
 from bus import loop, natsserver
 from bus.ids import new_id, now_iso
-from bus.outbox import ensure_stream
 from bus.replay import rebuild
 from bus.settings import Settings
+from bus.stream import ensure_stream
 from bus.subjects import event_subject
 from inventory_svc import store
 from inventory_svc.service import SPEC as INVENTORY
@@ -106,7 +106,7 @@ async def run(total: int) -> None:
             settings = Settings(home=Path(tmp) / "oms", nats_url=url)
             nc = await nats.connect(url)
             js = nc.jetstream()
-            await ensure_stream(js, settings)
+            await ensure_stream(nc, js, settings)
             started = time.perf_counter()
             sent = await asyncio.wait_for(publish(js, settings, total), PHASE_TIMEOUT_S)
             published_s = time.perf_counter() - started

@@ -4,7 +4,8 @@
               Exports what the two accounts below may ask for.
     CLIENTS   `cli`: imports the client routes, `$SRV.>` and the stream's info.
     OPS       `admin`: imports every service's subjects and `chaos.>`, `$SRV.>`, the
-              stream's read API and `events.>` as a live feed.
+              stream's read API, `events.>` as a live feed, and from SYS (the
+              server's system account, no users) each server's JetStream report.
 
 An account is a subject space of its own. A request that crosses an import
 reaches the service with a reply subject the server minted in OMS (`_R_...`),
@@ -36,11 +37,12 @@ from typing import Any, Literal
 from bus import subjects as s
 from bus.settings import SERVICES
 
-OMS, CLIENTS, OPS = "OMS", "CLIENTS", "OPS"
+OMS, CLIENTS, OPS, SYS = "OMS", "CLIENTS", "OPS", "SYS"
 Role = Literal["cli", "admin"]
 USERS: tuple[str, ...] = (*SERVICES, "cli", "admin")
 ACCOUNT_OF: dict[str, str] = {**dict.fromkeys(SERVICES, OMS), "cli": CLIENTS, "admin": OPS}
 JS_PREFIX = "JS.OMS.API"  # the stream's API as the client accounts see it
+JSZ_SUBJECT = "OMS.SYS.JSZ"  # every server's JetStream report (meta leader, peers), as OPS asks for it
 
 # Who calls whom: the participants the order service's saga invokes and compensates.
 CALLS: dict[str, tuple[s.Route, ...]] = {
@@ -124,8 +126,12 @@ class Export:
     stream: bool = False  # a stream export: messages published in OMS are heard in the importers
     many_replies: bool = False  # a request answered by several messages ($SRV pings, direct batches)
     prefixed: bool = False  # a JetStream API subject: imported under JS_PREFIX instead of `$JS.API`
+    source: str = OMS  # the exporting account
+    renamed: str | None = None  # the subject the importers use, when not the exported one
 
     def imported_as(self) -> str:
+        if self.renamed:
+            return self.renamed
         return JS_PREFIX + self.subject.removeprefix("$JS.API") if self.prefixed else self.subject
 
 
@@ -149,4 +155,6 @@ def exports(stream: str = "OMS_EVENTS") -> tuple[Export, ...]:
         Export(f"$JS.API.STREAM.INFO.{stream}", both, prefixed=True),
         *(Export(f"$JS.API.{call}", (OPS,), many_replies=many, prefixed=True) for call, many in read),
         Export("events.>", (OPS,), stream=True),
+        # The system account's JetStream report of each server, for `oms status` on a cluster.
+        Export("$SYS.REQ.SERVER.PING.JSZ", (OPS,), many_replies=True, source=SYS, renamed=JSZ_SUBJECT),
     )

@@ -26,11 +26,12 @@ from bus.db import Database, DatabaseInUse, SqliteTooOld, Tx
 from bus.errors import Unavailable
 from bus.ids import iso
 from bus.metrics import Metrics
-from bus.outbox import Relay, ensure_stream
+from bus.outbox import Relay
 from bus.replay import ReplayError
 from bus.replay import recover as recover_by_replay
 from bus.service import Call, ServiceRunner
 from bus.settings import Settings
+from bus.stream import ensure_stream
 from bus.subjects import HEALTH
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ async def running(
         nc = await connect(settings, spec.name, user=settings.nats_user, password=settings.nats_password)
         stack.push_async_callback(lambda: _close_nats(nc, budget.left()))
         js = nc.jetstream()
-        await ensure_stream(js, settings)
+        await ensure_stream(nc, js, settings)
         relay = Relay(js, db, settings.stream_name)
         await relay.start()
         stack.push_async_callback(relay.stop)

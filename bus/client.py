@@ -1,10 +1,20 @@
 """The request client: one call = one request-reply with a timeout and typed errors.
 
-This is the one place where nats-py's transport errors become OMS errors.
+This is the one place where nats-py's transport errors become OMS errors. A
+client with `patience_s` also rides out a node loss: a call that met no
+responders, a lost connection or another retryable error is sent again with
+capped, jittered backoff until its patience runs out. A timeout is an unknown
+outcome, so it is sent again only when that is safe: a read, or a command
+with an idempotency key. The saga engine keeps no patience: its steps have a
+retry policy of their own.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
+import time
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar, overload
 
@@ -20,6 +30,8 @@ from bus.subjects import Route
 M = TypeVar("M", bound=BaseModel)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+RETRY_BASE_S = 0.05
+RETRY_CAP_S = 1.0
 
 
 class Guard(Protocol):
@@ -52,10 +64,20 @@ def decode_reply(subject: str, data: bytes) -> dict[str, Any]:
 class Client:
     """Calls OMS endpoints; optional breakers guard each downstream service."""
 
-    def __init__(self, nc: Nats, *, breakers: Guard | None = None, timeout_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        nc: Nats,
+        *,
+        breakers: Guard | None = None,
+        timeout_s: float = 2.0,
+        patience_s: float = 0.0,
+        hopeless: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.nc = nc
         self.breakers = breakers
         self.timeout_s = timeout_s
+        self.patience_s = patience_s
+        self.hopeless = hopeless  # e.g. the server refused the request: sending it again cannot help
 
     @overload
     async def call(
@@ -88,17 +110,34 @@ class Client:
         timeout_s: float | None = None,
         idempotency_key: str | None = None,
     ) -> M | dict[str, Any]:
-        if self.breakers is None:
-            body = await self.request(route.subject, payload, timeout_s, idempotency_key)
-        else:
-            async with self.breakers.guard(route.service):
-                body = await self.request(route.subject, payload, timeout_s, idempotency_key)
+        safe = idempotency_key is not None or not route.mutating  # may be sent again after a timeout
+        give_up = time.monotonic() + self.patience_s
+        attempt = 0
+        while True:
+            try:
+                if self.breakers is None:
+                    body = await self.request(route.subject, payload, timeout_s, idempotency_key)
+                else:
+                    async with self.breakers.guard(route.service):
+                        body = await self.request(route.subject, payload, timeout_s, idempotency_key)
+                break
+            except OmsError as exc:
+                if not self._again(exc, safe, give_up):
+                    raise
+                attempt += 1
+                await asyncio.sleep(random.uniform(0, min(RETRY_CAP_S, RETRY_BASE_S * 2**attempt)))
         if result is None:
             return body
         try:
             return result.model_validate(body)
         except PydanticValidationError as exc:
             raise InternalError(f"{route.subject} answered a result that does not fit {result.__name__}") from exc
+
+    def _again(self, exc: OmsError, safe: bool, give_up: float) -> bool:
+        """Whether a failed call goes out once more (see the module's docstring)."""
+        if not exc.retryable or time.monotonic() >= give_up or self.hopeless():
+            return False
+        return safe or isinstance(exc, NoResponders)  # no responders: the request reached nobody
 
     async def request(
         self,

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import weakref
 from collections.abc import Callable
 
 import nats.errors
 from nats.aio.client import Client as Nats
-from nats.js import JetStreamContext
 
-from bus.accounts import JS_PREFIX, inbox_prefix
+from bus.accounts import inbox_prefix
 from bus.errors import Unavailable
 from bus.settings import Settings
 
 log = logging.getLogger(__name__)
+
+SHORT_RECONNECTS = 8  # per server, for a short-lived connection: rides out a node loss, not an outage
 
 
 def is_refusal(exc: BaseException) -> bool:
@@ -45,10 +45,12 @@ async def connect(
     persistent: bool = True,
     on_error: Callable[[Exception], None] | None = None,
 ) -> Nats:
-    """Connect as `name`. Persistent connections reconnect forever, but refused credentials fail at once;
-    others fail fast and clearly. `on_error` hears what the server reports once connected (e.g. a
-    permissions violation: the server drops the message and says so only here)."""
-    url = settings.resolved_nats_url()
+    """Connect as `name` to any server of the list. Persistent connections reconnect forever, but refused
+    credentials fail at once; short-lived ones (the CLI's) reconnect through a node loss a bounded number
+    of times, and fail fast and clearly when no server answers. `on_error` hears what the server reports
+    once connected (e.g. a permissions violation: the server drops the message and says so only here)."""
+    servers = settings.nats_servers()
+    url = ",".join(servers)
     user = user or settings.nats_user
     password = password or settings.nats_password
     connecting = True
@@ -69,7 +71,7 @@ async def connect(
         log.info("nats reconnected", extra={"connection": name})
 
     options: dict = dict(
-        servers=[url],
+        servers=servers,
         name=name,
         user=user,
         password=password,
@@ -82,8 +84,9 @@ async def connect(
     if persistent:
         options |= dict(max_reconnect_attempts=-1, reconnect_time_wait=0.25, ping_interval=5)
     else:
-        # nats-py keeps retrying a refused server when max_reconnect_attempts is 0: one attempt, then fail.
-        options |= dict(allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.1)
+        # nats-py gives up the first connect at the first server that fails unless it may reconnect, so a
+        # short-lived connection may: each server of the list a few times (about 2 s), then it fails.
+        options |= dict(max_reconnect_attempts=SHORT_RECONNECTS, reconnect_time_wait=0.25, ping_interval=5)
 
     nc = Nats()
     try:
@@ -101,21 +104,3 @@ async def connect(
         raise
     connecting = False
     return nc
-
-
-_API_PREFIX: weakref.WeakKeyDictionary[Nats, str] = weakref.WeakKeyDictionary()
-
-
-async def jetstream(nc: Nats, stream: str) -> JetStreamContext:
-    """The event stream's API as this connection reaches it: `$JS.API` inside the OMS account (or on a
-    server without accounts), `JS.OMS.API` from a client account (`bus.accounts`). Asked once per
-    connection: the client accounts answer the stream's info there, anyone else has no responders."""
-    prefix = _API_PREFIX.get(nc)
-    if prefix is None:
-        try:
-            await nc.request(f"{JS_PREFIX}.STREAM.INFO.{stream}", b"", timeout=2.0)
-            prefix = JS_PREFIX
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-            prefix = "$JS.API"
-        _API_PREFIX[nc] = prefix
-    return nc.jetstream(prefix=prefix)

@@ -22,32 +22,12 @@ from nats.js import api as js_api
 from nats.js.errors import Error as JsError
 
 from bus.db import Database, OutboxRow
-from bus.settings import Settings
 
 log = logging.getLogger(__name__)
 
 BATCH = 256
 ACK_TIMEOUT_S = 5.0
 BACKOFF_CAP_S = 2.0
-
-
-async def ensure_stream(js: JetStreamContext, settings: Settings) -> js_api.StreamInfo:
-    """Create OMS_EVENTS, or bring its settings up to date; safe to call from every service at once."""
-    config = js_api.StreamConfig(
-        name=settings.stream_name,
-        subjects=["events.>"],
-        storage=js_api.StorageType.FILE,
-        retention=js_api.RetentionPolicy.LIMITS,
-        max_age=float(settings.stream_max_age_s),
-        duplicate_window=float(settings.stream_duplicate_window_s),
-        discard=js_api.DiscardPolicy.OLD,
-    )
-    try:
-        return await js.add_stream(config)
-    except JsError as exc:
-        if getattr(exc, "err_code", None) != 10058:  # stream name already in use
-            raise
-        return await js.update_stream(config)
 
 
 class Relay:

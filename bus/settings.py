@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICES = ("orders", "inventory", "payment")
+SERVER_URL = re.compile(r"^((nats|tls|ws|wss)://)?([^\s:/@]+(:[^\s@/]*)?@)?[A-Za-z0-9_.\[\]:-]+(:\d{1,5})?$")
 
 
 class Limits(BaseModel):
@@ -46,7 +48,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OMS_", env_nested_delimiter="__", extra="ignore")
 
     home: Path = Path(".oms")
-    nats_url: str | None = Field(None, description="an existing server or cluster; unset: `oms up` starts one")
+    nats_url: str | None = Field(
+        None, description="an existing server or cluster: one URL or a comma-separated list; unset: `oms up` starts one"
+    )
     nats_user: str | None = Field(
         None, description="NATS user; unset: the embedded server's generated credentials (bus.auth), or none"
     )
@@ -62,6 +66,9 @@ class Settings(BaseSettings):
     stream_name: str = "OMS_EVENTS"
     stream_max_age_s: int = Field(0, ge=0, description="0 keeps events forever")
     stream_duplicate_window_s: int = Field(600, ge=1)
+    stream_replicas: int = Field(
+        0, ge=0, le=5, description="copies of the event stream; 0: 3 on a cluster, 1 on one server (never lowered)"
+    )
     durability: Literal["fsync", "nosync"] = Field(
         "fsync",
         description="fsync: every group commit and every JetStream write reaches the disk before it is "
@@ -71,9 +78,24 @@ class Settings(BaseSettings):
     stop_budget_s: float = Field(
         8.0, gt=0, le=300, description="the longest a graceful stop takes (`oms down` kills after 10 s)"
     )
+    client_patience_s: float = Field(
+        8.0, ge=0, le=600, description="how long the CLI and `oms load` retry a call through a node loss"
+    )
     limits: Limits = Limits()
     saga: SagaSettings = SagaSettings()
     breaker: BreakerSettings = BreakerSettings()
+
+    @field_validator("nats_url")
+    @classmethod
+    def _server_list(cls, value: str | None) -> str | None:
+        """One URL or a comma-separated list of them (a cluster's servers), written back normalised."""
+        if value is None or not value.strip():
+            return None
+        servers = [part.strip() for part in value.split(",") if part.strip()]
+        for server in servers:
+            if not SERVER_URL.fullmatch(server):
+                raise ValueError(f"{server!r} is not a NATS server URL (nats://host:port, tls://... or host:port)")
+        return ",".join(servers)
 
     def db_path(self, service: str) -> Path:
         return self.home / "data" / f"{service}.db"
@@ -87,9 +109,14 @@ class Settings(BaseSettings):
         return self.home / "nats.url"
 
     def resolved_nats_url(self) -> str:
-        """The server to use: OMS_NATS_URL, else the one `oms up` started, else the default port."""
+        """The servers to use, comma-separated: OMS_NATS_URL, else the ones `oms up` started (one server or
+        a cluster's), else the default port."""
         if self.nats_url:
             return self.nats_url
         if self.embedded_url_file.exists():
             return self.embedded_url_file.read_text().strip()
         return "nats://127.0.0.1:4222"
+
+    def nats_servers(self) -> list[str]:
+        """`resolved_nats_url` as the list nats-py connects to (it does not split a comma-separated one)."""
+        return [server.strip() for server in self.resolved_nats_url().split(",") if server.strip()]

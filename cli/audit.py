@@ -15,9 +15,9 @@ from rich.text import Text
 
 from bus.audit import Report, run_audit
 from bus.client import Client
-from bus.connect import jetstream
 from bus.errors import Unavailable
 from bus.settings import Settings
+from bus.stream import jetstream
 from cli.connection import ADMIN, connect_briefly
 from cli.failures import ExitCode, reported
 from cli.options import JsonFlag

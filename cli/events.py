@@ -22,10 +22,10 @@ from rich.table import Table
 from rich.text import Text
 
 from bus import contract as c
-from bus.connect import jetstream
 from bus.errors import Unavailable
 from bus.ids import parse_iso
 from bus.settings import SERVICES, Settings
+from bus.stream import jetstream
 from bus.subjects import EVENTS_ROOT
 from cli import views
 from cli.connection import ADMIN, connect_briefly

@@ -14,9 +14,9 @@ import nats.errors
 from nats.aio.client import Client as Nats
 
 from bus.client import decode_reply
-from bus.connect import jetstream
 from bus.errors import OmsError
 from bus.settings import SERVICES, Settings
+from bus.stream import jetstream
 from bus.subjects import HEALTH
 from cli.connection import connect_briefly
 from cli.processes import NATS_SERVER, Layout, is_ours, read_pid, running_pid

@@ -12,8 +12,8 @@ from rich.table import Table
 from bus import loop
 from bus.audit import Report, run_audit
 from bus.client import Client
-from bus.connect import jetstream
 from bus.settings import Settings
+from bus.stream import jetstream
 from cli.connection import ADMIN, connect_briefly
 from cli.failures import ExitCode, reported
 from cli.loadgen import LoadPlan, LoadResult, Mix, ensure_stock, run_load

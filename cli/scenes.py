@@ -15,9 +15,9 @@ from bus import auth
 from bus import contract as c
 from bus import subjects as s
 from bus.audit import run_audit
-from bus.connect import jetstream
 from bus.replay import recover
 from bus.settings import SERVICES
+from bus.stream import jetstream
 from cli import stack
 from cli.load import audit_table, results_table
 from cli.loadgen import LoadPlan, Mix, run_load

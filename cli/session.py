@@ -61,13 +61,16 @@ def command(model: type[M], flags: Mapping[str, str], **fields: Any) -> M:
 
 @asynccontextmanager
 async def client(settings: Settings, *, role: Role = CLI) -> AsyncIterator[Client]:
-    """A client on a short-lived connection as `role` (`cli`, or `admin` for operator commands):
-    fails fast, never reconnects. A request the server refused to pass on fails as UNAVAILABLE saying so,
+    """A client on a short-lived connection as `role` (`cli`, or `admin` for operator commands): it rides
+    out a node loss (reconnects, and retries what is safe to send again for `client_patience_s`), and
+    fails fast when the server refuses it. A request the server refused to pass on fails as UNAVAILABLE saying so,
     rather than as a bare timeout."""
     refusals: list[str] = []
     nc = await connect_briefly(settings, f"oms-{role}", role=role, refusals=refusals)
     try:
-        yield Client(nc, timeout_s=QUERY_TIMEOUT_S)
+        yield Client(
+            nc, timeout_s=QUERY_TIMEOUT_S, patience_s=settings.client_patience_s, hopeless=lambda: bool(refusals)
+        )
     except RequestTimeout:
         if not refusals:
             raise

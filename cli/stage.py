@@ -15,8 +15,8 @@ from rich.console import RenderableType
 from bus import contract as c
 from bus import subjects as s
 from bus.client import Client
-from bus.connect import jetstream
 from bus.settings import Settings
+from bus.stream import jetstream
 from cli import views
 from cli.events import Reader, timeline
 from cli.output import Output

@@ -24,10 +24,11 @@ from bus import auth, natsserver
 from bus import subjects as s
 from bus.app import running
 from bus.client import Client
-from bus.connect import connect, inbox_prefix, jetstream
+from bus.connect import connect, inbox_prefix
 from bus.errors import NotFound, Unavailable
 from bus.replay import recover
 from bus.settings import SERVICES, Settings
+from bus.stream import jetstream
 from cli import stack
 from cli.connection import role_for
 from cli.session import request as session_request

@@ -23,8 +23,9 @@ from bus.audit import run_audit
 from bus.db import SQLITE_NEEDED, Database, hold_lock, require_sqlite
 from bus.errors import Conflict, OutOfStock
 from bus.idempotency import once, request_hash
-from bus.outbox import Relay, ensure_stream
+from bus.outbox import Relay
 from bus.settings import Settings
+from bus.stream import ensure_stream
 from tests.conftest import wait_for
 
 MIGRATION = "CREATE TABLE counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
@@ -132,7 +133,7 @@ async def relayed(settings: Settings, tmp_path) -> AsyncIterator[tuple[Database,
     """A database whose events a started relay publishes to the test server's stream."""
     nc = await nats.connect(settings.nats_url)
     js = nc.jetstream()
-    await ensure_stream(js, settings)
+    await ensure_stream(nc, js, settings)
     try:
         async with Database(tmp_path / "k.db", "inventory", (MIGRATION,)) as db:
             relay = Relay(js, db, settings.stream_name)
@@ -278,7 +279,7 @@ async def test_events_committed_while_the_stream_is_missing_go_out_once_and_in_o
         )
         await wait_for(lambda: relay.failures >= 1, what="the publishes to be refused")
         assert relay.backlog == 600 and relay.published_total == 0
-        await ensure_stream(js, settings)
+        await ensure_stream(nc, js, settings)
         assert await relay.drain(15)
         await relay.stop()
     info = await js.stream_info(settings.stream_name)
@@ -311,7 +312,7 @@ async def test_a_repeated_key_is_answered_only_once_the_first_requests_events_ar
             # The repeat finds the stored reply at once, and still waits for the first request's event.
             await wait_for(lambda: db.units >= 2 and len(relay._waiters) == 2, what="the repeat to wait")
             assert not first.done() and not repeat.done()
-            await ensure_stream(js, settings)
+            await ensure_stream(nc, js, settings)
             assert (await first).order_id == "o1"
             assert (await repeat)["order_id"] == "o1"
             assert relay.acked_seq >= 1
@@ -334,7 +335,7 @@ async def test_a_new_orders_saga_sends_nothing_before_its_creation_is_in_the_str
     assert [r["status"] for r in json.loads(recorded)] == ["RUNNING"]  # recorded, unsent
     reservations = await stack["client"].call(s.INVENTORY_RESERVATIONS, {})
     assert all(r["order_id"] != order_id for r in reservations["reservations"])  # nothing reserved for it
-    await ensure_stream(stack["js"], settings)
+    await ensure_stream(stack["nc"], stack["js"], settings)
     assert (await placing)["status"] == "CONFIRMED"
     report = await run_audit(stack["client"], stack["js"], settings.stream_name, settings.saga)
     for check in report.checks:  # deleting the stream took the catalog's restock events with it, and only those
@@ -379,7 +380,7 @@ async def test_the_audit_counts_the_stream_per_subject_as_the_server_holds_it(se
 
     nc = await nats.connect(settings.nats_url)
     js = nc.jetstream()
-    await ensure_stream(js, settings)
+    await ensure_stream(nc, js, settings)
     expected = {f"events.inventory.stock_restocked.P{i}": 1 + i % 3 for i in range(120)}
     for subject, count in expected.items():
         for _ in range(count):

@@ -372,7 +372,8 @@ async def test_saga_listings_walk_an_index_newest_first_instead_of_sorting_every
 
 
 async def test_a_resumed_saga_sends_nothing_before_the_outbox_it_found_is_in_the_stream(settings, tmp_path):
-    from bus.outbox import Relay, ensure_stream
+    from bus.outbox import Relay
+    from bus.stream import ensure_stream
 
     nc = await nats.connect(settings.nats_url)
     js = nc.jetstream()
@@ -393,7 +394,7 @@ async def test_a_resumed_saga_sends_nothing_before_the_outbox_it_found_is_in_the
             assert await engine.resume_all() == 1
             await wait_for(lambda: relay.failures >= 1, what="the creation's publish to be refused")
             assert p.calls == []
-            await ensure_stream(js, settings)
+            await ensure_stream(nc, js, settings)
             assert await engine.wait("saga_r", 10)
             assert p.subjects() == ["inventory.reserve", "payment.authorize"]
         finally:
