@@ -222,6 +222,6 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> None:
     except Unavailable as exc:  # e.g. refused credentials: retrying does not help, and the message says why
         log.error("cannot start", extra={"error": exc.message})
         sys.exit(f"{spec.name}: {exc.message}")
-    except (DatabaseInUse, SqliteTooOld) as exc:  # its file is being rebuilt, or this Python cannot run it
+    except (DatabaseInUse, SqliteTooOld) as exc:  # another instance or a rebuild has its file; or too old an SQLite
         log.error("cannot start", extra={"error": str(exc)})
         sys.exit(f"{spec.name}: {exc}")

@@ -13,7 +13,9 @@ hop per batch, and the two threads taking the GIL from each other on every
 statement). Reads, which can be long (listings, the audit), run on aiosqlite's
 thread on a second connection and see only committed data. The price: if
 another process held the file's write lock, the loop would wait for it (up to
-busy_timeout); nothing in OMS writes a service's file while the service runs.
+busy_timeout); nothing in OMS writes a service's file while the service runs:
+an open database holds its lock file exclusively (`hold_lock`), so a second
+instance, or a rebuild, is refused at once.
 
 A unit that wants its changes kept *and* an error answered returns the error
 instead of raising it (a declined payment is recorded, then answered 402).
@@ -23,12 +25,14 @@ A unit that raises is rolled back to its savepoint; the rest of the batch commit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -79,6 +83,13 @@ class OutboxRow:
     event_id: str
     subject: str
     body: bytes
+
+
+class Holder(StrEnum):
+    """What holds a database's lock: the one instance that serves it, or a rebuild by replay replacing it."""
+
+    SERVICE = "service"
+    REBUILD = "rebuild"
 
 
 class Tx:
@@ -147,9 +158,12 @@ class _Unit:
 class Database:
     """A service's SQLite file, written through one group-committing writer."""
 
-    def __init__(self, path: Path | str, service: str, migrations: Sequence[str] = ()) -> None:
+    def __init__(
+        self, path: Path | str, service: str, migrations: Sequence[str] = (), *, holder: Holder = Holder.SERVICE
+    ) -> None:
         self.path = Path(path)
         self.service = service
+        self.holder = holder
         self.migrations = (*KERNEL_MIGRATIONS, *migrations)
         self.relay: Relay | None = None
         self._conn: aiosqlite.Connection | None = None  # reads, on aiosqlite's thread
@@ -161,12 +175,12 @@ class Database:
         self._forget_timer: asyncio.TimerHandle | None = None
         self.commits = 0
         self.units = 0
-        self._lock: int | None = None  # a shared lock on the file's lock file while it is open
+        self._lock: int | None = None  # the file's lock (`hold_lock`) while it is open
 
     async def open(self) -> Database:
         require_sqlite(sqlite3.sqlite_version_info)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = hold_lock(self.path, exclusive=False)
+        self._lock = hold_lock(self.path, self.service, self.holder)
         conn = await aiosqlite.connect(self.path, isolation_level=None)
         conn.row_factory = sqlite3.Row
         self._conn = conn
@@ -184,7 +198,7 @@ class Database:
             await self._conn.close()
             self._conn = None
         if self._lock is not None:
-            os.close(self._lock)
+            release_lock(self._lock)
             self._lock = None
 
     async def _stop_writing(self) -> None:
@@ -375,24 +389,57 @@ def require_sqlite(version: tuple[int, ...]) -> None:
 
 
 class DatabaseInUse(RuntimeError):
-    """The file is open elsewhere in a way that excludes this use (a service, or a rebuild)."""
+    """The file is held by another process (a serving instance, or a rebuild by replay)."""
 
 
-def hold_lock(path: Path, *, exclusive: bool) -> int:
-    """Take a lock on `path`'s lock file (`<name>.lock`) and return its descriptor (close it to release).
+def hold_lock(path: Path, service: str, holder: Holder) -> int:
+    """Take the lock on `path`'s lock file (`<name>.lock`), exclusively, and return its descriptor (close it
+    to release).
 
-    Every process that uses a service's database holds it shared; a rebuild by replay, which replaces the
-    file, holds it exclusive: neither can start while the other runs, whoever started the service and
-    wherever it keeps its home. Raises DatabaseInUse instead of waiting."""
+    One process at a time has a service's database: the instance that serves it or a rebuild that replaces
+    it, whoever started them and wherever they keep their home (two instances writing one file would each
+    answer from state the other changes). The holder writes its pid and what it is into the lock file, so
+    that whoever is refused can say who holds it. Raises DatabaseInUse instead of waiting."""
     fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        held_by = _holder(fd)
         os.close(fd)
-        if exclusive:
-            raise DatabaseInUse(f"{path} is open in a running service: stop it first") from None
-        raise DatabaseInUse(f"{path} is being rebuilt by replay: start the service when that is done") from None
+        raise DatabaseInUse(_in_use(path, service, holder, held_by)) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {holder} {service}\n".encode(), 0)
     return fd
+
+
+def release_lock(fd: int) -> None:
+    """Give the lock back; the lock file no longer names a holder."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+    os.close(fd)
+
+
+def _holder(fd: int) -> tuple[int, Holder] | None:
+    """Who the lock file says holds it; None while the holder has not written yet (or is an older OMS)."""
+    try:
+        pid, what, *_ = os.pread(fd, 256, 0).decode().split()
+        return int(pid), Holder(what)
+    except (OSError, UnicodeError, ValueError):
+        return None
+
+
+def _in_use(path: Path, service: str, wanted: Holder, held_by: tuple[int, Holder] | None) -> str:
+    pid, holder = held_by if held_by is not None else (None, None)
+    who = f" (pid {pid})" if pid is not None else ""
+    if holder is Holder.REBUILD:
+        if wanted is Holder.REBUILD:
+            return f"{path} is being rebuilt by replay already{who}"
+        return f"{path} is being rebuilt by replay{who}: start the service when that is done"
+    if wanted is Holder.REBUILD:
+        return f"{path} is open in a running {service} service{who}: stop it first"
+    if holder is Holder.SERVICE:
+        return f"{path} is in use by another {service} instance{who}; one instance per database: stop it first"
+    return f"{path} is in use by another process; one instance per database: stop it first"
 
 
 def _nothing(tx: Tx) -> None:

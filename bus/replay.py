@@ -11,8 +11,8 @@ fresh file replace the real one (`os.replace`); a failed rebuild leaves the old
 file as it was.
 
 The service must not be running meanwhile: the rebuild holds the file's lock
-exclusively (every open database holds it shared), and `oms recover` also checks
-pid files first. Events the old file committed but never published (a killed
+(`bus.db.hold_lock`), which a serving instance holds too, and `oms recover` also
+checks pid files first. Events the old file committed but never published (a killed
 service's outbox) go into the stream before the rebuild reads it, so their
 changes are kept. `rebuild` needs only settings and a JetStream context, so a
 CLI process can run it.
@@ -38,7 +38,7 @@ from pydantic import ValidationError
 
 from bus.connect import connect
 from bus.contract import Event
-from bus.db import Database, DatabaseInUse, OutboxRow, Tx, hold_lock, outbox_rows
+from bus.db import Database, DatabaseInUse, Holder, OutboxRow, Tx, hold_lock, outbox_rows, release_lock
 from bus.settings import Settings
 
 if TYPE_CHECKING:
@@ -85,13 +85,13 @@ async def rebuild(
     real = settings.db_path(spec.name)
     real.parent.mkdir(parents=True, exist_ok=True)
     try:
-        lock = hold_lock(real, exclusive=True)  # until the new file is in place: no service opens it meanwhile
+        lock = hold_lock(real, spec.name, Holder.REBUILD)  # until the new file is in place: no service opens it
     except DatabaseInUse as exc:
         raise ReplayError(f"cannot rebuild the {spec.name} database: {exc}") from None
     try:
         return await _rebuild(settings, spec, js, real, progress)
     finally:
-        os.close(lock)
+        release_lock(lock)
 
 
 async def _rebuild(
@@ -109,7 +109,7 @@ async def _rebuild(
     started = time.perf_counter()
     reader = _Reader(js, settings.stream_name, f"events.{spec.name}.>", info.state.last_seq)
     try:
-        async with Database(fresh, spec.name, spec.migrations) as db:
+        async with Database(fresh, spec.name, spec.migrations, holder=Holder.REBUILD) as db:
             applied = await _load(db, reader, spec.apply, progress)
             await db.commit(lambda tx: _settle(tx, spec, settings, reader.last_seq))
             # One self-contained file: the WAL is folded in, so nothing next to it is needed.

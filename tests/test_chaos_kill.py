@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 import time
 
 import nats
@@ -14,8 +16,9 @@ from bus import subjects as s
 from bus.audit import run_audit
 from bus.client import Client
 from bus.errors import OmsError
-from bus.settings import Settings
+from bus.settings import SERVICES, Settings
 from cli import stack as oms_stack
+from cli.processes import PACKAGES, Layout
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -100,3 +103,31 @@ async def test_the_order_service_killed_mid_run_resumes_every_saga(procs):
     assert len(set(answered)) == ORDERS  # one order per key, whatever the client had to retry
     await all_terminal(procs["client"], answered)
     await assert_clean(procs)
+
+
+async def test_a_second_instance_on_a_database_in_use_exits_at_once_naming_the_first_which_serves_on(procs):
+    settings, client = procs["settings"], procs["client"]
+    env = oms_stack.child_env(settings)  # exactly what the running instances were started with
+    home = Layout.of(settings).home
+    for name in SERVICES:
+        first = oms_stack.running_pid(settings, name)
+        started = time.monotonic()
+        second = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", PACKAGES[name]], env=env, capture_output=True, text=True, timeout=30
+        )
+        took = time.monotonic() - started
+        path = Settings(home=home).db_path(name)
+        assert second.returncode == 1, second.stderr
+        assert second.stderr.splitlines()[-1] == (
+            f"{name}: {path} is in use by another {name} instance (pid {first}); "
+            "one instance per database: stop it first"
+        )
+        assert "Traceback" not in second.stderr
+        assert took < 15, f"the second {name} took {took:.1f} s to give up"
+        assert oms_stack.running_pid(settings, name) == first
+    # The first instances never noticed: orders go through and every invariant holds.
+    placed = [await place_until_answered(client, f"second-{i}", i) for i in range(20)]
+    await all_terminal(client, placed)
+    report = await run_audit(client, procs["js"], settings.stream_name, settings.saga)
+    assert report.ok, json.dumps(report.to_dict(), indent=1)
+    assert report.orders == len(placed)

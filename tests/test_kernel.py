@@ -20,7 +20,7 @@ from bus import contract as c
 from bus import loop
 from bus.app import running
 from bus.audit import run_audit
-from bus.db import SQLITE_NEEDED, Database, hold_lock, require_sqlite
+from bus.db import SQLITE_NEEDED, Database, DatabaseInUse, Holder, hold_lock, release_lock, require_sqlite
 from bus.errors import Conflict, OutOfStock
 from bus.idempotency import once, request_hash
 from bus.outbox import Relay, ensure_stream
@@ -69,17 +69,31 @@ def test_an_sqlite_too_old_for_the_statements_is_refused_with_the_reason():
 def test_a_service_started_while_its_database_is_rebuilt_exits_with_the_reason_and_no_traceback(tmp_path):
     path = Settings(home=tmp_path).db_path("payment")
     path.parent.mkdir(parents=True)
-    rebuilding = hold_lock(path, exclusive=True)  # as `oms recover payment` holds it
+    rebuilding = hold_lock(path, "payment", Holder.REBUILD)  # as `oms recover payment` holds it
     try:
         env = {**os.environ, "OMS_HOME": str(tmp_path), "OMS_NATS_URL": "nats://127.0.0.1:1"}
         proc = subprocess.run(
             [sys.executable, "-m", "payment_svc"], env=env, capture_output=True, text=True, timeout=120
         )
     finally:
-        os.close(rebuilding)
+        release_lock(rebuilding)
     assert proc.returncode == 1
-    assert "payment: " in proc.stderr and "is being rebuilt by replay" in proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        f"payment: {path} is being rebuilt by replay (pid {os.getpid()}): start the service when that is done"
+    )
     assert "Traceback" not in proc.stderr
+
+
+async def test_a_database_open_in_one_place_is_refused_everywhere_else_naming_its_holder(tmp_path):
+    path = tmp_path / "k.db"
+    async with Database(path, "inventory", (MIGRATION,)):
+        with pytest.raises(DatabaseInUse, match=rf"in use by another inventory instance \(pid {os.getpid()}\)"):
+            await Database(path, "inventory", (MIGRATION,)).open()
+        with pytest.raises(DatabaseInUse, match=rf"open in a running inventory service \(pid {os.getpid()}\)"):
+            hold_lock(path, "inventory", Holder.REBUILD)
+    async with Database(path, "inventory", (MIGRATION,)):  # closed: free again, for anyone
+        pass
+    release_lock(hold_lock(path, "inventory", Holder.REBUILD))
 
 
 async def test_migrations_run_once(tmp_path):

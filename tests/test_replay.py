@@ -390,7 +390,7 @@ async def test_a_restock_repeated_after_a_rebuild_answers_as_before_instead_of_a
 async def test_a_rebuild_refuses_a_database_a_running_service_has_open_however_it_was_started(services):
     before = tables(services.settings.db_path(INVENTORY.name))
     # No pid file or home needed: the running service holds its database's lock.
-    with pytest.raises(ReplayError, match="open in a running service"):
+    with pytest.raises(ReplayError, match=rf"open in a running inventory service \(pid {os.getpid()}\): stop it first"):
         await rebuild(services.settings, INVENTORY, services.js)
     assert tables(services.settings.db_path(INVENTORY.name)) == before
     await services.stop(INVENTORY)
