@@ -18,7 +18,7 @@ import nats.errors
 from nats.aio.client import Client as Nats
 from nats.js import JetStreamContext
 
-from bus import logs, loop
+from bus import home, logs, loop
 from bus.client import Client
 from bus.connect import connect
 from bus.contract import Event, Health, HealthQuery
@@ -212,6 +212,7 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> None:
         help=f"rebuild the database from the event stream before serving (stop the {spec.name} service first)",
     )
     args = parser.parse_args(argv)
+    home.keep_private()  # its database, WAL and lock files, and anything else it writes: 0600 (bus.home)
     settings = Settings()
     logs.setup(spec.name, settings.log_level)
     try:

@@ -40,6 +40,7 @@ import aiosqlite
 
 from bus import jsonb
 from bus.errors import OmsError
+from bus.home import private_dir, private_file
 from bus.ids import new_id, now_iso
 from bus.subjects import event_subject
 
@@ -179,8 +180,9 @@ class Database:
 
     async def open(self) -> Database:
         require_sqlite(sqlite3.sqlite_version_info)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         self._lock = hold_lock(self.path, self.service, self.holder)
+        private_file(self.path)  # before SQLite creates it: SQLite gives its -wal, -shm and -journal its mode
         conn = await aiosqlite.connect(self.path, isolation_level=None)
         conn.row_factory = sqlite3.Row
         self._conn = conn

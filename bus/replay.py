@@ -39,6 +39,7 @@ from pydantic import ValidationError
 from bus.connect import connect
 from bus.contract import Event
 from bus.db import Database, DatabaseInUse, Holder, OutboxRow, Tx, hold_lock, outbox_rows, release_lock
+from bus.home import private_dir
 from bus.settings import Settings
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ async def rebuild(
     if spec.apply is None:
         raise ReplayError(f"the {spec.name} service has no projection to rebuild its database with")
     real = settings.db_path(spec.name)
-    real.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(real.parent)
     try:
         lock = hold_lock(real, spec.name, Holder.REBUILD)  # until the new file is in place: no service opens it
     except DatabaseInUse as exc:

@@ -69,8 +69,13 @@ class Settings(BaseSettings):
     saga: SagaSettings = SagaSettings()
     breaker: BreakerSettings = BreakerSettings()
 
+    @property
+    def data_dir(self) -> Path:
+        """Where the services keep their databases."""
+        return self.home / "data"
+
     def db_path(self, service: str) -> Path:
-        return self.home / "data" / f"{service}.db"
+        return self.data_dir / f"{service}.db"
 
     def metrics_port(self, service: str) -> int:
         return getattr(self, f"metrics_port_{service}")
