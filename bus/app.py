@@ -103,7 +103,14 @@ async def running(
         await recover_by_replay(settings, spec)
     budget = StopBudget(settings.stop_budget_s)
     async with AsyncExitStack() as stack:
-        db = await stack.enter_async_context(Database(settings.db_path(spec.name), spec.name, spec.migrations))
+        db = await stack.enter_async_context(
+            Database(
+                settings.db_path(spec.name),
+                spec.name,
+                spec.migrations,
+                forget_after_s=settings.outbox_forget_after_s,
+            )
+        )
         nc = await connect(settings, spec.name, user=settings.nats_user, password=settings.nats_password)
         stack.push_async_callback(lambda: _close_nats(nc, budget.left()))
         js = nc.jetstream()

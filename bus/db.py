@@ -56,6 +56,10 @@ SQLITE_NEEDED = (3, 38, 0)
 
 MAX_BATCH = 512
 FORGET_AFTER_S = 0.5  # the longest acknowledged outbox rows wait for a batch to delete them
+# Meta row: a stream sequence at or below which the stream holds none of the events still in the outbox
+# (written with every delete of acknowledged rows). What a relay looks up before it sends rows again starts
+# after it (bus.outbox, bus.stored).
+OUTBOX_FLOOR = "outbox_floor_seq"
 
 # Tables every service has; a service's own migrations follow these.
 KERNEL_MIGRATIONS: tuple[str, ...] = (
@@ -160,11 +164,18 @@ class Database:
     """A service's SQLite file, written through one group-committing writer."""
 
     def __init__(
-        self, path: Path | str, service: str, migrations: Sequence[str] = (), *, holder: Holder = Holder.SERVICE
+        self,
+        path: Path | str,
+        service: str,
+        migrations: Sequence[str] = (),
+        *,
+        holder: Holder = Holder.SERVICE,
+        forget_after_s: float = FORGET_AFTER_S,
     ) -> None:
         self.path = Path(path)
         self.service = service
         self.holder = holder
+        self.forget_after_s = forget_after_s
         self.migrations = (*KERNEL_MIGRATIONS, *migrations)
         self.relay: Relay | None = None
         self._conn: aiosqlite.Connection | None = None  # reads, on aiosqlite's thread
@@ -172,6 +183,7 @@ class Database:
         self._queue: asyncio.Queue[_Unit] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._forget_upto = 0  # outbox rows up to here are acknowledged: the next batch deletes them
+        self._forget_floor = 0  # ... and the stream sequence of the last of them: the floor that delete writes
         self._forgotten = 0
         self._forget_timer: asyncio.TimerHandle | None = None
         self.commits = 0
@@ -195,6 +207,10 @@ class Database:
         return self
 
     async def close(self) -> None:
+        if self._writer is not None and not self._writer.done() and self._forget_upto > self._forgotten:
+            # Acknowledged rows leave with a clean stop, so that the next start has nothing to look up.
+            with contextlib.suppress(Exception):
+                await self.commit(_nothing)
         await self._stop_writing()
         if self._conn:
             await self._conn.close()
@@ -341,6 +357,8 @@ class Database:
             upto = self._forget_upto
             if upto > self._forgotten:
                 conn.execute("DELETE FROM outbox WHERE seq <= ?", (upto,))
+                # The rows left were sent after the last one deleted, so the stream holds them later if at all.
+                set_outbox_floor(conn, self._forget_floor)
             conn.execute("COMMIT")
             self._forgotten = max(self._forgotten, upto)
         except BaseException:
@@ -354,16 +372,35 @@ class Database:
     async def unsent_events(self) -> list[OutboxRow]:
         return await self._on_db_thread(outbox_rows)
 
-    def forget_sent(self, up_to_seq: int) -> None:
-        """Drop outbox rows the stream has acknowledged (history lives in JetStream, not here).
+    async def outbox_floor(self) -> int | None:
+        """The outbox's floor (OUTBOX_FLOOR); None for a file that never recorded one."""
+        return await self._on_db_thread(outbox_floor)
 
-        The delete rides along with the next batch of writes; when none comes soon, an empty unit
-        carries it. A row still there after a crash is only sent again, and the stream drops it.
+    def forget_sent(self, up_to_seq: int, stream_seq: int) -> None:
+        """Drop outbox rows the stream has acknowledged (history lives in JetStream, not here); `stream_seq`
+        is where the stream stored the last of them, the outbox's floor once they are deleted.
+
+        The delete rides along with the next batch of writes; when none comes soon (`forget_after_s`), an
+        empty unit carries it. A row still there after a crash is looked up in the stream before it is sent
+        again (bus.outbox), so the stream stores it once however long the outage.
         """
         self._forget_upto = max(self._forget_upto, up_to_seq)
+        # The latest, not the highest: each batch is stored after the one before, and a stream made anew
+        # (deleted and created again) starts its sequences over.
+        self._forget_floor = stream_seq
         if self._forget_timer is None and self._writer is not None:
             loop = asyncio.get_running_loop()
-            self._forget_timer = loop.call_later(FORGET_AFTER_S, self._forget_now)
+            self._forget_timer = loop.call_later(self.forget_after_s, self._forget_now)
+
+    async def forget_stored(self, seqs: Sequence[int], floor: int) -> None:
+        """Drop the outbox rows `seqs`, found in the stream already, and set the floor to `floor`: the caller
+        knows that no row left is in the stream at or below it."""
+
+        def unit(tx: Tx) -> None:
+            tx.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs])
+            set_outbox_floor(tx, floor)
+
+        await self.commit(unit)
 
     def _forget_now(self) -> None:
         self._forget_timer = None
@@ -374,6 +411,19 @@ class Database:
 def outbox_rows(conn: sqlite3.Connection) -> list[OutboxRow]:
     """The events a file has committed and not yet seen acknowledged, in commit order."""
     return [OutboxRow(*row) for row in conn.execute("SELECT seq, event_id, subject, body FROM outbox ORDER BY seq")]
+
+
+def outbox_floor(conn: sqlite3.Connection) -> int | None:
+    """The file's OUTBOX_FLOOR; None when it never recorded one (a new file, or one from before the floor)."""
+    row = conn.execute("SELECT value FROM meta WHERE name = ?", (OUTBOX_FLOOR,)).fetchone()
+    return int(row[0]) if row is not None else None
+
+
+def set_outbox_floor(conn: sqlite3.Connection | Tx, seq: int) -> None:
+    conn.execute(
+        "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (OUTBOX_FLOOR, str(seq)),
+    )
 
 
 class SqliteTooOld(RuntimeError):

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     stream_name: str = "OMS_EVENTS"
     stream_max_age_s: int = Field(0, ge=0, description="0 keeps events forever")
     stream_duplicate_window_s: int = Field(600, ge=1)
+    outbox_forget_after_s: float = Field(
+        0.5, gt=0, le=3600, description="the longest acknowledged outbox rows wait for a write to delete them"
+    )
     stop_budget_s: float = Field(
         8.0, gt=0, le=300, description="the longest a graceful stop takes (`oms down` kills after 10 s)"
     )

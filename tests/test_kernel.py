@@ -25,7 +25,7 @@ from bus.errors import Conflict, OutOfStock
 from bus.idempotency import once, request_hash
 from bus.outbox import Relay, ensure_stream
 from bus.settings import Settings
-from tests.conftest import wait_for
+from tests.conftest import outlast_duplicate_window, repeated_ids, stream_events, wait_for
 
 MIGRATION = "CREATE TABLE counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
 
@@ -196,6 +196,55 @@ async def test_acknowledged_events_leave_the_outbox_also_when_no_write_follows(s
         await relay.stop()
 
 
+async def test_events_a_crash_left_in_the_outbox_after_their_ack_are_stored_once_after_a_long_outage(
+    settings: Settings, tmp_path
+):
+    short = settings.model_copy(update={"stream_duplicate_window_s": 1})
+    nc = await nats.connect(short.nats_url)
+    js = nc.jetstream()
+    await ensure_stream(js, short)
+    path = tmp_path / "k.db"
+
+    def emit(i: int):
+        return lambda tx: tx.emit("stock_restocked", f"S{i}", {"i": i})
+
+    async with Database(path, "inventory", (MIGRATION,), forget_after_s=0.05) as db:
+        relay = Relay(js, db, short.stream_name)
+        await relay.start()
+        await asyncio.gather(*(db.write(emit(i)) for i in range(5)))  # sent, acknowledged and forgotten
+
+        async def forgotten() -> bool:
+            return await db.unsent_events() == []
+
+        await wait_for(forgotten, timeout=5, what="the outbox to empty")
+        await relay.stop()
+        # Then a relay that sent these and was killed before their delete: 30 acknowledged, 2 more out of
+        # order (as a rebuild publishes an old file's leftovers), 8 never sent.
+        await asyncio.gather(*(db.commit(emit(i)) for i in range(5, 45)))
+        left = await db.unsent_events()
+    assert len(left) == 40
+    sent = [*left[:30], left[32], left[35]]
+    for row in sent:
+        await js.publish(row.subject, row.body, stream=short.stream_name, headers={"Nats-Msg-Id": row.event_id})
+    await outlast_duplicate_window(js, short.stream_name)
+
+    async with Database(path, "inventory", (MIGRATION,), forget_after_s=3600) as db:
+        relay = Relay(js, db, short.stream_name)
+        await relay.start()
+        assert await relay.drain(10)
+        assert relay.found_stored == 32 and relay.published_total == 8
+        assert relay.lookup is not None and relay.lookup.read == 32  # from the floor on, not the 5 before it
+        assert relay.acked_seq == left[-1].seq
+        await relay.stop()
+        # What was found left the outbox at once, and the floor moved past it: after another crash only the
+        # 8 sent since would be looked up again.
+        assert [r.event_id for r in await db.unsent_events()] == [r.event_id for r in left if r not in sent]
+    events = await stream_events(nc, short)
+    assert repeated_ids(events) == {}
+    assert len(events) == 45
+    await nc.close()
+
+
 def test_now_iso_is_the_current_utc_time_to_the_millisecond():
     import re
     import time
@@ -254,6 +303,9 @@ async def test_a_graceful_stop_publishes_what_was_committed(settings: Settings):
     msg = await nc.jetstream().get_last_msg(settings.stream_name, "events.inventory.stock_restocked.GRACE-2999")
     assert json.loads(msg.data)["event_id"] == events[-1].event_id
     await nc.close()
+    # ... and deleted from the outbox: the next start has nothing to look up in the stream.
+    async with Database(settings.db_path("inventory"), "inventory", INVENTORY.migrations) as db:
+        assert await db.unsent_events() == []
 
 
 async def test_a_graceful_stop_keeps_to_its_budget_with_a_request_that_will_not_finish(settings: Settings):
