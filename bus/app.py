@@ -18,7 +18,7 @@ import nats.errors
 from nats.aio.client import Client as Nats
 from nats.js import JetStreamContext
 
-from bus import logs, loop
+from bus import home, logs, loop
 from bus.client import Client
 from bus.connect import connect
 from bus.contract import Event, Health, HealthQuery
@@ -104,7 +104,14 @@ async def running(
         await recover_by_replay(settings, spec)
     budget = StopBudget(settings.stop_budget_s)
     async with AsyncExitStack() as stack:
-        db = await stack.enter_async_context(Database(settings.db_path(spec.name), spec.name, spec.migrations))
+        db = await stack.enter_async_context(
+            Database(
+                settings.db_path(spec.name),
+                spec.name,
+                spec.migrations,
+                forget_after_s=settings.outbox_forget_after_s,
+            )
+        )
         nc = await connect(settings, spec.name, user=settings.nats_user, password=settings.nats_password)
         stack.push_async_callback(lambda: _close_nats(nc, budget.left()))
         js = nc.jetstream()
@@ -213,6 +220,7 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> None:
         help=f"rebuild the database from the event stream before serving (stop the {spec.name} service first)",
     )
     args = parser.parse_args(argv)
+    home.keep_private()  # its database, WAL and lock files, and anything else it writes: 0600 (bus.home)
     settings = Settings()
     logs.setup(spec.name, settings.log_level)
     try:
@@ -223,6 +231,6 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> None:
     except Unavailable as exc:  # e.g. refused credentials: retrying does not help, and the message says why
         log.error("cannot start", extra={"error": exc.message})
         sys.exit(f"{spec.name}: {exc.message}")
-    except (DatabaseInUse, SqliteTooOld) as exc:  # its file is being rebuilt, or this Python cannot run it
+    except (DatabaseInUse, SqliteTooOld) as exc:  # another instance or a rebuild has its file; or too old an SQLite
         log.error("cannot start", extra={"error": str(exc)})
         sys.exit(f"{spec.name}: {exc}")

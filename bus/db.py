@@ -13,7 +13,9 @@ hop per batch, and the two threads taking the GIL from each other on every
 statement). Reads, which can be long (listings, the audit), run on aiosqlite's
 thread on a second connection and see only committed data. The price: if
 another process held the file's write lock, the loop would wait for it (up to
-busy_timeout); nothing in OMS writes a service's file while the service runs.
+busy_timeout); nothing in OMS writes a service's file while the service runs:
+an open database holds its lock file exclusively (`hold_lock`), so a second
+instance, or a rebuild, is refused at once.
 
 A unit that wants its changes kept *and* an error answered returns the error
 instead of raising it (a declined payment is recorded, then answered 402).
@@ -23,12 +25,14 @@ A unit that raises is rolled back to its savepoint; the rest of the batch commit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -36,6 +40,7 @@ import aiosqlite
 
 from bus import jsonb
 from bus.errors import OmsError
+from bus.home import private_dir, private_file
 from bus.ids import new_id, now_iso
 from bus.subjects import event_subject
 
@@ -51,6 +56,10 @@ SQLITE_NEEDED = (3, 38, 0)
 
 MAX_BATCH = 512
 FORGET_AFTER_S = 0.5  # the longest acknowledged outbox rows wait for a batch to delete them
+# Meta row: a stream sequence at or below which the stream holds none of the events still in the outbox
+# (written with every delete of acknowledged rows). What a relay looks up before it sends rows again starts
+# after it (bus.outbox, bus.stored).
+OUTBOX_FLOOR = "outbox_floor_seq"
 
 # Tables every service has; a service's own migrations follow these.
 KERNEL_MIGRATIONS: tuple[str, ...] = (
@@ -79,6 +88,13 @@ class OutboxRow:
     event_id: str
     subject: str
     body: bytes
+
+
+class Holder(StrEnum):
+    """What holds a database's lock: the one instance that serves it, or a rebuild by replay replacing it."""
+
+    SERVICE = "service"
+    REBUILD = "rebuild"
 
 
 class Tx:
@@ -147,9 +163,19 @@ class _Unit:
 class Database:
     """A service's SQLite file, written through one group-committing writer."""
 
-    def __init__(self, path: Path | str, service: str, migrations: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        service: str,
+        migrations: Sequence[str] = (),
+        *,
+        holder: Holder = Holder.SERVICE,
+        forget_after_s: float = FORGET_AFTER_S,
+    ) -> None:
         self.path = Path(path)
         self.service = service
+        self.holder = holder
+        self.forget_after_s = forget_after_s
         self.migrations = (*KERNEL_MIGRATIONS, *migrations)
         self.relay: Relay | None = None
         self._conn: aiosqlite.Connection | None = None  # reads, on aiosqlite's thread
@@ -157,16 +183,18 @@ class Database:
         self._queue: asyncio.Queue[_Unit] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._forget_upto = 0  # outbox rows up to here are acknowledged: the next batch deletes them
+        self._forget_floor = 0  # ... and the stream sequence of the last of them: the floor that delete writes
         self._forgotten = 0
         self._forget_timer: asyncio.TimerHandle | None = None
         self.commits = 0
         self.units = 0
-        self._lock: int | None = None  # a shared lock on the file's lock file while it is open
+        self._lock: int | None = None  # the file's lock (`hold_lock`) while it is open
 
     async def open(self) -> Database:
         require_sqlite(sqlite3.sqlite_version_info)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = hold_lock(self.path, exclusive=False)
+        private_dir(self.path.parent)
+        self._lock = hold_lock(self.path, self.service, self.holder)
+        private_file(self.path)  # before SQLite creates it: SQLite gives its -wal, -shm and -journal its mode
         conn = await aiosqlite.connect(self.path, isolation_level=None)
         conn.row_factory = sqlite3.Row
         self._conn = conn
@@ -179,12 +207,16 @@ class Database:
         return self
 
     async def close(self) -> None:
+        if self._writer is not None and not self._writer.done() and self._forget_upto > self._forgotten:
+            # Acknowledged rows leave with a clean stop, so that the next start has nothing to look up.
+            with contextlib.suppress(Exception):
+                await self.commit(_nothing)
         await self._stop_writing()
         if self._conn:
             await self._conn.close()
             self._conn = None
         if self._lock is not None:
-            os.close(self._lock)
+            release_lock(self._lock)
             self._lock = None
 
     async def _stop_writing(self) -> None:
@@ -325,6 +357,8 @@ class Database:
             upto = self._forget_upto
             if upto > self._forgotten:
                 conn.execute("DELETE FROM outbox WHERE seq <= ?", (upto,))
+                # The rows left were sent after the last one deleted, so the stream holds them later if at all.
+                set_outbox_floor(conn, self._forget_floor)
             conn.execute("COMMIT")
             self._forgotten = max(self._forgotten, upto)
         except BaseException:
@@ -338,16 +372,35 @@ class Database:
     async def unsent_events(self) -> list[OutboxRow]:
         return await self._on_db_thread(outbox_rows)
 
-    def forget_sent(self, up_to_seq: int) -> None:
-        """Drop outbox rows the stream has acknowledged (history lives in JetStream, not here).
+    async def outbox_floor(self) -> int | None:
+        """The outbox's floor (OUTBOX_FLOOR); None for a file that never recorded one."""
+        return await self._on_db_thread(outbox_floor)
 
-        The delete rides along with the next batch of writes; when none comes soon, an empty unit
-        carries it. A row still there after a crash is only sent again, and the stream drops it.
+    def forget_sent(self, up_to_seq: int, stream_seq: int) -> None:
+        """Drop outbox rows the stream has acknowledged (history lives in JetStream, not here); `stream_seq`
+        is where the stream stored the last of them, the outbox's floor once they are deleted.
+
+        The delete rides along with the next batch of writes; when none comes soon (`forget_after_s`), an
+        empty unit carries it. A row still there after a crash is looked up in the stream before it is sent
+        again (bus.outbox), so the stream stores it once however long the outage.
         """
         self._forget_upto = max(self._forget_upto, up_to_seq)
+        # The latest, not the highest: each batch is stored after the one before, and a stream made anew
+        # (deleted and created again) starts its sequences over.
+        self._forget_floor = stream_seq
         if self._forget_timer is None and self._writer is not None:
             loop = asyncio.get_running_loop()
-            self._forget_timer = loop.call_later(FORGET_AFTER_S, self._forget_now)
+            self._forget_timer = loop.call_later(self.forget_after_s, self._forget_now)
+
+    async def forget_stored(self, seqs: Sequence[int], floor: int) -> None:
+        """Drop the outbox rows `seqs`, found in the stream already, and set the floor to `floor`: the caller
+        knows that no row left is in the stream at or below it."""
+
+        def unit(tx: Tx) -> None:
+            tx.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs])
+            set_outbox_floor(tx, floor)
+
+        await self.commit(unit)
 
     def _forget_now(self) -> None:
         self._forget_timer = None
@@ -358,6 +411,19 @@ class Database:
 def outbox_rows(conn: sqlite3.Connection) -> list[OutboxRow]:
     """The events a file has committed and not yet seen acknowledged, in commit order."""
     return [OutboxRow(*row) for row in conn.execute("SELECT seq, event_id, subject, body FROM outbox ORDER BY seq")]
+
+
+def outbox_floor(conn: sqlite3.Connection) -> int | None:
+    """The file's OUTBOX_FLOOR; None when it never recorded one (a new file, or one from before the floor)."""
+    row = conn.execute("SELECT value FROM meta WHERE name = ?", (OUTBOX_FLOOR,)).fetchone()
+    return int(row[0]) if row is not None else None
+
+
+def set_outbox_floor(conn: sqlite3.Connection | Tx, seq: int) -> None:
+    conn.execute(
+        "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (OUTBOX_FLOOR, str(seq)),
+    )
 
 
 class SqliteTooOld(RuntimeError):
@@ -375,24 +441,57 @@ def require_sqlite(version: tuple[int, ...]) -> None:
 
 
 class DatabaseInUse(RuntimeError):
-    """The file is open elsewhere in a way that excludes this use (a service, or a rebuild)."""
+    """The file is held by another process (a serving instance, or a rebuild by replay)."""
 
 
-def hold_lock(path: Path, *, exclusive: bool) -> int:
-    """Take a lock on `path`'s lock file (`<name>.lock`) and return its descriptor (close it to release).
+def hold_lock(path: Path, service: str, holder: Holder) -> int:
+    """Take the lock on `path`'s lock file (`<name>.lock`), exclusively, and return its descriptor (close it
+    to release).
 
-    Every process that uses a service's database holds it shared; a rebuild by replay, which replaces the
-    file, holds it exclusive: neither can start while the other runs, whoever started the service and
-    wherever it keeps its home. Raises DatabaseInUse instead of waiting."""
+    One process at a time has a service's database: the instance that serves it or a rebuild that replaces
+    it, whoever started them and wherever they keep their home (two instances writing one file would each
+    answer from state the other changes). The holder writes its pid and what it is into the lock file, so
+    that whoever is refused can say who holds it. Raises DatabaseInUse instead of waiting."""
     fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        held_by = _holder(fd)
         os.close(fd)
-        if exclusive:
-            raise DatabaseInUse(f"{path} is open in a running service: stop it first") from None
-        raise DatabaseInUse(f"{path} is being rebuilt by replay: start the service when that is done") from None
+        raise DatabaseInUse(_in_use(path, service, holder, held_by)) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {holder} {service}\n".encode(), 0)
     return fd
+
+
+def release_lock(fd: int) -> None:
+    """Give the lock back; the lock file no longer names a holder."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+    os.close(fd)
+
+
+def _holder(fd: int) -> tuple[int, Holder] | None:
+    """Who the lock file says holds it; None while the holder has not written yet (or is an older OMS)."""
+    try:
+        pid, what, *_ = os.pread(fd, 256, 0).decode().split()
+        return int(pid), Holder(what)
+    except (OSError, UnicodeError, ValueError):
+        return None
+
+
+def _in_use(path: Path, service: str, wanted: Holder, held_by: tuple[int, Holder] | None) -> str:
+    pid, holder = held_by if held_by is not None else (None, None)
+    who = f" (pid {pid})" if pid is not None else ""
+    if holder is Holder.REBUILD:
+        if wanted is Holder.REBUILD:
+            return f"{path} is being rebuilt by replay already{who}"
+        return f"{path} is being rebuilt by replay{who}: start the service when that is done"
+    if wanted is Holder.REBUILD:
+        return f"{path} is open in a running {service} service{who}: stop it first"
+    if holder is Holder.SERVICE:
+        return f"{path} is in use by another {service} instance{who}; one instance per database: stop it first"
+    return f"{path} is in use by another process; one instance per database: stop it first"
 
 
 def _nothing(tx: Tx) -> None:

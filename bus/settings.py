@@ -75,6 +75,9 @@ class Settings(BaseSettings):
         "acknowledged (survives power loss); nosync: the OS writes them back in its own time (survives any "
         "process crash, may lose the last changes on power loss)",
     )
+    outbox_forget_after_s: float = Field(
+        0.5, gt=0, le=3600, description="the longest acknowledged outbox rows wait for a write to delete them"
+    )
     stop_budget_s: float = Field(
         8.0, gt=0, le=300, description="the longest a graceful stop takes (`oms down` kills after 10 s)"
     )
@@ -97,8 +100,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"{server!r} is not a NATS server URL (nats://host:port, tls://... or host:port)")
         return ",".join(servers)
 
+    @property
+    def data_dir(self) -> Path:
+        """Where the services keep their databases."""
+        return self.home / "data"
+
     def db_path(self, service: str) -> Path:
-        return self.home / "data" / f"{service}.db"
+        return self.data_dir / f"{service}.db"
 
     def metrics_port(self, service: str) -> int:
         return getattr(self, f"metrics_port_{service}")

@@ -89,6 +89,11 @@ def event_subject(service: str, event_type: str, key: str) -> str:
     return f"{EVENTS_ROOT}.{service}.{event_type}.{key}"
 
 
+def service_events_subject(service: str) -> str:
+    """`events.<service>.>`: every event one service writes."""
+    return f"{EVENTS_ROOT}.{service}.>"
+
+
 def order_timeline_subject(order_id: str) -> str:
     return f"{EVENTS_ROOT}.*.*.{order_id}"
 

@@ -86,7 +86,7 @@ def audit(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Check the system's invariants; exit 1 when any is violated.
 
     No SKU oversold, confirmed orders reserved and charged exactly, failed and cancelled orders hold
-    nothing, no order outlives its deadline, one key one order, every state change has its event.
+    nothing, no order outlives its deadline, one key one order, every state change has its event, once.
     """
     settings = settings_of(ctx)
     with reported(settings, as_json=as_json):

@@ -1,6 +1,8 @@
 """The stack's processes on this machine: where their files live, which pid is ours, signals.
 
-    OMS_HOME/
+    OMS_HOME/           0700, and every file in it 0600 (bus.home)
+      data/             the services' databases (bus.db)
+      credentials/      the NATS users' passwords, nats.conf: their permissions (bus.auth)
       nats/             JetStream store of the embedded nats-server
       nats.url          the URL it listens on (read by `Settings.resolved_nats_url`)
       pids/<name>.pid   one per process `oms up` started (name: a service or nats-server)
@@ -25,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bus import auth, home
 from bus.settings import Settings
 
 PACKAGES = {"orders": "order_svc", "inventory": "inventory_svc", "payment": "payment_svc"}
@@ -38,11 +41,20 @@ class Layout:
 
     home: Path
     url_file: Path
+    data: Path
+    credentials: Path
+    nats_config: Path
 
     @classmethod
     def of(cls, settings: Settings) -> Layout:
-        home = settings.home.expanduser().resolve()
-        return cls(home, settings.model_copy(update={"home": home}).embedded_url_file)
+        resolved = settings.model_copy(update={"home": settings.home.expanduser().resolve()})
+        return cls(
+            resolved.home,
+            resolved.embedded_url_file,
+            resolved.data_dir,
+            auth.credentials_dir(resolved),
+            auth.config_path(resolved),
+        )
 
     @property
     def nats_store(self) -> Path:
@@ -55,8 +67,15 @@ class Layout:
         return self.home / "logs" / f"{name}.log"
 
     def prepare(self) -> None:
+        """Make the home and its folders, private (bus.home): this process keeps umask 077 from here on,
+        so the files the stack writes (pid files, logs, nats.url) and the processes it starts are private
+        too; what an older OMS left readable to others is tightened."""
+        home.keep_private()
+        home.private_dir(self.home)
+        owned = (self.data, self.credentials, self.nats_config, self.nats_store, self.url_file)
+        home.tighten(self.home, (*owned, self.home / "pids", self.home / "logs"))
         for folder in (self.home / "pids", self.home / "logs"):
-            folder.mkdir(parents=True, exist_ok=True)
+            home.private_dir(folder)
 
 
 def proc_text(pid: int, what: str) -> list[str] | None:

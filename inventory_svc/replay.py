@@ -2,9 +2,11 @@
 
 Stream order is commit order, so applying each event's change in turn gives
 back the same counts; `products.reserved` moves only when a reservation changes
-state, which makes a repeated event (one published again after the duplicate
-window) harmless. The catalog is marked as seeded, so the first start after a
-rebuild does not restock it a second time.
+state. A copy of an event stored again later (after an outage longer than the
+duplicate window) never gets here: the rebuild applies each event id once
+(bus.replay). It has to: a copy of an older restock would set `on_hand` back.
+The catalog is marked as seeded, so the first start after a rebuild does not
+restock it a second time.
 
 Of the idempotency table, only the restock keys are rebuilt (from the key and
 hash each restock event carries): reserve and release are idempotent by order id,

@@ -1,8 +1,8 @@
 """Rebuilding the payments table from its events: every payment event carries the whole row.
 
 A payment only moves forward (AUTHORIZED or DECLINED, then REFUNDED or
-VOIDED), so an event never takes a row back: a repeated event published again
-after the duplicate window changes nothing.
+VOIDED), so an event never takes a row back; a copy of an event stored again
+does not even get here (the rebuild applies each event id once, bus.replay).
 
 The idempotency table is not rebuilt: authorize and refund are idempotent by
 order id, which is what a resumed saga relies on when it re-sends a step.

@@ -115,15 +115,43 @@ async def stream_events(nc: Any, settings: Settings) -> list[dict]:
     """Every event in the stream, oldest first, each with the subject it was published on."""
     import json
 
+    from nats.js.errors import NotFoundError
+
     js = nc.jetstream()
     info = await js.stream_info(settings.stream_name)
     events: list[dict] = []
     if not info.state.messages:
         return events
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        msg = await js.get_msg(settings.stream_name, seq)
+        try:
+            msg = await js.get_msg(settings.stream_name, seq)
+        except NotFoundError:  # purged
+            continue
         events.append(json.loads(msg.data) | {"subject": msg.subject})
     return events
+
+
+async def outlast_duplicate_window(js: Any, stream: str, timeout: float = 30.0) -> None:
+    """Return once the stream has forgotten the message ids of everything published before the call: a
+    canary published now is, once publishing it again is stored instead of dropped. The canary is purged."""
+    import uuid
+
+    subject, msg_id = f"events.canary.window.{uuid.uuid4().hex}", f"canary-{uuid.uuid4().hex}"
+    await js.publish(subject, b"{}", stream=stream, headers={"Nats-Msg-Id": msg_id})
+
+    async def forgotten() -> bool:
+        ack = await js.publish(subject, b"{}", stream=stream, headers={"Nats-Msg-Id": msg_id})
+        return not ack.duplicate
+
+    await wait_for(forgotten, timeout=timeout, interval=0.1, what="the stream's duplicate window to pass")
+    await js.purge_stream(stream, subject=subject)
+
+
+def repeated_ids(events: list[dict]) -> dict[str, int]:
+    """Event ids the stream holds more than once, with how often."""
+    from collections import Counter
+
+    return {event_id: n for event_id, n in Counter(e["event_id"] for e in events).items() if n > 1}
 
 
 @pytest.fixture

@@ -456,6 +456,26 @@ async def test_admin_may_restock_and_a_service_may_rebuild_itself_by_replay(secu
     assert stats.applied == stats.total > 0
 
 
+async def test_a_service_looks_its_outbox_up_in_the_stream_as_its_own_user(secured: Secured, tmp_path: Path):
+    from bus.db import Database
+    from bus.outbox import Relay
+
+    nc = await connect(secured.as_user("payment"), "payment-relay", persistent=False)
+    try:
+        js, stream = nc.jetstream(), secured.settings.stream_name
+        async with Database(tmp_path / "payment.db", "payment", PAYMENT.migrations) as db:
+            _, rows = await db.commit(lambda tx: [tx.emit("lookup_probe", f"p{i}", {}) for i in range(2)])
+            # The first one is in the stream already (its relay was killed before deleting it).
+            await js.publish(rows[0].subject, rows[0].body, stream=stream, headers={"Nats-Msg-Id": rows[0].event_id})
+            relay = Relay(js, db, stream)
+            await relay.start()
+            assert await relay.drain(10)
+            await relay.stop()
+        assert relay.failures == 0 and relay.found_stored == 1 and relay.published_total == 1
+    finally:
+        await nc.close()
+
+
 async def test_oms_up_reuses_the_credentials_and_a_running_server_reloads_new_ones(tmp_path: Path):
     settings = Settings(home=tmp_path / "home")
     stack_settings = stack.StackSettings(nats_port=0)

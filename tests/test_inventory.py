@@ -45,23 +45,24 @@ def gauge(kernel, name: str, sku: str) -> float | None:
     return kernel.metrics.registry.get_sample_value(name, {"sku": sku})
 
 
-async def test_first_start_seeds_the_catalog_once_with_one_restock_event_per_sku(inventory, client, nc, settings):
-    stock = await client.call(s.INVENTORY_STOCK, {}, c.Stock)
-    assert [p.sku for p in stock.products] == sorted(item.sku for item in CATALOG)
-    assert all(p.on_hand == ON_HAND[p.sku] and p.reserved == 0 and p.available == p.on_hand for p in stock.products)
-    events = await stream_events(nc, settings)
-    assert [e["subject"] for e in events] == [f"events.inventory.stock_restocked.{i.sku}" for i in CATALOG]
-    assert events[0]["data"].pop("restocked_at")
-    assert events[0]["data"] == {
-        "sku": "KB-101",
-        "name": "Mechanical keyboard",
-        "price_cents": 8900,
-        "qty": 100,
-        "on_hand": 100,
-        "reserved": 0,
-    }
-    assert gauge(inventory, "oms_stock_on_hand_units", "LAMP-1") == 3
-    async with running(SPEC, settings, serve_metrics=False):  # a second instance on the same file
+async def test_first_start_seeds_the_catalog_once_with_one_restock_event_per_sku(client, nc, settings):
+    async with running(SPEC, settings, serve_metrics=False) as inventory:
+        stock = await client.call(s.INVENTORY_STOCK, {}, c.Stock)
+        assert [p.sku for p in stock.products] == sorted(item.sku for item in CATALOG)
+        assert all(p.on_hand == ON_HAND[p.sku] and p.reserved == 0 and p.available == p.on_hand for p in stock.products)
+        events = await stream_events(nc, settings)
+        assert [e["subject"] for e in events] == [f"events.inventory.stock_restocked.{i.sku}" for i in CATALOG]
+        assert events[0]["data"].pop("restocked_at")
+        assert events[0]["data"] == {
+            "sku": "KB-101",
+            "name": "Mechanical keyboard",
+            "price_cents": 8900,
+            "qty": 100,
+            "on_hand": 100,
+            "reserved": 0,
+        }
+        assert gauge(inventory, "oms_stock_on_hand_units", "LAMP-1") == 3
+    async with running(SPEC, settings, serve_metrics=False):  # started again on the same file
         pass
     assert len(await stream_events(nc, settings)) == len(CATALOG)
 

@@ -20,13 +20,13 @@ from bus import contract as c
 from bus import loop
 from bus.app import running
 from bus.audit import run_audit
-from bus.db import SQLITE_NEEDED, Database, hold_lock, require_sqlite
+from bus.db import SQLITE_NEEDED, Database, DatabaseInUse, Holder, hold_lock, release_lock, require_sqlite
 from bus.errors import Conflict, OutOfStock
 from bus.idempotency import once, request_hash
 from bus.outbox import Relay
 from bus.settings import Settings
 from bus.stream import ensure_stream
-from tests.conftest import wait_for
+from tests.conftest import outlast_duplicate_window, repeated_ids, stream_events, wait_for
 
 MIGRATION = "CREATE TABLE counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
 
@@ -70,17 +70,31 @@ def test_an_sqlite_too_old_for_the_statements_is_refused_with_the_reason():
 def test_a_service_started_while_its_database_is_rebuilt_exits_with_the_reason_and_no_traceback(tmp_path):
     path = Settings(home=tmp_path).db_path("payment")
     path.parent.mkdir(parents=True)
-    rebuilding = hold_lock(path, exclusive=True)  # as `oms recover payment` holds it
+    rebuilding = hold_lock(path, "payment", Holder.REBUILD)  # as `oms recover payment` holds it
     try:
         env = {**os.environ, "OMS_HOME": str(tmp_path), "OMS_NATS_URL": "nats://127.0.0.1:1"}
         proc = subprocess.run(
             [sys.executable, "-m", "payment_svc"], env=env, capture_output=True, text=True, timeout=120
         )
     finally:
-        os.close(rebuilding)
+        release_lock(rebuilding)
     assert proc.returncode == 1
-    assert "payment: " in proc.stderr and "is being rebuilt by replay" in proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        f"payment: {path} is being rebuilt by replay (pid {os.getpid()}): start the service when that is done"
+    )
     assert "Traceback" not in proc.stderr
+
+
+async def test_a_database_open_in_one_place_is_refused_everywhere_else_naming_its_holder(tmp_path):
+    path = tmp_path / "k.db"
+    async with Database(path, "inventory", (MIGRATION,)):
+        with pytest.raises(DatabaseInUse, match=rf"in use by another inventory instance \(pid {os.getpid()}\)"):
+            await Database(path, "inventory", (MIGRATION,)).open()
+        with pytest.raises(DatabaseInUse, match=rf"open in a running inventory service \(pid {os.getpid()}\)"):
+            hold_lock(path, "inventory", Holder.REBUILD)
+    async with Database(path, "inventory", (MIGRATION,)):  # closed: free again, for anyone
+        pass
+    release_lock(hold_lock(path, "inventory", Holder.REBUILD))
 
 
 async def test_migrations_run_once(tmp_path):
@@ -183,6 +197,55 @@ async def test_acknowledged_events_leave_the_outbox_also_when_no_write_follows(s
         await relay.stop()
 
 
+async def test_events_a_crash_left_in_the_outbox_after_their_ack_are_stored_once_after_a_long_outage(
+    settings: Settings, tmp_path
+):
+    short = settings.model_copy(update={"stream_duplicate_window_s": 1})
+    nc = await nats.connect(short.nats_url)
+    js = nc.jetstream()
+    await ensure_stream(js, short)
+    path = tmp_path / "k.db"
+
+    def emit(i: int):
+        return lambda tx: tx.emit("stock_restocked", f"S{i}", {"i": i})
+
+    async with Database(path, "inventory", (MIGRATION,), forget_after_s=0.05) as db:
+        relay = Relay(js, db, short.stream_name)
+        await relay.start()
+        await asyncio.gather(*(db.write(emit(i)) for i in range(5)))  # sent, acknowledged and forgotten
+
+        async def forgotten() -> bool:
+            return await db.unsent_events() == []
+
+        await wait_for(forgotten, timeout=5, what="the outbox to empty")
+        await relay.stop()
+        # Then a relay that sent these and was killed before their delete: 30 acknowledged, 2 more out of
+        # order (as a rebuild publishes an old file's leftovers), 8 never sent.
+        await asyncio.gather(*(db.commit(emit(i)) for i in range(5, 45)))
+        left = await db.unsent_events()
+    assert len(left) == 40
+    sent = [*left[:30], left[32], left[35]]
+    for row in sent:
+        await js.publish(row.subject, row.body, stream=short.stream_name, headers={"Nats-Msg-Id": row.event_id})
+    await outlast_duplicate_window(js, short.stream_name)
+
+    async with Database(path, "inventory", (MIGRATION,), forget_after_s=3600) as db:
+        relay = Relay(js, db, short.stream_name)
+        await relay.start()
+        assert await relay.drain(10)
+        assert relay.found_stored == 32 and relay.published_total == 8
+        assert relay.lookup is not None and relay.lookup.read == 32  # from the floor on, not the 5 before it
+        assert relay.acked_seq == left[-1].seq
+        await relay.stop()
+        # What was found left the outbox at once, and the floor moved past it: after another crash only the
+        # 8 sent since would be looked up again.
+        assert [r.event_id for r in await db.unsent_events()] == [r.event_id for r in left if r not in sent]
+    events = await stream_events(nc, short)
+    assert repeated_ids(events) == {}
+    assert len(events) == 45
+    await nc.close()
+
+
 def test_now_iso_is_the_current_utc_time_to_the_millisecond():
     import re
     import time
@@ -241,6 +304,9 @@ async def test_a_graceful_stop_publishes_what_was_committed(settings: Settings):
     msg = await nc.jetstream().get_last_msg(settings.stream_name, "events.inventory.stock_restocked.GRACE-2999")
     assert json.loads(msg.data)["event_id"] == events[-1].event_id
     await nc.close()
+    # ... and deleted from the outbox: the next start has nothing to look up in the stream.
+    async with Database(settings.db_path("inventory"), "inventory", INVENTORY.migrations) as db:
+        assert await db.unsent_events() == []
 
 
 async def test_a_graceful_stop_keeps_to_its_budget_with_a_request_that_will_not_finish(settings: Settings):

@@ -132,6 +132,36 @@ async def test_the_timeline_tells_each_story(stack):
     ]
 
 
+async def test_an_event_stored_twice_is_named_by_the_audit_and_told_once_in_the_timeline(stack, settings):
+    js, stream = stack["js"], settings.stream_name
+    ok, other = await place(stack), await place(stack)
+    # Copies with the event id of one already stored, published without Nats-Msg-Id (the stream cannot
+    # drop them), as an outbox sent again after the duplicate window stores them: one of an order's
+    # creation, one of a restock (a SKU has several of those: only the ids tell the copy).
+    created = await js.get_last_msg(stream, f"events.orders.order_created.{ok['order_id']}")
+    restock = await js.get_last_msg(stream, "events.inventory.stock_restocked.KB-101")
+    copies = [(m, await js.publish(m.subject, m.data, stream=stream)) for m in (created, restock)]
+    # And a second reservation of one order under an id of its own: an order has one.
+    reserved = await js.get_last_msg(stream, f"events.inventory.stock_reserved.{other['order_id']}")
+    forged = json.loads(reserved.data) | {"event_id": "evt_forged"}
+    await js.publish(reserved.subject, json.dumps(forged).encode(), stream=stream)
+
+    report = await run_audit(stack["client"], js, stream, settings.saga)
+    assert all(not check.violations for check in report.checks if check.number != 6)
+    twice = [f"{m.subject}: event {json.loads(m.data)['event_id']} stored 2 times" for m, _ in copies]
+    expected = [f"{text} (stream sequences {m.seq}, {ack.seq})" for text, (m, ack) in zip(twice, copies, strict=True)]
+    expected.append(f"{reserved.subject}: 2 different stock_reserved events, one expected")
+    assert sorted(report.checks[5].violations) == sorted(expected)
+    events = await stack["client"].call(s.ORDERS_EVENTS, {"order_id": ok["order_id"]})
+    assert [e["type"] for e in events["events"]] == [
+        "order_created",
+        "stock_reserved",
+        "payment_authorized",
+        "order_confirmed",
+    ]
+    assert events["events"][0]["seq"] == created.seq  # the first one stored stands
+
+
 async def test_orders_list_filters_and_pages(stack):
     placed = [await place(stack, customer=f"pager-{i % 2}") for i in range(5)]
     listed = await stack["client"].call(s.ORDERS_LIST, {"customer_id": "pager-0"})

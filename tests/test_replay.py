@@ -27,7 +27,7 @@ from bus.settings import SagaSettings, Settings
 from inventory_svc.service import SPEC as INVENTORY
 from order_svc.service import SPEC as ORDERS
 from payment_svc.service import SPEC as PAYMENT
-from tests.conftest import wait_for
+from tests.conftest import outlast_duplicate_window, stream_events, wait_for
 
 TERMINAL = ("CONFIRMED", "FAILED", "CANCELLED")
 # What a rebuilt saga cannot know exactly: when its steps ran (the events carry their own times).
@@ -40,6 +40,7 @@ class Services:
 
     def __init__(self, settings: Settings, conn: Any) -> None:
         self.settings = settings
+        self.nc = conn
         self.client = Client(conn, timeout_s=15)
         self.js = conn.jetstream()
         self._running: dict[str, AsyncExitStack] = {}
@@ -187,6 +188,28 @@ async def test_the_rebuilt_services_carry_on_and_a_repeated_key_still_finds_its_
     cancelled = await services.client.call(s.ORDERS_CANCEL, {"order_id": first["order_id"]})
     assert cancelled["status"] == "CANCELLED"  # the rebuilt saga knows which steps to compensate
     await audit_clean(services)
+
+
+@pytest.mark.parametrize("spec", [INVENTORY, PAYMENT, ORDERS], ids=lambda spec: spec.name)
+async def test_a_rebuild_applies_each_event_once_however_often_the_stream_holds_it(services, spec):
+    await some_history(services)
+    before = await VIEWS[spec.name](services)
+    # Every event of the service stored a second time after all the others, newest first, as an outbox sent
+    # again after the duplicate window stores it (the same event id; published here without Nats-Msg-Id):
+    # each copy comes after what followed its original. A copy of KB-101's first restock, for one, carries
+    # the on_hand that the later restock moved on from.
+    own = [e for e in await stream_events(services.nc, services.settings) if e["service"] == spec.name]
+    for event in reversed(own):
+        body = {k: v for k, v in event.items() if k != "subject"}
+        await services.js.publish(event["subject"], json.dumps(body).encode(), stream=services.settings.stream_name)
+    await services.stop(spec)
+    services.lose_database(spec)
+
+    stats = await rebuild(services.settings, spec, services.js)
+
+    await services.start(spec)
+    assert await VIEWS[spec.name](services) == before
+    assert stats.applied == stats.total == 2 * len(own) and stats.repeats == len(own)
 
 
 @pytest.mark.parametrize("spec", [INVENTORY, PAYMENT, ORDERS], ids=lambda spec: spec.name)
@@ -390,7 +413,7 @@ async def test_a_restock_repeated_after_a_rebuild_answers_as_before_instead_of_a
 async def test_a_rebuild_refuses_a_database_a_running_service_has_open_however_it_was_started(services):
     before = tables(services.settings.db_path(INVENTORY.name))
     # No pid file or home needed: the running service holds its database's lock.
-    with pytest.raises(ReplayError, match="open in a running service"):
+    with pytest.raises(ReplayError, match=rf"open in a running inventory service \(pid {os.getpid()}\): stop it first"):
         await rebuild(services.settings, INVENTORY, services.js)
     assert tables(services.settings.db_path(INVENTORY.name)) == before
     await services.stop(INVENTORY)
@@ -416,4 +439,35 @@ async def test_a_rebuild_keeps_what_the_old_file_committed_and_never_published(s
     await services.start(INVENTORY)
     stock = await services.client.call(s.INVENTORY_STOCK, {"sku": "KB-101"})
     assert stock["products"][0]["on_hand"] == product.on_hand  # the restock survived the rebuild
+    await audit_clean(services)
+
+
+async def test_a_rebuild_after_a_long_outage_publishes_only_the_old_outbox_the_stream_lacks(services):
+    from bus import contract as c
+    from bus.db import Database
+    from bus.outbox import ensure_stream
+    from inventory_svc import store as inventory_store
+
+    settings = services.settings
+    await ensure_stream(services.js, settings.model_copy(update={"stream_duplicate_window_s": 1}))
+    await services.stop(INVENTORY)
+    path = settings.db_path(INVENTORY.name)
+    # As a service killed with two restocks in its outbox leaves it: the first acknowledged (not yet
+    # deleted), the second never sent.
+    async with Database(path, INVENTORY.name, INVENTORY.migrations) as db:
+        for qty in (11, 13):
+            await db.commit(lambda tx, qty=qty: inventory_store.restock(tx, c.Restock(sku="KB-101", qty=qty), {}))
+        acked, unsent = (await db.unsent_events())[-2:]
+    await services.js.publish(
+        acked.subject, acked.body, stream=settings.stream_name, headers={"Nats-Msg-Id": acked.event_id}
+    )
+    await outlast_duplicate_window(services.js, settings.stream_name)
+
+    await rebuild(settings, INVENTORY, services.js)
+
+    held = [e["event_id"] for e in await stream_events(services.nc, settings)]
+    assert held.count(acked.event_id) == 1 and held.count(unsent.event_id) == 1
+    await services.start(INVENTORY)
+    stock = await services.client.call(s.INVENTORY_STOCK, {"sku": "KB-101"})
+    assert stock["products"][0]["on_hand"] == json.loads(unsent.body)["data"]["on_hand"]  # both restocks kept
     await audit_clean(services)
