@@ -36,8 +36,9 @@ from bus import loop, natsserver
 from bus.audit import repeated_events, stream_subjects
 from bus.db import Database, set_outbox_floor
 from bus.ids import new_id, now_iso
-from bus.outbox import Relay, ensure_stream
+from bus.outbox import Relay
 from bus.settings import Settings
+from bus.stream import ensure_stream
 from bus.subjects import event_subject
 from inventory_svc.service import SPEC as INVENTORY
 
@@ -160,7 +161,7 @@ async def run(orders: int) -> None:
         try:
             settings = Settings(home=Path(tmp) / "oms", nats_url=url)
             nc = await nats.connect(url)
-            await ensure_stream(nc.jetstream(), settings)
+            await ensure_stream(nc, nc.jetstream(), settings)
             rows = await measure(settings, nc.jetstream(), orders, Path(tmp))
             await nc.close()
         finally:

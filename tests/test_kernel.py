@@ -203,7 +203,7 @@ async def test_events_a_crash_left_in_the_outbox_after_their_ack_are_stored_once
     short = settings.model_copy(update={"stream_duplicate_window_s": 1})
     nc = await nats.connect(short.nats_url)
     js = nc.jetstream()
-    await ensure_stream(js, short)
+    await ensure_stream(nc, js, short)
     path = tmp_path / "k.db"
 
     def emit(i: int):

@@ -445,11 +445,11 @@ async def test_a_rebuild_keeps_what_the_old_file_committed_and_never_published(s
 async def test_a_rebuild_after_a_long_outage_publishes_only_the_old_outbox_the_stream_lacks(services):
     from bus import contract as c
     from bus.db import Database
-    from bus.outbox import ensure_stream
+    from bus.stream import ensure_stream
     from inventory_svc import store as inventory_store
 
     settings = services.settings
-    await ensure_stream(services.js, settings.model_copy(update={"stream_duplicate_window_s": 1}))
+    await ensure_stream(services.nc, services.js, settings.model_copy(update={"stream_duplicate_window_s": 1}))
     await services.stop(INVENTORY)
     path = settings.db_path(INVENTORY.name)
     # As a service killed with two restocks in its outbox leaves it: the first acknowledged (not yet
