@@ -10,6 +10,7 @@ import nats.errors
 from nats.aio.client import Client as Nats
 
 from bus.errors import Unavailable
+from bus.frames import HardenedNats
 from bus.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,12 @@ async def connect(
     password: str | None = None,
     persistent: bool = True,
     on_error: Callable[[Exception], None] | None = None,
+    on_drop: Callable[[str], None] | None = None,
 ) -> Nats:
     """Connect as `name`. Persistent connections reconnect forever, but refused credentials fail at once;
     others fail fast and clearly. `on_error` hears what the server reports once connected (e.g. a
-    permissions violation: the server drops the message and says so only here)."""
+    permissions violation: the server drops the message and says so only here). The client drops every
+    message it cannot decode instead of losing the connection (`bus.frames`); `on_drop` hears why."""
     url = settings.resolved_nats_url()
     user = user or settings.nats_user
     password = password or settings.nats_password
@@ -87,7 +90,7 @@ async def connect(
         # nats-py keeps retrying a refused server when max_reconnect_attempts is 0: one attempt, then fail.
         options |= dict(allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.1)
 
-    nc = Nats()
+    nc = HardenedNats(name, on_drop)
     try:
         await nc.connect(**options)
     except BaseException as exc:
