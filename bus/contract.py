@@ -12,13 +12,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from bus.money import MONEY_LIMIT_CENTS
 from bus.settings import Limits
 
 Sku = Annotated[str, Field(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,31}$", description="upper-case SKU")]
 CustomerId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")]
 OrderId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
-Cents = Annotated[int, Field(ge=0, le=10**12)]
+Cents = Annotated[int, Field(ge=0, le=MONEY_LIMIT_CENTS)]
 Reason = Annotated[str, Field(max_length=200)]
 PaymentMethod = Literal["card", "card_declined", "card_insufficient_funds"]
 
