@@ -112,7 +112,14 @@ async def running(
                 forget_after_s=settings.outbox_forget_after_s,
             )
         )
-        nc = await connect(settings, spec.name, user=settings.nats_user, password=settings.nats_password)
+        metrics = Metrics(spec.name)
+        nc = await connect(
+            settings,
+            spec.name,
+            user=settings.nats_user,
+            password=settings.nats_password,
+            on_drop=lambda reason: metrics.child(metrics.dropped_messages, reason).inc(),
+        )
         stack.push_async_callback(lambda: _close_nats(nc, budget.left()))
         js = nc.jetstream()
         await ensure_stream(nc, js, settings)
@@ -121,7 +128,6 @@ async def running(
         stack.push_async_callback(relay.stop)
         # Runs before relay.stop and after the runner and the sagas stopped: what was committed goes out.
         stack.push_async_callback(lambda: relay.drain(budget.left()))
-        metrics = Metrics(spec.name)
         runner = ServiceRunner(nc, spec.name, settings, version=VERSION, description=spec.description, metrics=metrics)
         kernel = Kernel(
             settings=settings,

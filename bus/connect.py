@@ -11,6 +11,7 @@ from nats.aio.client import Client as Nats
 
 from bus.accounts import inbox_prefix
 from bus.errors import Unavailable
+from bus.frames import HardenedNats
 from bus.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,14 @@ async def connect(
     password: str | None = None,
     persistent: bool = True,
     on_error: Callable[[Exception], None] | None = None,
+    on_drop: Callable[[str], None] | None = None,
 ) -> Nats:
     """Connect as `name` to any server of the list. Persistent connections reconnect forever, but refused
     credentials fail at once; short-lived ones (the CLI's) reconnect through a node loss a bounded number
     of times, and fail fast and clearly when no server answers. `on_error` hears what the server reports
-    once connected (e.g. a permissions violation: the server drops the message and says so only here)."""
+    once connected (e.g. a permissions violation: the server drops the message and says so only here).
+    The client drops every message it cannot decode instead of losing the connection (`bus.frames`);
+    `on_drop` hears why."""
     servers = settings.nats_servers()
     url = ",".join(servers)
     user = user or settings.nats_user
@@ -88,7 +92,7 @@ async def connect(
         # short-lived connection may: each server of the list a few times (about 2 s), then it fails.
         options |= dict(max_reconnect_attempts=SHORT_RECONNECTS, reconnect_time_wait=0.25, ping_interval=5)
 
-    nc = Nats()
+    nc = HardenedNats(name, on_drop)
     try:
         await nc.connect(**options)
     except BaseException as exc:

@@ -12,13 +12,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from bus.money import MONEY_LIMIT_CENTS
 from bus.settings import Limits
 
 Sku = Annotated[str, Field(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,31}$", description="upper-case SKU")]
 CustomerId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")]
 OrderId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
-Cents = Annotated[int, Field(ge=0, le=10**12)]
+Cents = Annotated[int, Field(ge=0, le=MONEY_LIMIT_CENTS)]
 Reason = Annotated[str, Field(max_length=200)]
 PaymentMethod = Literal["card", "card_declined", "card_insufficient_funds"]
 
@@ -321,13 +322,9 @@ class ChaosSet(Command):
     latency_jitter_ms: int = Field(0, ge=0, le=60_000)
     drop_reply_rate: float = Field(0.0, ge=0.0, le=1.0)
     endpoints: list[Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")]] | None = None
-    seed: int | None = None
-
-    @field_validator("error_rate", "drop_reply_rate", mode="before")
-    @classmethod
-    def _int_rates_are_fine(cls, value: Any) -> Any:
-        # JSON writers print 0 and 1 without a decimal point.
-        return float(value) if type(value) is int else value
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # a 64-bit integer, as every JSON tool can write
+    # A rate written without a decimal point (0, 1) is fine as it is: a strict float takes an integer, and
+    # refuses one out of range by its bounds (no conversion first, which overflowed for a huge integer).
 
 
 class ChaosQuery(Command):

@@ -1,6 +1,7 @@
 """Prometheus metrics, on a registry each service owns (never the global one).
 
 Who updates what: requests and their latency, chaos settings — the service runner (`bus.service`);
+messages from NATS dropped because they cannot be decoded — the connection (`bus.frames`, via `bus.app`);
 sagas, their duration, in flight, step attempts and retries, compensations — the saga engine
 (`bus.saga`); breaker state and step latency — the order service; stock — the inventory service;
 outbox backlog, lag and events published — read live from the relay (`bus.app`).
@@ -17,6 +18,8 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
+
+from bus.frames import DROP_REASONS
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -126,6 +129,14 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        self.dropped_messages = Counter(
+            "oms_nats_messages_dropped_total",
+            "Messages from NATS dropped because they could not be decoded, by what was wrong",
+            ["reason"],
+            registry=r,
+        )
+        for reason in DROP_REASONS:  # shown from the start, at zero
+            self.child(self.dropped_messages, reason)
         self.stock_on_hand = Gauge("oms_stock_on_hand_units", "Units on hand", ["sku"], registry=r)
         self.stock_reserved = Gauge("oms_stock_reserved_units", "Units reserved", ["sku"], registry=r)
 

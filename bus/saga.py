@@ -277,6 +277,14 @@ def load_steps(text: str | None) -> dict[tuple[str, str], dict[str, Any]]:
 Send = Callable[..., Awaitable[dict[str, Any]]]
 
 
+@dataclass
+class _Claim:
+    """A saga whose row is being read to drive it; `stop_noted` when a stop committed meanwhile."""
+
+    stop_noted: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 def _error_json(exc: BaseException) -> str:
     if isinstance(exc, OmsError):
         return jsonb.text({"code": exc.code, "message": exc.message})
@@ -310,6 +318,9 @@ class SagaEngine:
         self._runs: dict[str, SagaRun] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._driver_failures: Counter[str] = Counter()  # consecutive unexpected failures, by saga
+        # Sagas whose row is being read to drive them from it (`_drive_stored`), each with whether a stop
+        # was noted since the read began: while a saga is here, nothing else starts a driver for it.
+        self._claims: dict[str, _Claim] = {}
         self.counts: Counter[str] = Counter()  # retries, compensations and outcomes since start
         self._slots = asyncio.Semaphore(settings.max_concurrent)
 
@@ -341,7 +352,9 @@ class SagaEngine:
         return run
 
     def start(self, run: SagaRun) -> None:
-        if run.saga_id in self._runs or run.status not in ACTIVE:
+        """Drive `run`, unless a driver has the saga or its records are being read to drive it (that
+        reader then drives it, from what it read after `run` was committed)."""
+        if run.saga_id in self._runs or run.saga_id in self._claims or run.status not in ACTIVE:
             return
         self._runs[run.saga_id] = run
         if self.metrics:
@@ -375,13 +388,35 @@ class SagaEngine:
         of work that was rolled back."""
         await asyncio.sleep(delay)
         try:
-            row = await self.db.read(lambda tx: tx.one("SELECT * FROM sagas WHERE saga_id = ?", (saga_id,)))
+            await self._drive_stored(saga_id)
         except Exception:
             retry_in = self._restart_later(saga_id)
             log.exception("saga restart failed; trying again", extra={"saga_id": saga_id, "retry_in_s": retry_in})
-            return
-        if row is not None and saga_id not in self._runs:
-            self._resume(row)
+
+    async def _drive_stored(self, saga_id: str) -> str | None:
+        """Drive a saga from its records, unless a driver or another such read has it; returns the status
+        read (None when someone else has the saga).
+
+        The saga is claimed before its row is read, and nothing starts a driver for a claimed saga: the row
+        read is the one the saga's last driver left, never one taken while a driver was still writing (a
+        row read before a driver's last units and acted on after it ended would drive the saga again, from a
+        state it had left). A stop noted during the read (a cancel's unit of work) makes it read again."""
+        if saga_id in self._runs or saga_id in self._claims:
+            return None
+        claim = self._claims[saga_id] = _Claim()
+        try:
+            while True:
+                claim.stop_noted = False
+                row = await self.db.read(lambda tx: tx.one("SELECT * FROM sagas WHERE saga_id = ?", (saga_id,)))
+                if not claim.stop_noted:
+                    break
+        finally:
+            del self._claims[saga_id]
+            claim.done.set()
+        if row is None:
+            return None
+        self._resume(row)
+        return str(row["status"])
 
     async def resume_all(self) -> int:
         """Start every saga that was running or compensating when the service last stopped."""
@@ -409,12 +444,16 @@ class SagaEngine:
 
     async def wait(self, saga_id: str, timeout_s: float) -> bool:
         """Wait up to `timeout_s` for the saga to end; True once it is not active here."""
-        run = self._runs.get(saga_id)
-        if run is None:
+        claim = self._claims.get(saga_id)
+        if saga_id not in self._runs and claim is None:
             return True
         try:
             async with asyncio.timeout(timeout_s):  # no task of its own, unlike wait_for
-                await run.done.wait()
+                if claim is not None:  # its records are being read: it is driven once they are
+                    await claim.done.wait()
+                run = self._runs.get(saga_id)
+                if run is not None:
+                    await run.done.wait()
         except TimeoutError:
             return False
         return True
@@ -434,16 +473,18 @@ class SagaEngine:
 
     def request_stop(
         self, tx: Tx, saga_id: str, reason: str, *, reopen: bool, note: str | None = None
-    ) -> tuple[SagaRun | None, bool]:
+    ) -> SagaRun | None:
         """Cancel or abort, in the caller's unit of work (with whatever else asked for it, so that a crash
         cannot keep one without the other). A running saga turns back at its next step boundary; the first
-        stop asked for wins. A completed one is reopened and compensated, when `reopen`. Returns the run and
-        whether it was being driven here: hand both to `stopped` once the unit has committed."""
+        stop asked for wins. A completed one is reopened and compensated, when `reopen`. Returns the run: hand
+        it to `stopped` once the unit has committed."""
         row = tx.one("SELECT * FROM sagas WHERE saga_id = ?", (saga_id,))
         if row is None:
-            return None, False
-        driven = saga_id in self._runs
+            return None
         run = self._runs.get(saga_id) or SagaRun.from_row(row)
+        claim = self._claims.get(saga_id)
+        if claim is not None:  # its row is being read to drive it: read again, to see this stop
+            claim.stop_noted = True
         if row["status"] == RUNNING and not row["stop_reason"]:
             tx.execute(
                 "UPDATE sagas SET stop_reason = ?, updated_at = ? WHERE saga_id = ?", (reason, self.clock(), saga_id)
@@ -454,9 +495,9 @@ class SagaEngine:
         elif row["status"] == COMPLETED and reopen:
             run.status = RUNNING  # so that the transition below is the normal one
             self._begin_compensation(tx, run, reason, index=len(self.saga.steps) - 1)
-        return run, driven
+        return run
 
-    async def stopped(self, run: SagaRun | None, driven: bool) -> str:
+    async def stopped(self, run: SagaRun | None) -> str:
         """After `request_stop` committed: wake the saga's driver, or drive it. Returns its status."""
         if run is None:
             return "UNKNOWN"
@@ -467,24 +508,17 @@ class SagaEngine:
             if live is not run and run.stop_reason and not live.stop_reason and live.status == RUNNING:
                 live.stop_reason = run.stop_reason
             live.wake.set()
-        elif not driven:
-            self._start_stored(run)
-        else:
-            # Its driver stopped since: the saga ended, or a unit of its failed, which may have left this run
-            # ahead of what was committed. Go on from the records (the stop is among them), never from it.
-            saga_id = run.saga_id
-            row = await self.db.read(lambda tx: tx.one("SELECT * FROM sagas WHERE saga_id = ?", (saga_id,)))
-            if row is None:
-                return "UNKNOWN"
-            if saga_id not in self._runs:
-                self._resume(row)
-            return str(row["status"])
-        return run.status
+            return run.status
+        # Nobody drives it (it had ended, its driver failed since, or it waits to be started): go on from the
+        # records, the stop among them. Never from `run`: a driver may have run and ended since the unit read
+        # it, or a unit of the saga's that failed may have left it ahead of what was committed.
+        read = await self._drive_stored(run.saga_id)
+        return run.status if read is None else read
 
     async def stop_forward(self, saga_id: str, reason: str, *, reopen: bool = True, note: str | None = None) -> str:
         """`request_stop` in a unit of its own, then `stopped`."""
-        run, driven = await self.db.write(lambda tx: self.request_stop(tx, saga_id, reason, reopen=reopen, note=note))
-        return await self.stopped(run, driven)
+        run = await self.db.write(lambda tx: self.request_stop(tx, saga_id, reason, reopen=reopen, note=note))
+        return await self.stopped(run)
 
     # -- driving --------------------------------------------------------------
 

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bus.money import MONEY_LIMIT_CENTS
+
 SERVICES = ("orders", "inventory", "payment")
 SERVER_URL = re.compile(r"^((nats|tls|ws|wss)://)?([^\s:/@]+(:[^\s@/]*)?@)?[A-Za-z0-9_.\[\]:-]+(:\d{1,5})?$")
 
@@ -57,7 +59,9 @@ class Settings(BaseSettings):
     nats_password: str | None = Field(None, repr=False)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     handler_concurrency: int = Field(512, ge=1)
-    payment_limit_cents: int = Field(500_000, ge=0)
+    payment_limit_cents: int = Field(
+        500_000, ge=0, le=MONEY_LIMIT_CENTS, description="authorizations above it are declined (amount_over_limit)"
+    )
     currency: str = "USD"
     metrics_port_orders: int = 9101
     metrics_port_inventory: int = 9102

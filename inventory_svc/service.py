@@ -26,7 +26,7 @@ async def build(k: Kernel) -> None:
         return await db.read(lambda tx: store.check(tx, cmd))
 
     async def reserve(cmd: c.Reserve, call: Call) -> Reply:
-        """All lines or none. Idempotent per order_id; raises NotFound, OutOfStock, Conflict."""
+        """All lines or none. Idempotent per order_id; raises NotFound, OutOfStock, Conflict, InvalidRequest."""
         levels: store.Levels = {}
         result = await db.write(call.once(cmd, lambda tx: store.reserve(tx, cmd, currency, levels)))
         show(levels)

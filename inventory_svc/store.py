@@ -10,6 +10,7 @@ from bus import jsonb
 from bus.db import Tx
 from bus.errors import Conflict, InvalidRequest, NotFound, OmsError, OutOfStock
 from bus.ids import now_iso
+from bus.money import MONEY_LIMIT_CENTS
 
 # The CHECKs are the last line of defence against overselling: a unit that got the arithmetic
 # wrong fails with an IntegrityError and is rolled back instead of committing a bad count.
@@ -52,7 +53,8 @@ Levels = dict[str, tuple[int, int]]
 
 
 def reserve(tx: Tx, cmd: c.Reserve, currency: str, levels: Levels) -> c.Reservation | OmsError:
-    """All lines or none. Idempotent per order_id; refuses a reserve after a release."""
+    """All lines or none. Idempotent per order_id; refuses a reserve after a release, and lines whose total
+    is above the money limit (VALIDATION_ERROR)."""
     wanted = {line.sku: line.qty for line in cmd.items}
     row = tx.one("SELECT * FROM reservations WHERE order_id = ?", (cmd.order_id,))
     if row is not None:
@@ -70,6 +72,23 @@ def reserve(tx: Tx, cmd: c.Reserve, currency: str, levels: Levels) -> c.Reservat
         return _reservation(row)
 
     products = _products(tx, list(wanted))
+    total = sum(qty * products[sku]["price_cents"] for sku, qty in wanted.items())
+    if total > MONEY_LIMIT_CENTS:
+        # No payment could take this total: refused here, where prices meet quantities, before anything is
+        # held or charged. Returned, not raised: the rejection event says why in the order's timeline.
+        rejected = {
+            "order_id": cmd.order_id,
+            "reason": "total_over_limit",
+            "total_cents": total,
+            "currency": currency,
+            "limit_cents": MONEY_LIMIT_CENTS,
+        }
+        tx.emit(RESERVATION_REJECTED, cmd.order_id, rejected, order_id=cmd.order_id)
+        return InvalidRequest(
+            f"invalid request: items: their total at the current prices, {total} cents, is above the money limit"
+            f" of {MONEY_LIMIT_CENTS} cents",
+            {"field": "items", "total_cents": total, "limit_cents": MONEY_LIMIT_CENTS},
+        )
     short = [
         {"sku": sku, "requested": qty, "available": products[sku]["on_hand"] - products[sku]["reserved"]}
         for sku, qty in wanted.items()
@@ -89,7 +108,6 @@ def reserve(tx: Tx, cmd: c.Reserve, currency: str, levels: Levels) -> c.Reservat
         "UPDATE products SET reserved = reserved + ? WHERE sku = ?", [(qty, sku) for sku, qty in wanted.items()]
     )
     items = [{"sku": sku, "qty": qty, "unit_price_cents": products[sku]["price_cents"]} for sku, qty in wanted.items()]
-    total = sum(item["qty"] * item["unit_price_cents"] for item in items)
     now = now_iso()
     tx.execute(
         "INSERT INTO reservations (order_id, status, items, total_cents, currency, created_at)"

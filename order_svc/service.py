@@ -94,7 +94,7 @@ class Orders:
 
     async def cancel(self, cmd: c.CancelOrder, call: Call) -> c.Order:
         saga_id = saga_of(cmd.order_id)
-        stop: list[tuple[SagaRun | None, bool]] = []
+        stop: list[SagaRun | None] = []
 
         def effect(tx: Tx) -> c.Order:
             order = store.request_cancel(tx, cmd)
@@ -104,7 +104,7 @@ class Orders:
 
         await self.k.db.write(call.once(cmd, effect))
         if stop:
-            await self.engine.stopped(*stop[0])
+            await self.engine.stopped(stop[0])
         order = await self.k.db.read(lambda tx: store.to_order(store.get(tx, cmd.order_id)))
         if stop or store.wants_cancel(order):
             if not stop:  # a repeat of the key: a cancel noted by an earlier version still turns the saga back
@@ -150,7 +150,7 @@ class Orders:
         return await self.saga_get(c.SagaRef(saga_id=cmd.saga_id), call)
 
     async def saga_abort(self, cmd: c.SagaAbort, call: Call) -> c.SagaView:
-        stop: list[tuple[SagaRun | None, bool]] = []
+        stop: list[SagaRun | None] = []
 
         def effect(tx: Tx) -> c.SagaRef:
             # The check and the stop in one unit: a saga that completes meanwhile is refused, never reopened.
@@ -163,7 +163,7 @@ class Orders:
         # With a key, a repeat does not abort again: it answers with the saga as it is now (or the same refusal).
         await self.k.db.write(call.once(cmd, effect))
         if stop:
-            await self.engine.stopped(*stop[0])
+            await self.engine.stopped(stop[0])
         await self.engine.wait(cmd.saga_id, CANCEL_WAIT_S)
         return await self.saga_get(c.SagaRef(saga_id=cmd.saga_id), call)
 

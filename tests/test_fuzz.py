@@ -110,9 +110,13 @@ def from_schema(schema: dict[str, Any], defs: dict[str, Any], name: str = "") ->
     return json_values
 
 
-def valid_bodies(target: Target) -> st.SearchStrategy[bytes]:
+def valid_objects(target: Target) -> st.SearchStrategy[dict[str, Any]]:
     schema = target.model.model_json_schema()
-    return from_schema(schema, schema.get("$defs", {})).map(lambda body: json.dumps(body).encode())
+    return from_schema(schema, schema.get("$defs", {}))
+
+
+def valid_bodies(target: Target) -> st.SearchStrategy[bytes]:
+    return valid_objects(target).map(lambda body: json.dumps(body).encode())
 
 
 def plausible_bodies(target: Target) -> st.SearchStrategy[bytes]:
@@ -149,6 +153,51 @@ bad_keys = st.one_of(
     st.from_regex(r"[A-Za-z0-9]{1,8}[ #!?*%$&\"'<>(){}\[\],;~^`|\\][A-Za-z0-9]{1,8}", fullmatch=True),
     st.sampled_from(["ключ-1", "key with spaces", "k" * (LIMITS.max_idempotency_key_len + 1)]),
 )
+
+
+# Values no field of the contract takes, as raw JSON text (JSON has no NaN or Infinity, but parsers take them):
+# integers past 64 bits, up to the 4300 digits Python reads, numbers past a double, strings past every limit.
+huge_integers = st.integers(19, 4299).flatmap(
+    lambda digits: st.sampled_from(["9" * digits, "-" + "9" * digits, "1" + "0" * digits])
+)
+hostile_numbers = huge_integers | st.sampled_from(["1e400", "-1e400", "1e308", "-1.5e300", "NaN", "Infinity"])
+long_strings = st.integers(201, 20_000).map(lambda n: json.dumps("x" * n))
+nested_values = st.integers(1, 3000).map(lambda depth: "[" * depth + "]" * depth)
+NOT_UTF8 = '"__not_utf8__"'  # a string, replaced by one that is not UTF-8 once the body is bytes
+shapes = st.sampled_from(["[]", "null", "0", "-1", "1e400", "NaN", '"text"', "true", "[{}]"])
+
+
+def with_field(obj: dict[str, Any], name: str, value: str) -> str:
+    """`obj` as JSON, with `name` holding the raw JSON text `value` (first, whatever it held before)."""
+    rest = {k: v for k, v in obj.items() if k != name}
+    return json.dumps({"__hostile__": 0, **rest}).replace('"__hostile__": 0', f"{json.dumps(name)}: {value}", 1)
+
+
+def hostile_field_bodies(target: Target) -> st.SearchStrategy[tuple[bytes, str]]:
+    """A valid body with one field (the model's, an order line's, or an unknown one) holding a hostile value;
+    with the field the error must name ("body" for what this parser does not take as JSON: nested past its
+    limit, not UTF-8)."""
+    names = [*target.model.model_fields, "surprise"]
+
+    def build(obj: dict[str, Any], name: str, line_name: str, value: str, in_line: bool) -> tuple[bytes, str]:
+        if in_line and obj.get("items"):
+            items = [json.loads(with_field(obj["items"][0], line_name, '"__line__"')), *obj["items"][1:]]
+            text = json.dumps({**obj, "items": items}).replace('"__line__"', value, 1)
+            field = f"items.0.{line_name}"
+        else:
+            text, field = with_field(obj, name, value), name
+        data = text.encode().replace(NOT_UTF8.encode(), b'"\xff\xfe"', 1)
+        too_deep = value.count("[") >= 200
+        return data, "body" if too_deep or value == NOT_UTF8 else field
+
+    return st.builds(
+        build,
+        valid_objects(target),
+        st.sampled_from(names),
+        st.sampled_from(["sku", "qty", "price"]),
+        hostile_numbers | long_strings | nested_values | st.just(NOT_UTF8),
+        st.booleans(),
+    )
 
 
 # -- sending and checking ----------------------------------------------------------
@@ -281,6 +330,40 @@ async def test_valid_random_reads_answer_a_result_or_not_found(stack, data):
     await unchanged_and_alive(stack, baseline)
 
 
+@FUZZ
+@given(data=st.data())
+async def test_hostile_numbers_strings_and_shapes_are_refused_naming_the_field_never_internal(stack, data):
+    """Huge integers, numbers past a double, NaN and Infinity, long strings, deep nesting and bytes that are not
+    UTF-8, in any field of a valid command on every subject (the mutating ones included: nothing may act), and
+    bodies that are not objects: VALIDATION_ERROR naming the field, nothing changed."""
+    baseline = await baseline_of(stack)
+    for _ in range(data.draw(st.integers(1, 6), label="messages")):
+        target = data.draw(st.sampled_from(TARGETS), label="target")
+        if data.draw(st.booleans(), label="whole body"):
+            body, field = data.draw(shapes, label="body").encode(), "body"
+        else:
+            body, field = data.draw(hostile_field_bodies(target), label="body and field")
+        reply, reply_headers = await send(stack["nc"], target.subject, body, None)
+        assert_error(target.subject, reply, reply_headers, "VALIDATION_ERROR")
+        details = reply["error"]["details"]
+        named = [details.get("field")] + [e["field"] for e in details.get("errors", [])]
+        assert field in named, (target.subject, body[:120], reply)
+    await unchanged_and_alive(stack, baseline)
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.subject)
+def test_no_hostile_value_in_any_field_escapes_validation(target):
+    """The same, without a broker, for every field of every request model and each kind of value: pydantic
+    refuses it (a validator that raised anything else, an OverflowError say, was an INTERNAL on the wire)."""
+    values = ["9" * 401, "-" + "9" * 25, "18446744073709551616", "1e400", "NaN", "-Infinity", json.dumps("x" * 5000)]
+    for name in [*target.model.model_fields, "surprise"]:
+        for value in values:
+            text = with_field({}, name, value)  # the missing fields are refused too: this one must be among them
+            with pytest.raises(ValidationError) as refused:
+                target.model.model_validate_json(text, context={"limits": LIMITS})
+            assert name in [".".join(map(str, e["loc"])) for e in refused.value.errors()], (name, value)
+
+
 # -- each limit, by example ------------------------------------------------------------
 
 LINE = {"sku": "KB-101", "qty": 1}
@@ -318,6 +401,14 @@ LIMIT_CASES = [
         IDEMPOTENCY_HEADER,
     ),
     ("orders.place", {"customer_id": "c1", "items": [LINE], "surprise": 1}, None, "surprise"),
+    # Hostile numbers: each was answered INTERNAL (an OverflowError), or taken as it was.
+    ("chaos.inventory.set", {"error_rate": 10**400}, None, "error_rate"),
+    ("chaos.payment.set", {"drop_reply_rate": -(10**30)}, None, "drop_reply_rate"),
+    ("chaos.orders.set", {"seed": 2**64}, None, "seed"),
+    ("chaos.orders.set", {"error_rate": float("nan")}, None, "error_rate"),
+    ("chaos.orders.set", {"latency_ms": float("inf")}, None, "latency_ms"),
+    ("inventory.restock", {"sku": "KB-101", "qty": 1, "price_cents": 10**400}, None, "price_cents"),
+    ("orders.place", {"customer_id": "c1", "items": [LINE | {"qty": 10**25}]}, None, "items.0.qty"),
 ]
 
 

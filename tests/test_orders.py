@@ -235,3 +235,57 @@ async def test_the_audit_flags_a_confirmed_order_whose_total_is_not_its_lines(st
     report = await run_audit(stack["client"], stack["js"], settings.stream_name, settings.saga)
     exact = next(check for check in report.checks if check.number == 2)
     assert len(exact.violations) == 1 and "lines at their unit prices" in exact.violations[0]
+
+
+async def test_an_order_whose_total_would_pass_the_money_limit_is_refused_by_its_reservation_before_any_charge(
+    stack, settings
+):
+    from bus.money import MONEY_LIMIT_CENTS
+
+    client = stack["client"]
+    # Each price is within the limit (a restock takes it); two units of one are not.
+    await client.call(
+        s.INVENTORY_RESTOCK, {"sku": "GOLD-1", "qty": 10, "name": "Gold bar", "price_cents": MONEY_LIMIT_CENTS // 2 + 1}
+    )
+    await client.call(s.INVENTORY_RESTOCK, {"sku": "GOLD-2", "qty": 10, "name": "Half bar", "price_cents": 5 * 10**11})
+    order = await place(stack, items=(("GOLD-1", 2),))
+    assert (order["status"], order["failure_reason"], order["total_cents"]) == ("FAILED", "VALIDATION_ERROR", None)
+    saga = (await client.call(s.ORDERS_GET, {"order_id": order["order_id"]}))["saga"]
+    steps = [(r["step"], r["action"], r["status"]) for r in saga["steps"]]
+    assert steps == [("reserve_stock", "invoke", "FAILED")]  # nothing held, so nothing to undo; payment never asked
+    assert "money limit" in saga["steps"][0]["last_error"]["message"]
+    assert (await stock_of(stack, "GOLD-1"))["reserved"] == 0
+    with pytest.raises(NotFound):
+        await client.call(s.PAYMENT_GET, {"order_id": order["order_id"]})
+    timeline = (await client.call(s.ORDERS_EVENTS, {"order_id": order["order_id"]}))["events"]
+    [rejected] = [e for e in timeline if e["type"] == "reservation_rejected"]
+    assert rejected["data"]["reason"] == "total_over_limit"
+    assert rejected["data"]["total_cents"] == 2 * (MONEY_LIMIT_CENTS // 2 + 1)
+    # A total of exactly the limit is reserved and goes to payment (which declines it by its own, lower limit).
+    at_limit = await place(stack, items=(("GOLD-2", 2),))
+    assert (at_limit["failure_reason"], at_limit["total_cents"]) == ("PAYMENT_DECLINED", MONEY_LIMIT_CENTS)
+    await assert_audit_clean(stack, settings)
+
+
+async def test_a_restock_price_above_the_money_limit_is_refused_naming_the_field(stack):
+    from bus.money import MONEY_LIMIT_CENTS
+
+    body = {"sku": "GOLD-3", "qty": 1, "name": "Too dear", "price_cents": MONEY_LIMIT_CENTS + 1}
+    with pytest.raises(InvalidRequest) as refused:
+        await stack["client"].call(s.INVENTORY_RESTOCK, body)
+    assert [e["field"] for e in refused.value.details["errors"]] == ["price_cents"]
+    with pytest.raises(NotFound):
+        await stack["client"].call(s.INVENTORY_STOCK, {"sku": "GOLD-3"})
+    product = await stack["client"].call(s.INVENTORY_RESTOCK, body | {"price_cents": MONEY_LIMIT_CENTS})
+    assert product["price_cents"] == MONEY_LIMIT_CENTS
+
+
+def test_the_payment_decline_limit_cannot_be_set_above_the_money_limit(monkeypatch):
+    from pydantic import ValidationError
+
+    from bus.money import MONEY_LIMIT_CENTS
+    from bus.settings import Settings
+
+    monkeypatch.setenv("OMS_PAYMENT_LIMIT_CENTS", str(MONEY_LIMIT_CENTS + 1))
+    with pytest.raises(ValidationError, match="payment_limit_cents"):
+        Settings()

@@ -498,7 +498,8 @@ async def test_a_cancel_that_meets_a_failed_driver_goes_on_from_the_records_not_
         return None
 
     p = Participants(script)
-    engine = SagaEngine(db, Saga(PLACE_ORDER.name, *PLACE_ORDER.steps, hooks=FailingOnce()), p.send, FAST)
+    saga = Saga(PLACE_ORDER.name, *PLACE_ORDER.steps, hooks=FailingOnce())
+    engine = SagaEngine(db, saga, p.send, FAST, rng=random.Random(1))
     await place(db, engine)  # returns when the failed driver gave up
     await cancels[0]
 
@@ -506,6 +507,10 @@ async def test_a_cancel_that_meets_a_failed_driver_goes_on_from_the_records_not_
         return (await order_status(db))[0] == "CANCELLED"
 
     await wait_for(ended, what="the saga to go on from its records and end")
+    # Both the cancel and the failed driver's restart go on from the records: whichever reads them first
+    # drives the saga, the other finds it taken. Judge once nothing is left to run, not at the first sight
+    # of CANCELLED: a second driver would only show after it.
+    await wait_for(lambda: not engine._tasks, what="the engine to have nothing left to drive")
     # The failed unit was rolled back, so the records say the authorize is still in doubt, and the cancel
     # stands: refund, then release. The run in memory, ahead of them, would have skipped the refund and the
     # order's turn back (its event included).
@@ -513,6 +518,54 @@ async def test_a_cancel_that_meets_a_failed_driver_goes_on_from_the_records_not_
     kinds = await db.read(lambda tx: [r[0].split(".")[2] for r in tx.all("SELECT subject FROM outbox ORDER BY seq")])
     assert kinds == ["order_created", "order_compensating", "step_compensated", "step_compensated", "order_cancelled"]
     await engine.stop()
+
+
+class SlowToHearBack(Database):
+    """An orders database whose next read, once armed, answers only when `release` is set: a read that comes
+    back late while the rest of the service moves on (its thread busy, the machine loaded)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.armed = False
+        self.read_done = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def read(self, fn: Callable[[Any], Any]) -> Any:
+        value = await super().read(fn)
+        if self.armed:
+            self.armed = False
+            self.read_done.set()
+            await self.release.wait()
+        return value
+
+
+async def test_a_saga_read_from_its_records_while_a_cancel_drives_it_is_not_driven_again_from_that_read(tmp_path):
+    failed: list[str] = []
+    async with SlowToHearBack(tmp_path / "orders.db", "orders", ORDERS_SPEC.migrations) as db:
+
+        def script(subject: str, body: dict[str, Any], key: str) -> Any:
+            if subject == "payment.authorize" and not failed:
+                failed.append(key)
+                db.armed = True  # the failed driver's restart reads the saga's row: that read comes back late
+                raise RuntimeError("a bug, or a database error, in the middle of a step")
+            return None
+
+        p = Participants(script)
+        engine = SagaEngine(db, PLACE_ORDER, p.send, FAST)
+        await place(db, engine)  # returns when the failed driver gave up
+        await asyncio.wait_for(db.read_done.wait(), 10)  # the restart has read the saga: RUNNING, no stop
+        await engine.stop_forward("saga_ord_1", "CANCELLED")  # a cancel commits meanwhile
+        await wait_for(lambda: engine.in_flight == 0, what="whatever drove the saga since to have ended")
+        db.release.set()  # the restart hears back, with the row from before the cancel
+        await wait_for(lambda: not engine._tasks, what="the engine to have nothing left to drive")
+        # One driver went on from the records as they are after the cancel: the authorize in doubt is refunded,
+        # the stock released, the order cancelled once. Driven again from the early read, the saga would send
+        # the authorize again and confirm the cancelled order (or, read a moment later, cancel it twice).
+        assert p.subjects() == ["inventory.reserve", "payment.authorize", "payment.refund", "inventory.release"]
+        assert await order_status(db) == ("CANCELLED", None)
+        kinds = await db.read(lambda tx: [r[0].split(".")[2] for r in tx.all("SELECT subject FROM outbox")])
+        assert kinds.count("order_cancelled") == 1 and "order_confirmed" not in kinds, kinds
+        await engine.stop()
 
 
 @pytest.mark.parametrize("refused", ["inventory.reserve", "payment.authorize"])
