@@ -110,6 +110,7 @@ async def running(
                 spec.name,
                 spec.migrations,
                 forget_after_s=settings.outbox_forget_after_s,
+                fsync=settings.durability == "fsync",
             )
         )
         metrics = Metrics(spec.name)

@@ -171,8 +171,10 @@ class Database:
         *,
         holder: Holder = Holder.SERVICE,
         forget_after_s: float = FORGET_AFTER_S,
+        fsync: bool = True,
     ) -> None:
         self.path = Path(path)
+        self.fsync = fsync  # every commit reaches the disk before it returns (OMS_DURABILITY=fsync)
         self.service = service
         self.holder = holder
         self.forget_after_s = forget_after_s
@@ -201,7 +203,7 @@ class Database:
         await self._on_db_thread(self._prepare)
         wconn = sqlite3.connect(self.path, isolation_level=None)
         wconn.row_factory = sqlite3.Row
-        _tune(wconn)
+        _tune(wconn, self.fsync)
         self._wconn = wconn
         self._writer = asyncio.create_task(self._write_loop(), name=f"db-writer-{self.service}")
         return self
@@ -244,7 +246,7 @@ class Database:
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
-        _tune(conn)
+        _tune(conn, self.fsync)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(self.migrations[version:], start=version + 1):
             conn.execute("BEGIN IMMEDIATE")
@@ -498,10 +500,11 @@ def _nothing(tx: Tx) -> None:
     return None
 
 
-def _tune(conn: sqlite3.Connection) -> None:
+def _tune(conn: sqlite3.Connection, fsync: bool = True) -> None:
     """Settings of each connection (WAL mode is the file's and stays)."""
-    # NORMAL in WAL mode survives a killed process; power loss is covered by replay from JetStream.
-    conn.execute("PRAGMA synchronous=NORMAL")
+    # FULL syncs the WAL at every commit (one per group of units): a commit survives power loss. NORMAL
+    # syncs only at checkpoints: it survives a killed process, and may lose the last commits on power loss.
+    conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
     conn.execute("PRAGMA busy_timeout=5000")
     # Each unit runs in a savepoint, whose undo journal would otherwise spill to a temp file:
     # hundreds of page writes per batch that nothing ever reads unless a unit fails.

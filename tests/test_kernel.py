@@ -453,3 +453,17 @@ async def test_the_audit_counts_the_stream_per_subject_as_the_server_holds_it(se
             await js.publish(subject, b"{}")
     assert await stream_subjects(js, settings.stream_name) == expected
     await nc.close()
+
+
+async def test_the_durability_setting_syncs_every_commit_and_every_jetstream_write_or_neither(tmp_path):
+    from bus import auth
+
+    for durability, synchronous in (("fsync", 2), ("nosync", 1)):  # PRAGMA synchronous: FULL=2, NORMAL=1
+        settings = Settings(home=tmp_path / durability, durability=durability)
+        async with Database(tmp_path / f"{durability}.db", "test", (MIGRATION,), fsync=durability == "fsync") as db:
+            assert await db.read(lambda tx: tx.one("PRAGMA synchronous")[0]) == synchronous
+            assert db._wconn is not None and db._wconn.execute("PRAGMA synchronous").fetchone()[0] == synchronous
+        config = auth.prepare(settings).read_text()
+        assert ("sync_interval: always" in config) == (durability == "fsync")
+    assert Settings().durability == "fsync"  # the default a payments engineer would choose
+    assert "sync_interval: always" in auth.deploy_config()
