@@ -46,10 +46,22 @@ def hash_password(password: str) -> str:
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(BCRYPT_COST)).decode()
 
 
+ROUTE_HASH_ENV = "NATS_ROUTE_PASSWORD_HASH"  # the cluster's route password, hashed, for deploy/nats/nats.conf
+ROUTE_PASSWORD_ENV = "NATS_ROUTE_PASSWORD"  # ... and in the clear, in the routes each node dials
+DEPLOY_NODES = ("nats-1", "nats-2", "nats-3")
+
+
 def deploy_config() -> str:
-    """`deploy/nats/nats.conf`: the same accounts and users, password hashes from nats-server's environment."""
+    """`deploy/nats/nats.conf`: the same accounts and users, password hashes from nats-server's environment,
+    one file for every node of compose's 3-node cluster (its name and its routes from the environment too)."""
     hashes = {user: "$" + HASH_ENV.format(user=user.upper()) for user in USERS}
-    return natsconf.render(hashes, store_dir="/data", sync_always=True)
+    cluster = natsconf.Cluster(
+        node="$NATS_SERVER_NAME",
+        listen="0.0.0.0:6222",
+        routes=tuple(f"$NATS_ROUTE_{i}" for i in range(1, len(DEPLOY_NODES) + 1)),
+        route_password="$" + ROUTE_HASH_ENV,
+    )
+    return natsconf.render(hashes, store_dir="/data", sync_always=True, cluster=cluster)
 
 
 # -- files under OMS_HOME -------------------------------------------------------
@@ -86,13 +98,16 @@ def load(settings: Settings, user: str) -> Credentials | None:
         return None
 
 
-def ensure_credentials(settings: Settings) -> dict[str, Credentials]:
-    """Every user's credentials: generated once (random), then reused, each with its bcrypt hash."""
+ROUTE_USER = "route"  # what the servers of a cluster present to each other (not a client: no account)
+
+
+def ensure_credentials(settings: Settings, users: tuple[str, ...] = USERS) -> dict[str, Credentials]:
+    """Each user's credentials: generated once (random), then reused, each with its bcrypt hash."""
     folder = credentials_dir(settings)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     found: dict[str, Credentials] = {}
-    for user in USERS:
+    for user in users:
         creds = load(settings, user)
         if creds is None or creds.user != user or not creds.password:
             creds = Credentials(user, secrets.token_urlsafe(24))
@@ -105,15 +120,22 @@ def ensure_credentials(settings: Settings) -> dict[str, Credentials]:
     return found
 
 
-def prepare(settings: Settings) -> Path:
-    """Credentials and `OMS_HOME/nats.conf` for the embedded nats-server; returns the config's path.
-    The JetStream store directory is not in it: `bus.natsserver.start` names it on the command line."""
+def route_credentials(settings: Settings) -> Credentials:
+    """The route password of this home's embedded cluster."""
+    return ensure_credentials(settings, (ROUTE_USER,))[ROUTE_USER]
+
+
+def prepare(settings: Settings, *, path: Path | None = None, cluster: natsconf.Cluster | None = None) -> Path:
+    """Credentials and a configuration for an embedded nats-server (`OMS_HOME/nats.conf`, or `path` for a
+    node of a cluster); returns the config's path. The JetStream store directory is not in it:
+    `bus.natsserver.start` names it on the command line."""
     creds = ensure_credentials(settings)
-    path = config_path(settings)
+    path = path or config_path(settings)
     text = natsconf.render(
         {user: c.hashed for user, c in creds.items()},
         stream=settings.stream_name,
         sync_always=settings.durability == "fsync",
+        cluster=cluster,
     )
     _write_private(path, text)
     return path
@@ -144,6 +166,9 @@ def main(argv: list[str] | None = None) -> None:
             # nats-server parses a variable's value as configuration: the hash in double quotes is a string
             # (bare, its `$` would start another variable); the single quotes keep compose off the `$` too.
             print(f"""{HASH_ENV.format(user=user.upper())}='"{hash_password(password)}"'""")
+        route = secrets.token_urlsafe(24)
+        print(f"{ROUTE_PASSWORD_ENV}={route}")
+        print(f"""{ROUTE_HASH_ENV}='"{hash_password(route)}"'""")
     elif what[0] == "conf":
         sys.stdout.write(deploy_config())
     else:

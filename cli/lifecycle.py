@@ -27,21 +27,33 @@ def up(
     foreground: Annotated[
         bool, typer.Option("--foreground", "-f", help="Stay attached; Ctrl-C stops everything.")
     ] = False,
+    cluster: Annotated[
+        int | None,
+        typer.Option(
+            "--cluster",
+            metavar="N",
+            min=1,
+            max=7,
+            help="Run N nats-servers on loopback as one cluster, the event stream on 3 of them (1: one server). "
+            "Fixed when a home is first started.",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Start nats-server (unless OMS_NATS_URL is set) and the services that are not running."""
+    """Start nats-server (unless OMS_NATS_URL is set), or the home's cluster, and the services that are not
+    running."""
     config = config_of(ctx)
     settings = config.settings
     out = Output(as_json)
     if not foreground:
         with reported(settings, as_json=as_json):
-            started = asyncio.run(stack.up(settings, config.stack))
+            started = asyncio.run(stack.up(settings, config.stack, cluster_size=cluster))
         out.result(plain(started), views.stack_up(started, stack.Layout.of(settings).home))
         return
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with reported(settings, as_json=as_json):
-            started = asyncio.run(stack.up(settings, config.stack))
+            started = asyncio.run(stack.up(settings, config.stack, cluster_size=cluster))
         out.result(plain(started), views.stack_up(started, stack.Layout.of(settings).home))
         out.note("[dim]attached: Ctrl-C stops everything[/]")
         _watch(settings, out)

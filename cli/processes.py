@@ -113,10 +113,17 @@ def is_ours(layout: Layout, name: str, pid: int) -> bool:
         return not Path("/proc").is_dir()  # no procfs to check: trust the pid file
     if name == NATS_SERVER:
         return Path(cmdline[0]).name == NATS_SERVER and str(layout.nats_store) in cmdline
+    if is_node(name):  # a node of the home's cluster: its own store under nats/
+        return Path(cmdline[0]).name == NATS_SERVER and str(layout.nats_store / name) in cmdline
     if not any(a == "-m" and b == PACKAGES[name] for a, b in itertools.pairwise(cmdline)):
         return False
     environ = proc_text(pid, "environ")
     return environ is None or f"OMS_HOME={layout.home}" in environ
+
+
+def is_node(name: str) -> bool:
+    """`nats-<i>`: a node of an embedded cluster (`cli.cluster`)."""
+    return name.startswith("nats-") and name.removeprefix("nats-").isdigit()
 
 
 def read_pid(path: Path) -> int | None:

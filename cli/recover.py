@@ -27,7 +27,7 @@ from cli.failures import Refused, reported
 from cli.health import answers
 from cli.options import JsonFlag
 from cli.output import Output
-from cli.processes import NATS_SERVER, PACKAGES, Layout, is_ours, running_pid
+from cli.processes import PACKAGES, Layout, is_ours, running_pid
 from cli.session import config_of
 
 if TYPE_CHECKING:
@@ -72,19 +72,21 @@ async def refuse_if_answering(nc: Nats, settings: Settings, service: str) -> Non
 
 @contextlib.contextmanager
 def nats_for_recovery(settings: Settings, config: stack.StackSettings, note: Console) -> Iterator[None]:
-    """The stream lives in this home's nats-server: start it for the rebuild when it is not running (and
-    stop it again afterwards); with OMS_NATS_URL the named server must be up."""
-    if settings.nats_url or running_pid(settings, NATS_SERVER) is not None:
+    """The stream lives in this home's nats-server (or its cluster's nodes): start what is not running for
+    the rebuild (and stop it again afterwards); with OMS_NATS_URL the named servers must be up."""
+    if settings.nats_url or all(running_pid(settings, name) for name in stack.nats_names(settings)):
         yield
         return
-    started, url = stack.ensure_nats(settings, config)
-    note.print(f"[dim]started nats-server (pid {started.pid}) on {url} for the rebuild[/]")
+    procs, url = stack.ensure_nats(settings, config)
+    started = [p for p in procs if p.started]
+    names = ", ".join(f"{p.name} (pid {p.pid})" for p in started)
+    note.print(f"[dim]started {names} on {url} for the rebuild[/]")
     try:
         yield
     finally:
-        # Only the server started here: services of this home that run (and reconnected to it) stay up.
-        stack.stop(settings, [NATS_SERVER], config)
-        note.print("[dim]stopped nats-server again[/]")
+        # Only the servers started here: services of this home that run (and reconnected) stay up.
+        stack.stop(settings, [p.name for p in started], config)
+        note.print("[dim]stopped them again[/]")
 
 
 class EventRate(ProgressColumn):

@@ -28,6 +28,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from bus import auth, natsserver
 from bus.errors import OmsError
 from bus.settings import SERVICES, Settings
+from cli import cluster
 from cli.connection import connect_briefly
 from cli.health import StackStatus, answers, status, subjects
 from cli.processes import (
@@ -90,14 +91,15 @@ class Process:
     started: bool
     log: Path
     subjects: list[str] = field(default_factory=list)
+    url: str = ""  # a nats-server's client URL
 
 
 @dataclass
 class Stack:
-    """What `up` returns: the server URL, nats-server (None when external) and the services."""
+    """What `up` returns: the servers' URLs, the nats-server processes (none when external) and the services."""
 
     url: str
-    nats: Process | None
+    nats: list[Process]
     services: list[Process]
 
 
@@ -170,20 +172,45 @@ def _nats_port(settings: Settings, wanted: int) -> int:
     return 0  # natsserver.start picks a free one
 
 
-def _url_of_running(layout: Layout, pid: int) -> str:
+def _url_of_running(layout: Layout) -> str:
     with contextlib.suppress(OSError):
         return layout.url_file.read_text().strip()
-    cmdline = proc_text(pid, "cmdline") or []
+    pid = read_pid(layout.pid_file(NATS_SERVER))
+    cmdline = (proc_text(pid, "cmdline") if pid else None) or []
     port = cmdline[cmdline.index("-p") + 1] if "-p" in cmdline else "4222"
     return f"nats://127.0.0.1:{port}"
 
 
-def ensure_nats(settings: Settings, stack: StackSettings) -> tuple[Process, str]:
-    """The embedded nats-server of this home, with its least-privilege configuration (`bus.auth`): the
-    running one (told to reload the configuration when it changed), or a new one."""
+def nats_names(settings: Settings) -> list[str]:
+    """The nats-server processes of this home: one, or the nodes of its cluster."""
+    found = cluster.load(Layout.of(settings))
+    return found.names if found is not None else [NATS_SERVER]
+
+
+def ensure_nats(settings: Settings, stack: StackSettings, size: int | None = None) -> tuple[list[Process], str]:
+    """The embedded nats-server(s) of this home, with the accounts and users of `bus.accounts`: one server,
+    or the nodes of a cluster (`size`: None as the home already is, 1 one server, 3 or more a cluster).
+    Running ones are left alone (told to reload their configuration when it changed); the rest start."""
     layout = Layout.of(settings)
     layout.prepare()
-    log = layout.log_file(NATS_SERVER)
+    if size == 2 or (size is not None and size < 1):
+        raise StackError("a cluster needs 3 or more nodes (JetStream keeps a majority of them), or 1 for one server")
+    try:
+        existing = cluster.load(layout)
+        if existing is not None and size == 1:
+            raise cluster.ClusterError(f"{layout.home} holds a cluster of {len(existing.nodes)}: use another OMS_HOME")
+        plan = cluster.plan(layout, size, stack.nats_port) if (size or 0) >= 3 else existing
+    except cluster.ClusterError as exc:
+        raise StackError(str(exc)) from None
+    if plan is None:
+        return [_ensure_one(settings, stack)], _url_of_running(layout)
+    nodes = [_ensure_node(settings, layout, plan, node) for node in plan.nodes]
+    layout.url_file.write_text(f"{plan.urls}\n")
+    return nodes, plan.urls
+
+
+def _ensure_one(settings: Settings, stack: StackSettings) -> Process:
+    layout = Layout.of(settings)
     config = auth.config_path(settings)
     before = config.read_text() if config.exists() else None
     auth.prepare(settings)
@@ -191,31 +218,55 @@ def ensure_nats(settings: Settings, stack: StackSettings) -> tuple[Process, str]
     if pid is not None:
         if before is not None and config.read_text() != before:
             send_signal(pid, signal.SIGHUP)  # nats-server reloads its configuration
-        return Process(NATS_SERVER, pid, started=False, log=log), _url_of_running(layout, pid)
+        return Process(NATS_SERVER, pid, started=False, log=layout.log_file(NATS_SERVER), url=_url_of_running(layout))
     port = _nats_port(settings, stack.nats_port)
+    proc, url = _start_server(layout, NATS_SERVER, layout.nats_store, port, config)
+    layout.url_file.write_text(f"{url}\n")
+    return proc
+
+
+def _ensure_node(settings: Settings, layout: Layout, plan: cluster.Plan, node: cluster.Node) -> Process:
+    config = layout.home / f"{node.name}.conf"
+    before = config.read_text() if config.exists() else None
+    cluster.configure(settings, layout, plan, node)
+    pid = running_pid(settings, node.name)
+    if pid is not None:
+        if before is not None and config.read_text() != before:
+            send_signal(pid, signal.SIGHUP)
+        return Process(node.name, pid, started=False, log=layout.log_file(node.name), url=node.url)
+    if port_busy("127.0.0.1", node.client_port) or port_busy("127.0.0.1", node.route_port):
+        raise StackError(
+            f"{node.name}'s ports ({node.client_port}, routes {node.route_port}) are in use by another process: "
+            "free them, or use another OMS_HOME"
+        )
+    return _start_server(layout, node.name, cluster.store_of(layout, node.name), node.client_port, config)[0]
+
+
+def _start_server(layout: Layout, name: str, store: Path, port: int, config: Path) -> tuple[Process, str]:
+    log = layout.log_file(name)
     with signals_held():
         try:
-            proc, url = natsserver.start(layout.nats_store, port=port, config=config, log_file=log)
+            proc, url = natsserver.start(store, port=port, config=config, log_file=log)
         except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
             raise StackError(f"{exc}\nlast lines of {log}:\n{log_tail(log)}") from None
-        layout.pid_file(NATS_SERVER).write_text(f"{proc.pid}\n")
-        layout.url_file.write_text(f"{url}\n")
-    return Process(NATS_SERVER, proc.pid, started=True, log=log), url
+        layout.pid_file(name).write_text(f"{proc.pid}\n")
+    return Process(name, proc.pid, started=True, log=log, url=url), url
 
 
-async def up(settings: Settings, stack: StackSettings | None = None) -> Stack:
-    """Start what is not running (nats-server unless OMS_NATS_URL is set, then each service); wait
-    until every service answers `$SRV.PING.<name>`. Processes already running are left alone."""
+async def up(settings: Settings, stack: StackSettings | None = None, *, cluster_size: int | None = None) -> Stack:
+    """Start what is not running (nats-server unless OMS_NATS_URL is set, or the nodes of the home's
+    cluster; then each service); wait until every service answers `$SRV.PING.<name>`. Processes already
+    running are left alone. `cluster_size`: see `ensure_nats`."""
     stack = stack or StackSettings()
     layout = Layout.of(settings)
     layout.prepare()
     settings = settings.model_copy(update={"home": layout.home})
-    nats_proc: Process | None = None
+    nats_procs: list[Process] = []
     credentials: dict[str, auth.Credentials | None] = dict.fromkeys(SERVICES)
     if settings.nats_url:
         url = settings.nats_url
     else:
-        nats_proc, url = ensure_nats(settings, stack)
+        nats_procs, url = ensure_nats(settings, stack, cluster_size)
         credentials = {name: auth.load(settings, name) for name in SERVICES}
     client_settings = auth.login(settings, "cli").model_copy(update={"nats_url": url})
     settings = settings.model_copy(update={"nats_url": url})
@@ -223,7 +274,7 @@ async def up(settings: Settings, stack: StackSettings | None = None) -> Stack:
     try:
         nc = await connect_briefly(client_settings, "oms-up")
     except OmsError as exc:
-        if nats_proc is None:  # OMS_NATS_URL names the server
+        if not nats_procs:  # OMS_NATS_URL names the server
             raise StackError(
                 f"cannot reach NATS at {url} (OMS_NATS_URL): start that server, "
                 "or unset OMS_NATS_URL to let `oms up` start a local one"
@@ -245,7 +296,7 @@ async def up(settings: Settings, stack: StackSettings | None = None) -> Stack:
     finally:
         with contextlib.suppress(Exception):
             await nc.close()
-    return Stack(url=url, nats=nats_proc, services=services)
+    return Stack(url=url, nats=nats_procs, services=services)
 
 
 async def _wait_ready(
@@ -322,13 +373,13 @@ def down(settings: Settings, stack: StackSettings | None = None) -> list[Stopped
     stack = stack or StackSettings()
     layout = Layout.of(settings)
     report = _stop(layout, list(SERVICES), stack.stop_timeout_s)
-    return report + _stop(layout, [NATS_SERVER], stack.stop_timeout_s)
+    return report + _stop(layout, nats_names(settings), stack.stop_timeout_s)
 
 
 def kill(settings: Settings, name: str, sig: signal.Signals = signal.SIGKILL) -> int | None:
     """Send `sig` to one process of the stack (for chaos); the pid file stays so `up` restarts it."""
-    if name not in PACKAGES and name != NATS_SERVER:
-        raise ValueError(f"unknown process {name!r}: one of {', '.join([*SERVICES, NATS_SERVER])}")
+    if name not in PACKAGES and name not in nats_names(settings):
+        raise ValueError(f"unknown process {name!r}: one of {', '.join([*SERVICES, *nats_names(settings)])}")
     pid = running_pid(settings, name)
     if pid is not None:
         send_signal(pid, sig)

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bus import contract as c
-from cli.stack import NATS_SERVER, Stack, StackStatus, Stopped
+from cli.stack import Stack, StackStatus, Stopped
 
 SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}
 STATUS_STYLE = {
@@ -243,10 +243,10 @@ def stack_up(s: Stack, home: Path) -> RenderableType:
     table.add_column("State")
     table.add_column("Subjects")
     table.add_column("Log", no_wrap=True)
-    procs = ([s.nats] if s.nats else []) + s.services
+    procs = s.nats + s.services
     for p in procs:
         state = Text("started", style="green") if p.started else Text("was running", style="dim")
-        subjects = s.url if p.name == NATS_SERVER else subject_group(p.subjects)
+        subjects = p.url or subject_group(p.subjects)
         log = p.log.relative_to(home) if p.log.is_relative_to(home) else p.log
         table.add_row(p.name, str(p.pid), state, subjects, str(log))
     return table
