@@ -138,7 +138,7 @@ class Export:
 def exports(stream: str = "OMS_EVENTS") -> tuple[Export, ...]:
     """What OMS makes visible outside it: each import of a client account is one of these."""
     both = (CLIENTS, OPS)
-    read = (  # the stream's read API for operators: (call, answered by several messages)
+    read = (  # the stream's read API for operators, and its leader's move: (call, answered by several messages)
         (f"STREAM.MSG.GET.{stream}", False),
         (f"DIRECT.GET.{stream}", True),
         (f"DIRECT.GET.{stream}.>", True),  # the last message on a subject
@@ -147,6 +147,7 @@ def exports(stream: str = "OMS_EVENTS") -> tuple[Export, ...]:
         (f"CONSUMER.INFO.{stream}.*", False),
         (f"CONSUMER.DELETE.{stream}.*", False),
         (f"CONSUMER.MSG.NEXT.{stream}.*", True),  # a pull is answered by the messages it fetched
+        (f"STREAM.LEADER.STEPDOWN.{stream}", False),  # move the stream's leader off a node before its upkeep
     )
     return (
         *(Export(route.subject, (CLIENTS,)) for route in CLI_ROUTES),

@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar, overload
 
 import nats.errors
 from nats.aio.client import Client as Nats
+from nats.aio.msg import Msg
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
@@ -150,7 +151,14 @@ class Client:
         headers = {IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else None
         data = payload if isinstance(payload, bytes) else encode(payload)
         try:
-            msg = await self.nc.request(subject, data, timeout=timeout, headers=headers)
+            if self.patience_s and isinstance(lost := getattr(self.nc, "lost", None), asyncio.Event):
+                msg = await self._unless_lost(self.nc.request(subject, data, timeout=timeout, headers=headers), lost)
+            else:
+                msg = await self.nc.request(subject, data, timeout=timeout, headers=headers)
+        except ConnectionLost:
+            raise Unavailable(
+                f"the connection to NATS dropped while waiting for {subject}", {"subject": subject}
+            ) from None
         except nats.errors.NoRespondersError:
             raise NoResponders(f"no service answers on {subject}", {"subject": subject}) from None
         except nats.errors.TimeoutError:
@@ -160,6 +168,25 @@ class Client:
         except nats.errors.Error as exc:
             raise Unavailable(f"request to {subject} failed: {exc}", {"subject": subject}) from None
         return decode_reply(subject, msg.data)
+
+    @staticmethod
+    async def _unless_lost(request: Awaitable[Msg], lost: asyncio.Event) -> Msg:
+        """The reply, unless the connection drops first: a reply on the old connection may never come, and a
+        patient client would rather send again (with its key) than wait out the whole timeout."""
+        waiting = asyncio.ensure_future(request)
+        dropped = asyncio.ensure_future(lost.wait())
+        try:
+            await asyncio.wait((waiting, dropped), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            dropped.cancel()
+        if waiting.done():
+            return waiting.result()
+        waiting.cancel()
+        raise ConnectionLost
+
+
+class ConnectionLost(Exception):
+    """The connection dropped while a reply was awaited."""
 
 
 def is_retryable(exc: BaseException) -> bool:

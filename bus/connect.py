@@ -68,6 +68,7 @@ async def connect(
             log.warning("nats error", extra={"error": repr(exc), "connection": name})
 
     async def on_disconnect() -> None:
+        nc.connection_dropped()
         if persistent and not connecting:  # a short-lived connection's end is no news
             log.warning("nats disconnected", extra={"connection": name})
 

@@ -20,6 +20,7 @@ Two places of nats-py are replaced:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -240,6 +241,12 @@ class HardenedNats(Client):
         self._on_drop = on_drop
         self._log_after = 0.0
         self._unlogged = 0
+        self.lost = asyncio.Event()  # set when the connection drops: replies awaited on it may never come
+
+    def connection_dropped(self) -> None:
+        """Wake whoever waits on the connection that just dropped; later waits use a fresh event."""
+        self.lost.set()
+        self.lost = asyncio.Event()
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None

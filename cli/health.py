@@ -12,13 +12,15 @@ from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as Nats
+from nats.js.api import ClusterInfo
 
 from bus.client import decode_reply
 from bus.errors import OmsError
 from bus.settings import SERVICES, Settings
 from bus.stream import jetstream
 from bus.subjects import HEALTH
-from cli.connection import connect_briefly
+from cli.connection import ADMIN, connect_briefly
+from cli.nodes import NodeStatus, merge, meta_leader, stream_nodes
 from cli.processes import NATS_SERVER, Layout, is_ours, read_pid, running_pid
 
 PING_TIMEOUT_S = 0.5
@@ -53,6 +55,7 @@ class StreamStatus:
     messages: int
     bytes: int
     consumers: int
+    replicas: int = 1
 
 
 @dataclass
@@ -63,6 +66,7 @@ class StackStatus:
     nats_error: str | None
     stream: StreamStatus | None
     services: list[ServiceStatus]
+    nodes: list[NodeStatus] = field(default_factory=list)  # the NATS servers, when there is more than one
 
     @property
     def healthy(self) -> bool:
@@ -112,11 +116,27 @@ async def status(settings: Settings) -> StackStatus:
     try:
         for svc in services:
             await _describe(nc, svc)
-        stream = await _stream(nc, settings.stream_name)
+        stream, group = await _stream(nc, settings.stream_name)
     finally:
         with contextlib.suppress(Exception):
             await nc.close()
-    return StackStatus(url, nats_pid, True, None, stream, services)
+    from_stream = stream_nodes(group)
+    leader = await _meta_leader(settings, len(from_stream)) if len(from_stream) > 1 else None
+    nodes = merge(settings, from_stream, leader)
+    return StackStatus(url, nats_pid, True, None, stream, services, nodes if len(nodes) > 1 else [])
+
+
+async def _meta_leader(settings: Settings, expected: int) -> str | None:
+    """Asked as `admin`, whose account may hear the servers' JetStream reports; None when it may not."""
+    try:
+        nc = await connect_briefly(settings, "oms-status-nodes", role=ADMIN)
+    except OmsError:
+        return None
+    try:
+        return await meta_leader(nc, expected)
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
 
 
 async def _describe(nc: Nats, svc: ServiceStatus) -> None:
@@ -156,9 +176,10 @@ async def health(nc: Nats, name: str) -> dict[str, Any] | None:
         return None
 
 
-async def _stream(nc: Nats, name: str) -> StreamStatus | None:
+async def _stream(nc: Nats, name: str) -> tuple[StreamStatus | None, ClusterInfo | None]:
     try:
         info = await (await jetstream(nc, name)).stream_info(name)
     except Exception:  # no JetStream, no stream yet, or no permission: status shows none
-        return None
-    return StreamStatus(name, info.state.messages, info.state.bytes, info.state.consumer_count)
+        return None, None
+    replicas = info.config.num_replicas or 1
+    return StreamStatus(name, info.state.messages, info.state.bytes, info.state.consumer_count, replicas), info.cluster

@@ -185,9 +185,10 @@ async def run_load(
     try:
         for i in range(max(1, plan.connections)):
             conns.append(await connect(as_client, f"oms-load-{i}", persistent=False))
-        # Patient: through a node loss each order is sent again with its key until the wait it allows ends.
-        patience = max(settings.client_patience_s, plan.wait_ms / 1000)
-        clients = [Client(nc, timeout_s=plan.wait_ms / 1000 + 5, patience_s=patience) for nc in conns]
+        # Patient through a node loss: an order is sent again with its key, also after a request lost with a
+        # node (it times out once: its wait, and the patience the settings allow beyond it).
+        timeout = plan.wait_ms / 1000 + 5
+        clients = [Client(nc, timeout_s=timeout, patience_s=timeout + settings.client_patience_s) for nc in conns]
         before = await saga_counts(clients[0])
         result = LoadResult(planned=plan.orders)
         kinds = [plan.mix.draw(rng) for _ in range(plan.orders)]

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bus import contract as c
+from cli.nodes import NodeStatus
 from cli.stack import Stack, StackStatus, Stopped
 
 SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}
@@ -325,16 +326,59 @@ def stack_status(st: StackStatus) -> RenderableType:
     if busy.row_count:
         parts.append(busy)
     parts.append(Text.from_markup(nats_line))
+    if st.nodes:
+        parts.append(nodes_table(st.nodes))
     if st.stream is not None:
         parts.append(
             Text.from_markup(
                 f"[bold]Stream[/] {st.stream.name}: {st.stream.messages} messages, "
-                f"{_bytes(st.stream.bytes)}, {st.stream.consumers} consumers"
+                f"{_bytes(st.stream.bytes)}, {st.stream.consumers} consumers, {st.stream.replicas} replicas"
             )
         )
     elif st.nats_reachable:
         parts.append(Text("Stream: none yet (a service creates it when it starts)", style="dim"))
     return Group(*parts)
+
+
+def nodes_table(nodes: list[NodeStatus]) -> Table:
+    """The NATS servers: each node, which one leads the stream and the meta group, each replica's lag."""
+    table = Table(title="NATS nodes", title_justify="left")
+    for column, justify in (
+        ("Node", "left"),
+        ("State", "left"),
+        ("PID", "right"),
+        ("URL", "left"),
+        ("Stream", "left"),
+        ("Lag", "right"),
+        ("Meta", "left"),
+    ):
+        table.add_column(column, justify=justify, no_wrap=column in ("Node", "State", "URL"))
+    for n in nodes:
+        if n.offline or n.running is False:
+            state = Text("down", style="bold red")
+        elif n.running or n.stream_role:
+            state = Text("up", style="bold green")
+        else:
+            state = Text("—", style="dim")
+        if n.stream_role == "leader":
+            role = Text("leader", style="bold")
+        elif n.stream_role == "replica":
+            role = Text(
+                "replica, current" if n.current else "replica, catching up", style="" if n.current else "yellow"
+            )
+        else:
+            role = Text("—", style="dim")
+        lag = "—" if n.stream_role is None else str(n.lag or 0)
+        table.add_row(
+            n.name,
+            state,
+            str(n.pid) if n.pid else "—",
+            n.url or "—",
+            role,
+            lag,
+            Text("leader", style="bold") if n.meta_leader else "",
+        )
+    return table
 
 
 BREAKER_STYLE = {"closed": "green", "half_open": "yellow", "open": "bold red"}
