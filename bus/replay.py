@@ -25,6 +25,7 @@ run it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -34,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
@@ -66,6 +68,7 @@ log = logging.getLogger(__name__)
 
 WINDOW = 50_000  # events one consumer reads before it is stopped and they are applied: bounds memory
 BATCH = 2_000  # events per unit of work
+WINDOW_TRIES = 4  # reads of one window before the rebuild gives up (each after a stall or a lost place)
 IDLE_TIMEOUT_S = 10.0  # no event for this long while some are still due: the stream stalled
 REPLAYED_THROUGH = "replayed_through_seq"  # meta row: the stream sequence the file was rebuilt up to
 # The event ids applied so far, in the file being rebuilt (on disk: a Python set of every id would not be
@@ -161,10 +164,12 @@ async def _load(db: Database, reader: _Reader, apply: Projection, progress: Prog
     # Reading and applying are both CPU-bound Python under one GIL; overlapping them was measured
     # slower (the writer thread waits for the GIL after every statement), so they take turns.
     applied = repeats = 0
+    first = True
     while not reader.finished:
         window = await reader.next_window()
-        if progress is not None and reader.windows == 1:
+        if progress is not None and first:
             progress(0, reader.total)
+        first = False
         # All batches of a window go to the writer at once: it commits them as one group.
         commits = [
             asyncio.create_task(db.commit(_applier(apply, window[start : start + BATCH])))
@@ -243,7 +248,24 @@ class _Reader:
         self._pending: int | None = None
 
     async def next_window(self) -> list[tuple[int, bytes]]:
-        events: list[tuple[int, bytes]] = []
+        """The next events in stream order, at most WINDOW. A read that stalls or loses its place (its
+        server died, a consumer fell behind) is tried again from the last event read: what was read
+        before it is kept, so nothing is applied twice or skipped."""
+        for attempt in range(1, WINDOW_TRIES + 1):
+            events: list[tuple[int, bytes]] = []
+            try:
+                await self._read_window(events)
+                return events
+            except (_Interrupted, nats.errors.Error, TimeoutError) as exc:
+                if events:
+                    return events  # read in order up to the interruption; the next window goes on from there
+                if attempt == WINDOW_TRIES:
+                    raise ReplayError(f"{exc}; run the rebuild again") from None
+                log.warning("replay read interrupted; reading again", extra={"error": str(exc), "after": self.last_seq})
+                await asyncio.sleep(0.2 * attempt)
+        return []
+
+    async def _read_window(self, events: list[tuple[int, bytes]]) -> None:
         full = asyncio.Event()
         lost: str | None = None
         heard = time.monotonic()
@@ -282,25 +304,29 @@ class _Reader:
         sub = await self.js.subscribe(self.subject, stream=self.stream, ordered_consumer=True, config=config, cb=on_msg)
         self.windows += 1
         try:
-            if self.windows == 1:
+            if not self.total:
                 info = await sub.consumer_info()
                 self.total = info.num_pending + (info.delivered.consumer_seq or 0)
                 if self.total == 0:
                     self.finished = True
-                    return []
+                    return
             while not full.is_set():
                 try:
                     await asyncio.wait_for(full.wait(), IDLE_TIMEOUT_S)
                 except TimeoutError:
                     if time.monotonic() - heard >= IDLE_TIMEOUT_S:
-                        raise ReplayError(
+                        raise _Interrupted(
                             f"no event from {self.stream} for {IDLE_TIMEOUT_S:.0f}s after sequence {self.last_seq}"
                         ) from None
         finally:
-            await sub.unsubscribe()
+            with contextlib.suppress(Exception):  # its server may be gone
+                await sub.unsubscribe()
         if lost is not None:
-            raise ReplayError(lost + "; run the rebuild again")
-        return events
+            raise _Interrupted(lost)
+
+
+class _Interrupted(Exception):
+    """A window's read stopped short; the reader tries again from where it was."""
 
 
 async def _publish_leftovers(js: JetStreamContext, stream: str, service: str, real: Path) -> int:

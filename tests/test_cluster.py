@@ -297,3 +297,52 @@ async def test_following_the_events_goes_on_when_the_node_holding_the_readers_co
         await buyer.close()
         await nc.close()
         three.restart()
+
+
+async def test_a_rebuild_by_replay_goes_on_when_the_stream_leader_dies_midway(
+    three: Cluster, services, monkeypatch, tmp_path
+):
+    """Small windows, so the rebuild opens many consumers; the stream's leader is killed after the first."""
+    import sqlite3
+
+    from bus import replay
+
+    nc = await admin(three)
+    buyer = Client(await connect(auth.login(three.settings, "cli"), "buyer", persistent=False), timeout_s=15)
+    try:
+        for i in range(30):
+            line = [{"sku": "KB-101", "qty": 1}]
+            await buyer.call(
+                s.ORDERS_PLACE, {"customer_id": f"r-{i}", "items": line}, idempotency_key=f"r-{i}-{tmp_path.name}"
+            )
+        await wait_for(lambda: all_current(nc, three.settings), timeout=30, what="every replica current")
+        leader = (await stream_info(nc, three.settings)).cluster.leader
+        monkeypatch.setattr(replay, "WINDOW", 25)
+        killed: list[str] = []
+
+        def progress(applied: int, total: int) -> None:
+            if applied and not killed:
+                three.kill(leader)
+                killed.append(leader)
+
+        elsewhere = auth.login(three.settings, "payment").model_copy(update={"home": tmp_path / "rebuilt"})
+        elsewhere = elsewhere.model_copy(update={"nats_url": three.plan.urls})
+        creds = auth.load(three.settings, "payment")
+        assert creds is not None
+        elsewhere = elsewhere.model_copy(update={"nats_user": "payment", "nats_password": creds.password})
+        stats = await replay.recover(elsewhere, PAYMENT, progress=progress)
+        assert killed == [leader]
+        assert stats.applied == stats.total >= 30
+
+        def rows(path: Path) -> list[tuple]:
+            conn = sqlite3.connect(path)
+            try:
+                return conn.execute("SELECT * FROM payments ORDER BY order_id").fetchall()
+            finally:
+                conn.close()
+
+        assert rows(elsewhere.db_path("payment")) == rows(three.settings.db_path("payment"))
+    finally:
+        await buyer.nc.close()
+        await nc.close()
+        three.restart()
