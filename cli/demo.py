@@ -39,6 +39,12 @@ def demo(
     scene: Annotated[str | None, typer.Argument(help="Run only this scene (see --list).")] = None,
     list_scenes: Annotated[bool, typer.Option("--list", help="List the scenes and exit.")] = False,
     step: Annotated[bool, typer.Option("--step", help="Pause for Enter between scenes.")] = False,
+    cluster: Annotated[
+        int,
+        typer.Option(
+            "--cluster", metavar="N", min=1, max=7, help="nats-servers in the demo's cluster (1: one server)."
+        ),
+    ] = 3,
     as_json: JsonFlag = False,
 ) -> None:
     """Start a throwaway stack in a temporary OMS_HOME, play the scenes, stop it and clean up."""
@@ -57,7 +63,7 @@ def demo(
     problems: list[str] = []
     try:
         with reported(settings, as_json=as_json):
-            problems = asyncio.run(play(settings, stack_settings, chosen, out, step=step))
+            problems = asyncio.run(play(settings, stack_settings, chosen, out, step=step, cluster=cluster))
     finally:
         with stack.signals_held():
             stack.down(settings, stack_settings)
@@ -107,12 +113,19 @@ def demo_settings(base: Settings, home: Path) -> Settings:
 
 
 async def play(
-    settings: Settings, stack_settings: stack.StackSettings, scenes: list[Scene], out: Output, *, step: bool = False
+    settings: Settings,
+    stack_settings: stack.StackSettings,
+    scenes: list[Scene],
+    out: Output,
+    *,
+    step: bool = False,
+    cluster: int = 3,
 ) -> list[str]:
     """Start the stack, run the scenes; the problems they found (the caller stops the stack)."""
-    out.note(f"Starting a throwaway OMS in {settings.home} …")
-    started = await stack.up(settings, stack_settings)
-    out.note(f"[dim]nats-server on {started.url}; {', '.join(SERVICES)} answer[/]")
+    where = f"a cluster of {cluster} nats-servers" if cluster > 1 else "one nats-server"
+    out.note(f"Starting a throwaway OMS on {where} in {settings.home} …")
+    started = await stack.up(settings, stack_settings, cluster_size=cluster)
+    out.note(f"[dim]nats on {started.url}; {', '.join(SERVICES)} answer[/]")
     problems: list[str] = []
     async with session.client(settings) as client, session.client(settings, role=ADMIN) as admin:
         stage = Stage(settings, client, admin, out)

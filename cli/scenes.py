@@ -20,7 +20,7 @@ from bus.settings import SERVICES
 from bus.stream import jetstream
 from cli import stack
 from cli.load import audit_table, results_table
-from cli.loadgen import LoadPlan, Mix, run_load
+from cli.loadgen import LoadPlan, LoadResult, Mix, ensure_stock, run_load
 from cli.stage import Stage
 
 HAPPY = ["order_created", "stock_reserved", "payment_authorized", "order_confirmed"]
@@ -194,6 +194,38 @@ async def load(stage: Stage) -> None:
     stage.expect(result.completed == plan.orders, f"all {plan.orders} orders answered")
 
 
+async def leader_killed(stage: Stage) -> None:
+    nodes = stack.nats_names(stage.settings)
+    if len(nodes) < 3:
+        stage.say("one nats-server here: `oms demo --cluster 3` plays this scene")
+        return
+    leader = await stage.stream_leader()
+    stage.say(f"{len(nodes)} nats-servers; OMS_EVENTS has 3 replicas and {leader} leads it")
+    plan = LoadPlan(orders=300, concurrency=8, rate=60, seed=2, wait_ms=15_000)
+    killed: list[str] = []
+
+    def kill_the_leader(progress: LoadResult) -> None:
+        if progress.completed >= 60 and not killed and leader is not None:
+            stack.kill(stage.settings, leader, signal.SIGKILL)
+            killed.append(leader)
+
+    await ensure_stock(stage.admin, plan)  # they all confirm unless something is lost
+    stage.say(f"orders flow at {plan.rate:.0f}/s; after the 60th, kill -9 {leader} ...")
+    result = await run_load(stage.settings, plan, on_progress=kill_the_leader)
+    now = await stage.until("a new leader", lambda: stage.stream_leader(other_than=leader), timeout_s=30)
+    slowest, median = result.percentile(1.0) * 1000, result.percentile(0.5) * 1000
+    stage.say(f"{now} leads OMS_EVENTS now; the slowest order took {slowest:,.0f} ms (the election)")
+    stage.say(f"the median {median:,.0f} ms; outcomes {dict(result.outcomes)}, errors {dict(result.errors)}")
+    stage.expect(bool(killed) and now not in (None, leader), f"{leader} was killed and another node took over")
+    stage.expect(
+        result.outcomes["CONFIRMED"] == plan.orders and not result.errors,
+        f"all {plan.orders} orders CONFIRMED: the clients sent again with their keys, nothing was lost",
+    )
+    await stack.up(stage.settings)
+    await stage.until("every replica to catch up", stage.replicas_current, timeout_s=30)
+    stage.expect(True, f"`oms up` restarted {leader}, and its copy of the stream caught up")
+
+
 async def audit(stage: Stage) -> None:
     js = await jetstream(stage.admin.nc, stage.settings.stream_name)
     report = await run_audit(stage.admin, js, stage.settings.stream_name, stage.settings.saga)
@@ -220,5 +252,10 @@ SCENES: list[Scene] = [
     Scene("orders-killed", "the order service killed -9 mid-saga: it resumes the saga", orchestrator_killed),
     Scene("rebuild", "inventory's database lost: rebuilt by replaying OMS_EVENTS", rebuilt),
     Scene("load", "600 orders at concurrency 32, with declines and stock-outs", load),
+    Scene(
+        "leader-killed",
+        "the stream's leader node killed -9 while orders flow: a new leader, nothing lost",
+        leader_killed,
+    ),
     Scene("audit", "the invariant audit over everything above", audit),
 ]

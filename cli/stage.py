@@ -83,6 +83,24 @@ class Stage:
         self.expect(False, what)
         return None
 
+    async def stream_leader(self, other_than: str | None = None) -> str | None:
+        """The node that leads OMS_EVENTS (None while there is none, or while it is still `other_than`)."""
+        try:
+            js = await jetstream(self.admin.nc, self.settings.stream_name)
+            info = await js.stream_info(self.settings.stream_name)
+        except Exception:  # no leader: the API does not answer during an election
+            return None
+        leader = info.cluster.leader if info.cluster else None
+        return None if leader == other_than else leader
+
+    async def replicas_current(self) -> bool:
+        try:
+            js = await jetstream(self.admin.nc, self.settings.stream_name)
+            info = await js.stream_info(self.settings.stream_name)
+        except Exception:
+            return False
+        return bool(info.cluster and info.cluster.leader) and all(r.current for r in info.cluster.replicas or [])
+
     async def settled(self, order_id: str, timeout_s: float = 25.0) -> c.Order | None:
         async def ended() -> c.Order | None:
             o = await self.order(order_id)

@@ -397,10 +397,11 @@ def test_the_demo_runs_to_the_end_and_leaves_nothing_behind(tmp_path):
     env = clean_env(TMPDIR=str(tmp_path))
     result = oms("demo", env=env, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    for scene in ("catalog", "happy", "out-of-stock", "declined"):
+    for scene in ("catalog", "happy", "out-of-stock", "declined", "leader-killed"):
         assert scene in result.stdout
     assert "✗" not in result.stdout
-    home = re.search(r"throwaway OMS in (\S+)", result.stdout)
+    assert "a cluster of 3 nats-servers" in result.stdout and "leads OMS_EVENTS now" in result.stdout
+    home = re.search(r"throwaway OMS on .*? in (\S+)", result.stdout)
     assert home and home.group(1).startswith(str(tmp_path))
     assert not Path(home.group(1)).exists()
     assert processes_under(tmp_path) == []
