@@ -250,7 +250,7 @@ class Reader:
         assert self._sub is not None, "open the reader first"
         try:
             found = await self._sub.fetch(batch, timeout=timeout_s)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats-py's own, and asyncio's (a fetch cut short between its requests)
             found = []
         except nats.errors.ConnectionClosedError:
             raise Unavailable("lost the connection to NATS while reading events") from None
