@@ -117,6 +117,7 @@ def batches(seed: int, connections: int, frames_per_connection: int) -> list[Bat
     rng = random.Random(seed)
     kinds = ["plain", *HEADER_BLOCKS, *REPLIES, *SUBJECTS_BAD, "random_header_block", "payload_not_utf8"]
     found = []
+    fatal_names, fatal_given = list(FATAL), []
     for n in range(connections):
         user = USERS[n % len(USERS)]
         subjects = subjects_for(user)
@@ -126,9 +127,10 @@ def batches(seed: int, connections: int, frames_per_connection: int) -> list[Bat
             subject = subjects[rng.randrange(len(subjects))]
             frames.append((kind, frame(rng, kind, subject)))
         fatal = None
-        if n % 2 == 1:  # every other connection ends with a frame the server refuses
-            name = list(FATAL)[(n // 2) % len(FATAL)]
+        if n % 4 in (1, 2):  # every other connection ends with a frame the server refuses, each one for both users
+            name = fatal_names[(len(fatal_given) // 2) % len(fatal_names)]
             fatal = (name, FATAL[name])
+            fatal_given.append(name)
         found.append(Batch(user, frames, fatal))
     return found
 

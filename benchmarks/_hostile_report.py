@@ -47,7 +47,8 @@ def table(counts: dict[str, int], title: str) -> None:
 
 
 def report(result: dict, checks: dict[str, bool]) -> None:
-    print(f"hostile run, seed {result['seed']} (plan sha256 {result['plan_sha256'][:16]}), "
+    print(f"hostile run, seed {result['seed']} (plan sha256 {result['plan_sha256'][:16]}, "
+          f"raw frames {result['raw_frames_sha256'][:16]}), "
           f"{result['storm_seconds']} s of storm")  # fmt: skip
     table(
         result["sent"],

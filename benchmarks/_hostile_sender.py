@@ -69,6 +69,7 @@ class Sender:
         self.progress = Progress()
         self.seeds: list[dict] = []
         self.digest = hashlib.sha256()
+        self.raw_digest = hashlib.sha256()
 
     async def open(self) -> None:
         for user in ("cli", "admin"):
@@ -237,6 +238,10 @@ async def raw_frames(settings: Settings, sender: Sender, seed: int, connections:
     passwords = {user: auth.load(settings, user).password for user in ("cli", "admin")}
     tally = raw.RawTally()
     found = raw.batches(seed + 1, connections, per)
+    for batch in found:
+        sender.raw_digest.update(
+            batch.user.encode() + b"".join(f for _, f in batch.frames) + (batch.fatal or ("", b""))[1]
+        )
     expected_denials = Counter()
     for n, batch in enumerate(found):
         await sender.progress.reached(min(total, n * total // max(1, connections)))

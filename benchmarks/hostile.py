@@ -182,6 +182,7 @@ async def run(args: argparse.Namespace) -> dict:
     return {
         "seed": args.seed,
         "plan_sha256": sender.digest.hexdigest(),
+        "raw_frames_sha256": sender.raw_digest.hexdigest(),
         "storm_seconds": round(took, 1),
         "attack_seconds": round(attack_s, 1),
         "push_consumers": not args.no_push_consumers,
