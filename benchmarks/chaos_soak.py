@@ -27,6 +27,7 @@ from bus.client import Client
 from bus.connect import connect
 from bus.errors import OmsError
 from bus.settings import SERVICES
+from bus.stream import jetstream
 from cli import stack
 from cli.loadgen import LoadPlan, Mix, run_load
 
@@ -99,7 +100,8 @@ async def soak(orders: int, concurrency: int, kill_every_s: float, max_seconds: 
         await stack.up(settings)
         await set_faults(client, False)
         took = await quiesce(client, 120)
-        report = await run_audit(client, nc.jetstream(), settings.stream_name, settings.saga)
+        js = await jetstream(nc, settings.stream_name)  # admin reaches the stream under JS.OMS.API
+        report = await run_audit(client, js, settings.stream_name, settings.saga)
         health = await client.call(s.ORDERS_HEALTH, {})
         by_status = {}
         for status in ("CONFIRMED", "FAILED", "CANCELLED"):

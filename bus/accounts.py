@@ -4,8 +4,9 @@
               Exports what the two accounts below may ask for.
     CLIENTS   `cli`: imports the client routes, `$SRV.>` and the stream's info.
     OPS       `admin`: imports every service's subjects and `chaos.>`, `$SRV.>`, the
-              stream's read API, `events.>` as a live feed, and from SYS (the
-              server's system account, no users) each server's JetStream report.
+              stream's read API (info, message and direct gets; no consumers),
+              `events.>` as a live feed, and from SYS (the server's system
+              account, no users) each server's JetStream report.
 
 An account is a subject space of its own. A request that crosses an import
 reaches the service with a reply subject the server minted in OMS (`_R_...`),
@@ -142,11 +143,8 @@ def exports(stream: str = "OMS_EVENTS") -> tuple[Export, ...]:
         (f"STREAM.MSG.GET.{stream}", False),
         (f"DIRECT.GET.{stream}", True),
         (f"DIRECT.GET.{stream}.>", True),  # the last message on a subject
-        (f"CONSUMER.CREATE.{stream}", False),  # ephemeral pull consumers (`oms events tail`)
-        (f"CONSUMER.CREATE.{stream}.>", False),
-        (f"CONSUMER.INFO.{stream}.*", False),
-        (f"CONSUMER.DELETE.{stream}.*", False),
-        (f"CONSUMER.MSG.NEXT.{stream}.*", True),  # a pull is answered by the messages it fetched
+        # No consumer API: a push consumer could deliver the stream into any subject of OMS (a service's
+        # own), and keep redelivering; `oms events tail` reads by batched direct gets instead.
         (f"STREAM.LEADER.STEPDOWN.{stream}", False),  # move the stream's leader off a node before its upkeep
     )
     return (

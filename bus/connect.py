@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
+from collections import Counter
 from collections.abc import Callable
 
 import nats.errors
@@ -17,6 +19,31 @@ from bus.settings import Settings
 log = logging.getLogger(__name__)
 
 SHORT_RECONNECTS = 8  # per server, for a short-lived connection: rides out a node loss, not an outage
+ERROR_LOG_EVERY_S = 10.0  # one line per kind of error at most this often: a client can cause some at will
+ERROR_KINDS_KEPT = 64
+
+
+class _ErrorLog:
+    """The warning a connection logs for what its error callback hears, at most once per kind of error every
+    `ERROR_LOG_EVERY_S`, the next one counting those left out. Some a client causes as fast as it sends:
+    nats.micro raises for every `$SRV` request without a reply subject."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._next: dict[str, float] = {}
+        self._unlogged: Counter[str] = Counter()
+
+    def warn(self, exc: Exception) -> None:
+        kind = f"{type(exc).__name__}: {exc}"[:48]  # the error, without the subject or id that may follow
+        now = time.monotonic()
+        if now < self._next.get(kind, 0.0):
+            self._unlogged[kind] += 1
+            return
+        if len(self._next) >= ERROR_KINDS_KEPT:
+            self._next.clear()
+        self._next[kind] = now + ERROR_LOG_EVERY_S
+        extra = {"error": repr(exc), "connection": self.name, "unlogged": self._unlogged.pop(kind, 0)}
+        log.warning("nats error", extra=extra)
 
 
 def is_refusal(exc: BaseException) -> bool:
@@ -58,6 +85,7 @@ async def connect(
     user = user or settings.nats_user
     password = password or settings.nats_password
     connecting = True
+    errors = _ErrorLog(name)
 
     async def report(exc: Exception) -> None:
         if connecting and is_refusal(exc):
@@ -65,7 +93,7 @@ async def connect(
         if on_error is not None and not connecting:
             on_error(exc)
         if persistent:
-            log.warning("nats error", extra={"error": repr(exc), "connection": name})
+            errors.warn(exc)
 
     async def on_disconnect() -> None:
         nc.connection_dropped()

@@ -16,13 +16,17 @@ a configuration problem and raised at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import random
 import time
 import weakref
+from dataclasses import dataclass
 
 import nats.errors
 from nats.aio.client import Client as Nats
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
@@ -129,8 +133,8 @@ def _describe(exc: BaseException) -> str:
 _API_PREFIX: weakref.WeakKeyDictionary[Nats, str] = weakref.WeakKeyDictionary()
 
 
-async def jetstream(nc: Nats, stream: str) -> JetStreamContext:
-    """The event stream's API as this connection reaches it: `$JS.API` inside the OMS account (or on a
+async def api_prefix(nc: Nats, stream: str) -> str:
+    """Where this connection reaches the event stream's API: `$JS.API` inside the OMS account (or on a
     server without accounts), `JS.OMS.API` from a client account (`bus.accounts`). Asked once per
     connection: the client accounts answer the stream's info there, anyone else has no responders."""
     prefix = _API_PREFIX.get(nc)
@@ -141,4 +145,102 @@ async def jetstream(nc: Nats, stream: str) -> JetStreamContext:
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
             prefix = "$JS.API"
         _API_PREFIX[nc] = prefix
-    return nc.jetstream(prefix=prefix)
+    return prefix
+
+
+async def jetstream(nc: Nats, stream: str) -> JetStreamContext:
+    """A JetStream context on the event stream's API as this connection reaches it (`api_prefix`)."""
+    return nc.jetstream(prefix=await api_prefix(nc, stream))
+
+
+# -- reading the stream without a consumer --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """One message of the stream as a direct get returns it."""
+
+    seq: int
+    subject: str
+    data: bytes
+
+
+class Reader:
+    """Reads the event stream in order by batched direct gets (`$JS.API.DIRECT.GET`): no consumer, so a
+    client account needs no right to make one (a push consumer could aim the stream at any subject of
+    the services' account), nothing is left behind, and any replica answers, so the loss of a node does
+    not stop it. It keeps the stream sequence it has read to; `next_batch` polls past the end."""
+
+    POLL_S = 0.1  # how soon a reader at the end asks again
+    REQUEST_TIMEOUT_S = 2.0
+
+    def __init__(self, nc: Nats, stream: str) -> None:
+        self.nc = nc
+        self.stream = stream
+        self.subject = "events.>"
+        self.next_seq = 1
+        self._inbox = ""
+        self._sub: Subscription | None = None
+        self._asked = 0
+
+    async def open(self, subject: str, *, from_start: bool) -> Reader:
+        """Read `subject` from the stream's first message, or from the next one published."""
+        self.subject = subject
+        self._prefix = await api_prefix(self.nc, self.stream)
+        if not from_start:
+            self.next_seq = (await self._info()).state.last_seq + 1
+        self._inbox = self.nc.new_inbox()
+        self._sub = await self.nc.subscribe(f"{self._inbox}.*")
+        return self
+
+    async def _info(self) -> js_api.StreamInfo:
+        try:
+            return await self.nc.jetstream(prefix=self._prefix).stream_info(self.stream)
+        except NotFoundError:
+            raise Unavailable(
+                f"stream {self.stream} not found: the services create it when they start (`oms up`)"
+            ) from None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise Unavailable(f"cannot read {self.stream}: {exc!r}") from None
+
+    async def next_batch(self, timeout_s: float, batch: int = 256) -> list[Stored]:
+        """The next messages on the subject in stream order; empty when none came within `timeout_s`."""
+        give_up = time.monotonic() + timeout_s
+        while True:
+            found = await self._ask(batch)
+            if found or time.monotonic() + self.POLL_S > give_up:
+                return found
+            await asyncio.sleep(self.POLL_S)
+
+    async def _ask(self, batch: int) -> list[Stored]:
+        assert self._sub is not None, "open the reader first"
+        self._asked += 1
+        reply = f"{self._inbox}.{self._asked}"  # answers to an earlier, abandoned ask are told apart
+        body = json.dumps({"seq": self.next_seq, "batch": batch, "next_by_subj": self.subject}).encode()
+        found: list[Stored] = []
+        try:
+            await self.nc.publish(f"{self._prefix}.DIRECT.GET.{self.stream}", body, reply=reply)
+            deadline = time.monotonic() + self.REQUEST_TIMEOUT_S
+            while True:
+                msg = await self._sub.next_msg(timeout=max(0.01, deadline - time.monotonic()))
+                if msg.subject != reply:
+                    continue
+                headers = msg.headers or {}
+                if "Status" in headers:  # 204: the batch's end; 404: nothing from there; anything else: try again
+                    break
+                seq = int(headers.get("Nats-Sequence", 0))
+                if seq >= self.next_seq:
+                    found.append(Stored(seq, headers.get("Nats-Subject", ""), msg.data))
+        except (nats.errors.TimeoutError, TimeoutError):
+            pass  # a node lost mid-answer: what came is kept, the rest is asked for again
+        except nats.errors.ConnectionClosedError:
+            raise Unavailable("lost the connection to NATS while reading events") from None
+        if found:
+            self.next_seq = found[-1].seq + 1
+        return found
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()

@@ -28,6 +28,7 @@ from cli import (
     saga,
     schema,
 )
+from cli.console import command as console_command
 from cli.failures import ExitCode
 from cli.session import Config
 from cli.stack import StackSettings
@@ -52,6 +53,7 @@ app.add_typer(metrics.app)
 app.add_typer(demo.app)
 app.add_typer(schema.app)
 app.add_typer(load.app)
+app.add_typer(console_command.app)
 
 
 @app.callback()

@@ -69,6 +69,8 @@ def demo(
             stack.down(settings, stack_settings)
             shutil.rmtree(home, ignore_errors=True)
         out.note("[dim]stopped the demo stack and removed its home[/]")
+    if not problems and not as_json:
+        out.note("to watch a stack of your own: `oms up`, then `oms console` and open http://127.0.0.1:8089/")
     if problems:
         out.note("[bold red]the demo did not show everything it meant to:[/]\n  " + "\n  ".join(problems))
     raise typer.Exit(ExitCode.FAILED if problems else ExitCode.OK)

@@ -7,26 +7,19 @@ import contextlib
 import json
 import re
 import signal
-import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
-import nats.errors
 import typer
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js import api as js_api
-from nats.js.errors import NotFoundError
 from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from bus import contract as c
-from bus.errors import Unavailable
 from bus.ids import parse_iso
 from bus.settings import SERVICES, Settings
-from bus.stream import jetstream
+from bus.stream import Reader
 from bus.subjects import EVENTS_ROOT
 from cli import views
 from cli.connection import ADMIN, connect_briefly
@@ -194,107 +187,6 @@ def as_record(subject: str, seq: int | None, data: bytes) -> dict[str, Any]:
     return body | {"seq": seq, "subject": subject}
 
 
-class Reader:
-    """An ephemeral pull consumer on the event stream (no acks): what a client account may read of it.
-
-    Push consumers deliver into the stream's own account, so operators outside it pull: each fetch is
-    a request whose answers are the messages. The reader keeps the stream sequence it has read to; when
-    its consumer is lost (its node died, or the server dropped it), it makes a new one from the next
-    sequence, so nothing is skipped or read twice. Removed on `close` (the server would also drop it
-    once idle for INACTIVE_S)."""
-
-    INACTIVE_S = 30.0
-    CHECK_AFTER_S = 2.0  # idle this long: ask whether the consumer is still there
-
-    def __init__(self, js: JetStreamContext, stream: str) -> None:
-        self.js = js
-        self.stream = stream
-        self.subject = ""
-        self.next_seq = 0  # the stream sequence to read from; 0 until known
-        self._sub: JetStreamContext.PullSubscription | None = None
-        self._idle_since: float | None = None
-
-    async def open(self, subject: str, *, from_start: bool) -> Reader:
-        self.subject = subject
-        if not from_start:  # new events: from the stream's end now, so a reopen knows where that was
-            self.next_seq = (await self._stream_info()).state.last_seq + 1
-        await self._subscribe()
-        return self
-
-    async def _stream_info(self) -> js_api.StreamInfo:
-        try:
-            return await self.js.stream_info(self.stream)
-        except NotFoundError:
-            raise Unavailable(
-                f"stream {self.stream} not found: the services create it when they start (`oms up`)"
-            ) from None
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise Unavailable(f"cannot read {self.stream}: {exc!r}") from None
-
-    async def _subscribe(self) -> None:
-        if self.next_seq:
-            start = {"deliver_policy": js_api.DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": self.next_seq}
-        else:
-            start = {"deliver_policy": js_api.DeliverPolicy.ALL}
-        config = js_api.ConsumerConfig(ack_policy=js_api.AckPolicy.NONE, inactive_threshold=self.INACTIVE_S, **start)
-        try:
-            self._sub = await self.js.pull_subscribe(self.subject, durable=None, stream=self.stream, config=config)
-        except NotFoundError:
-            await self._stream_info()  # says so when the stream itself is missing
-            raise
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise Unavailable(f"cannot read {self.stream}: {exc!r}") from None
-
-    async def next_batch(self, timeout_s: float, batch: int = 256) -> list[Msg]:
-        """The next events in stream order; empty when none came within `timeout_s`."""
-        assert self._sub is not None, "open the reader first"
-        try:
-            found = await self._sub.fetch(batch, timeout=timeout_s)
-        except nats.errors.TimeoutError:
-            found = []
-        except nats.errors.ConnectionClosedError:
-            raise Unavailable("lost the connection to NATS while reading events") from None
-        except (nats.errors.Error, NotFoundError):  # the consumer or its server is gone
-            await self._reopen()
-            return []
-        if found:
-            self._idle_since = None
-            last = found[-1].metadata.sequence.stream if found[-1].metadata else 0
-            self.next_seq = max(self.next_seq, last + 1)
-            return found
-        now = time.monotonic()
-        self._idle_since = self._idle_since or now
-        if now - self._idle_since >= self.CHECK_AFTER_S:
-            self._idle_since = now
-            try:
-                await self._sub.consumer_info()
-            except (nats.errors.Error, NotFoundError, TimeoutError):
-                await self._reopen()
-        return []
-
-    async def _reopen(self) -> None:
-        """A new consumer from the next sequence (the old one, if it lives, is dropped once idle)."""
-        old, self._sub = self._sub, None
-        if old is not None:
-            with contextlib.suppress(Exception):
-                await old.unsubscribe()
-        try:
-            await self._subscribe()
-        except (Unavailable, NotFoundError):
-            self._sub = old  # not yet: the next batch tries again
-
-    async def close(self) -> None:
-        if self._sub is None:
-            return
-        sub, self._sub = self._sub, None
-        with contextlib.suppress(Exception):
-            name = (await sub.consumer_info()).name
-            await sub.unsubscribe()
-            await self.js.delete_consumer(self.stream, name)
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
-
-
 async def follow(
     settings: Settings,
     subject: str,
@@ -316,15 +208,12 @@ async def follow(
             handled.append(sig)
     seen = 0
     try:
-        reader = await Reader(await jetstream(nc, settings.stream_name), settings.stream_name).open(
-            subject, from_start=from_start
-        )
+        reader = await Reader(nc, settings.stream_name).open(subject, from_start=from_start)
         on_ready()
         try:
             while not stop.is_set() and (limit is None or seen < limit):
                 for msg in await reader.next_batch(POLL_S, batch=256 if limit is None else min(256, limit - seen)):
-                    seq = msg.metadata.sequence.stream if msg.metadata else None
-                    on_event(as_record(msg.subject, seq, msg.data))
+                    on_event(as_record(msg.subject, msg.seq, msg.data))
                     seen += 1
         finally:
             await reader.close()

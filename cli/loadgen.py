@@ -17,6 +17,7 @@ from bus import auth
 from bus import subjects as s
 from bus.client import Client
 from bus.connect import connect
+from bus.contract import TERMINAL
 from bus.errors import OmsError
 from bus.settings import Settings
 
@@ -133,7 +134,8 @@ def order_body(kind: str, index: int, plan: LoadPlan, rng: random.Random, run_id
     else:
         items = [{"sku": rng.choice(plan.skus), "qty": 1}]
     method = "card_declined" if kind == "declined" else "card"
-    return {"customer_id": customer, "items": items, "payment_method": method, "wait_ms": plan.wait_ms}
+    wait_ms = min(plan.wait_ms, POLL_WAIT_MS)
+    return {"customer_id": customer, "items": items, "payment_method": method, "wait_ms": wait_ms}
 
 
 COUNTED = ("retries", "compensations")
@@ -171,6 +173,19 @@ async def ensure_stock(client: Client, plan: LoadPlan) -> None:
             missing -= qty
 
 
+POLL_WAIT_MS = 5_000  # one request waits at most this long for its saga; then the order is asked again
+
+
+async def place(client: Client, body: dict[str, Any], key: str, until: float) -> dict[str, Any]:
+    """Place an order and wait for its outcome until `until` (perf_counter), in requests of at most
+    POLL_WAIT_MS: the same key again asks for the same order, so a request lost with a node costs one
+    short wait rather than the whole one."""
+    while True:
+        order = await client.call(s.ORDERS_PLACE, body, idempotency_key=key)
+        if order["status"] in TERMINAL or time.perf_counter() >= until:
+            return order
+
+
 async def run_load(
     settings: Settings,
     plan: LoadPlan,
@@ -187,7 +202,7 @@ async def run_load(
             conns.append(await connect(as_client, f"oms-load-{i}", persistent=False))
         # Patient through a node loss: an order is sent again with its key, also after a request lost with a
         # node (it times out once: its wait, and the patience the settings allow beyond it).
-        timeout = plan.wait_ms / 1000 + 5
+        timeout = min(plan.wait_ms, POLL_WAIT_MS) / 1000 + 2
         clients = [Client(nc, timeout_s=timeout, patience_s=timeout + settings.client_patience_s) for nc in conns]
         before = await saga_counts(clients[0])
         result = LoadResult(planned=plan.orders)
@@ -213,7 +228,7 @@ async def run_load(
                 result.sent += 1
                 t0 = time.perf_counter()
                 try:
-                    order = await client.call(s.ORDERS_PLACE, bodies[index], idempotency_key=f"load-{run_id}-{index}")
+                    order = await place(client, bodies[index], f"load-{run_id}-{index}", t0 + plan.wait_ms / 1000)
                 except OmsError as exc:
                     result.errors[exc.code] += 1
                 else:

@@ -16,9 +16,9 @@ from bus import contract as c
 from bus import subjects as s
 from bus.client import Client
 from bus.settings import Settings
-from bus.stream import jetstream
+from bus.stream import Reader, jetstream
 from cli import views
-from cli.events import Reader, timeline
+from cli.events import timeline
 from cli.output import Output
 from cli.session import parse
 
@@ -137,7 +137,7 @@ class Stage:
         found: list[dict[str, Any]] = []
         if not wanted:
             return found
-        reader = await Reader(js, self.settings.stream_name).open(subject, from_start=True)
+        reader = await Reader(self.admin.nc, self.settings.stream_name).open(subject, from_start=True)
         try:
             while len(found) < wanted:
                 batch = await reader.next_batch(2.0)

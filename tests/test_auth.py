@@ -512,3 +512,27 @@ async def test_a_cli_command_the_server_refuses_says_so_instead_of_timing_out(se
     assert "refused user 'cli'" in refused.value.message and "inventory.restock" in refused.value.message
     assert "admin" in refused.value.message
     assert await state(secured) == before
+
+
+async def test_admin_cannot_make_a_consumer_that_delivers_the_stream_into_the_services(secured: Secured):
+    """Found by the hostile run: a push consumer's deliver subject can be any subject of the stream's account
+    (`orders.place`), and with explicit acks it is redelivered forever. Operators read by direct gets."""
+    admin = await session(secured, "admin")
+    try:
+        stream = secured.settings.stream_name
+        js = await jetstream(admin.nc, stream)
+        before = (await js.stream_info(stream)).state.consumer_count
+        body = json.dumps(
+            {
+                "stream_name": stream,
+                "config": {"deliver_subject": "orders.place", "deliver_group": "orders", "ack_policy": "explicit"},
+            }
+        ).encode()
+        with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):  # not imported
+            await admin.nc.request(f"JS.OMS.API.CONSUMER.CREATE.{stream}", body, timeout=REFUSAL_WAIT_S)
+        # OPS's own JetStream API answers, but OPS has no JetStream: the stream is not there to consume.
+        reply = json.loads((await admin.nc.request(f"$JS.API.CONSUMER.CREATE.{stream}", body, timeout=2)).data)
+        assert reply["error"]["err_code"] == 10039, reply  # JetStream not enabled for account
+        assert (await js.stream_info(stream)).state.consumer_count == before
+    finally:
+        await admin.nc.close()

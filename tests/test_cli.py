@@ -401,6 +401,7 @@ def test_the_demo_runs_to_the_end_and_leaves_nothing_behind(tmp_path):
         assert scene in result.stdout
     assert "✗" not in result.stdout
     assert "a cluster of 3 nats-servers" in result.stdout and "leads OMS_EVENTS now" in result.stdout
+    assert "oms console" in result.stdout + result.stderr
     home = re.search(r"throwaway OMS on .*? in (\S+)", result.stdout)
     assert home and home.group(1).startswith(str(tmp_path))
     assert not Path(home.group(1)).exists()

@@ -256,3 +256,20 @@ async def test_the_parser_splits_control_lines_as_the_server_writes_them_and_rea
         ("msg", 2, b"s", b"", b"ok", b"NATS/1.0\r\n\r\n"),
         ("ping",),
     ]
+
+
+async def test_srv_requests_without_a_reply_subject_leave_one_warning_per_service_not_one_each(stack, caplog):
+    """nats.micro raises when it cannot answer a $SRV request, and every raise reaches the connection's error
+    callback: it logged each one, so any client could write a service's log as fast as it sends."""
+
+    def warnings() -> list[Any]:
+        return [r for r in caplog.records if r.name == "bus.connect" and r.getMessage() == "nats error"]
+
+    with caplog.at_level("WARNING", logger="bus.connect"):
+        for _ in range(50):
+            await stack["nc"].publish("$SRV.PING", b"")
+        await stack["nc"].flush()
+        await wait_for(lambda: len(warnings()) >= len(SERVICES), what="each service's first warning")
+        await every_service_answers(stack)
+        await asyncio.sleep(0.2)
+    assert len(warnings()) == len(SERVICES), [r.__dict__.get("error") for r in warnings()]

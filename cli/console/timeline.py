@@ -1,0 +1,106 @@
+"""An order's saga as swimlanes on one time axis: each step (and each compensation) as a bar in the lane of the
+service that did it, from its first attempt's start to its end, with its attempts; the order's events as
+marks in their service's lane. Pure layout: the template draws it as SVG."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bus import contract as c
+from bus.ids import parse_iso
+
+LANES = ("orders", "inventory", "payment")
+# The participant each step of the place-order saga calls (its local steps run in the order service).
+STEP_LANES = {"reserve_stock": "inventory", "authorize_payment": "payment"}
+WIDTH = 900.0  # the drawing's width for the time axis, in SVG units
+MIN_BAR = 3.0
+
+
+@dataclass(frozen=True)
+class Bar:
+    lane: str
+    step: str
+    action: str  # invoke or compensate
+    status: str
+    attempts: int
+    x: float
+    width: float
+    duration_ms: float | None
+    error: str | None
+
+    @property
+    def compensation(self) -> bool:
+        return self.action == "compensate"
+
+
+@dataclass(frozen=True)
+class Mark:
+    lane: str
+    kind: str
+    x: float
+    at: str
+
+
+@dataclass(frozen=True)
+class Timeline:
+    lanes: tuple[str, ...]
+    bars: list[Bar]
+    marks: list[Mark]
+    span_ms: float
+    ticks: list[tuple[float, str]]  # (x, label) along the time axis
+
+    def in_lane(self, lane: str) -> tuple[list[Bar], list[Mark]]:
+        return [b for b in self.bars if b.lane == lane], [m for m in self.marks if m.lane == lane]
+
+
+def _at(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return parse_iso(text)
+    except ValueError:
+        return None
+
+
+def layout(order: c.Order, events: list[dict]) -> Timeline:
+    """The timeline of `order`'s saga and `events` (its timeline from `orders.events`)."""
+    steps = order.saga.steps if order.saga else []
+    times = [t for s in steps for t in (_at(s.started_at), _at(s.finished_at)) if t is not None]
+    times += [t for e in events if (t := _at(e.get("occurred_at"))) is not None]
+    times.append(parse_iso(order.created_at))
+    start, end = min(times), max(times)
+    span = max(end - start, 0.001)
+
+    def x(t: float) -> float:
+        return round((t - start) / span * WIDTH, 1)
+
+    bars = []
+    for step in steps:
+        began = _at(step.started_at)
+        if began is None:
+            continue
+        ended = _at(step.finished_at) or end
+        error = (step.last_error or {}).get("code") if step.last_error else None
+        bars.append(
+            Bar(
+                lane=STEP_LANES.get(step.step, "orders"),
+                step=step.step,
+                action=step.action,
+                status=step.status,
+                attempts=step.attempts,
+                x=x(began),
+                width=max(MIN_BAR, x(ended) - x(began)),
+                duration_ms=step.duration_ms,
+                error=str(error) if error else None,
+            )
+        )
+    marks = []
+    for event in events:
+        at = _at(event.get("occurred_at"))
+        lane = str(event.get("service", "orders"))
+        if at is not None:
+            marks.append(
+                Mark(lane if lane in LANES else "orders", str(event.get("type", "?")), x(at), event["occurred_at"])
+            )
+    ticks = [(round(WIDTH * i / 4, 1), f"+{span * 1000 * i / 4:,.0f} ms") for i in range(5)]
+    return Timeline(LANES, bars, marks, round(span * 1000, 1), ticks)
