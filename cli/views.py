@@ -210,15 +210,15 @@ def _error(error: dict | None) -> str:
 
 
 def sagas(items: Iterable[c.SagaView], cursor: str | None = None) -> RenderableType:
-    """Saga id and status always whole; then failure, step, attempts, created, next retry, deadline, order."""
+    """Saga id and status always whole; then failure, created, step, attempts, next retry, deadline, order."""
     table = FitTable(
         [
             Col("Saga"),
             Col("Status"),
-            Col("Failure", drop=2),  # a reason code: whole or not at all
+            Col("Failure", drop=1),  # a reason code: whole or not at all
             Col("Step", drop=3),
             Col("Attempts", justify="right", drop=4),
-            Col("Created", drop=1),
+            Col("Created", drop=2),
             Col("Next retry", drop=6),
             Col("Deadline", drop=7),
             Col("Order", drop=8),  # the saga id's twin (saga_X runs ord_X)
