@@ -18,7 +18,7 @@ import nats.errors
 from nats.aio.client import Client as Nats
 from nats.js import JetStreamContext
 
-from bus import home, logs, loop
+from bus import __version__, home, logs, loop
 from bus.client import Client
 from bus.connect import connect
 from bus.contract import Event, Health, HealthQuery
@@ -53,7 +53,7 @@ class StopBudget:
         return max(0.0, min(STOP_GRACE_S, self._ends - time.monotonic()))
 
 
-VERSION = "0.1.0"
+VERSION = __version__
 
 
 @dataclass

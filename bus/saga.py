@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from bus import jsonb
-from bus.contract import SagaView, StepRecord
+from bus.contract import SagaView, StepRecord, Window
 from bus.db import Database, Tx
 from bus.errors import BreakerOpen, BusinessError, OmsError
 from bus.ids import iso
@@ -885,8 +885,18 @@ class SagaEngine:
         row = tx.one("SELECT * FROM sagas WHERE saga_id = ?", (saga_id,))
         return None if row is None else self._view(tx, row, with_steps)
 
-    def list(self, tx: Tx, status: str | None, stuck: bool, limit: int) -> list[SagaView]:
-        """Newest first: saga ids begin with their creation time."""
+    def list(
+        self,
+        tx: Tx,
+        status: str | None,
+        stuck: bool,
+        limit: int,
+        *,
+        window: Window | None = None,
+        data: dict[str, str] | None = None,
+    ) -> list[SagaView]:
+        """Newest first: saga ids begin with their creation time, so a `window` is a range of ids.
+        `data`: only sagas whose data holds these values (the caller's domain: a customer, say)."""
         clauses, params = [], []
         if status:
             clauses.append("status = ?")
@@ -894,6 +904,16 @@ class SagaEngine:
         if stuck:
             clauses.append("status IN ('RUNNING', 'COMPENSATING') AND comp_failures >= ?")
             params.append(self.settings.stuck_after_attempts)
+        if window is not None:
+            low, high = window.key_range("saga")
+            bounds = (("saga_id < ?", window.before), ("saga_id > ?", window.after))
+            for clause, value in (*bounds, ("saga_id >= ?", low), ("saga_id < ?", high)):
+                if value is not None:
+                    clauses.append(clause)
+                    params.append(value)
+        for name, value in (data or {}).items():
+            clauses.append("json_extract(data, ?) = ?")
+            params.extend((f"$.{name}", value))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = tx.all(f"SELECT * FROM sagas {where} ORDER BY saga_id DESC LIMIT ?", (*params, limit))
         return [self._view(tx, row, False) for row in rows]

@@ -9,7 +9,7 @@ from bus import contract as c
 from bus import jsonb
 from bus.db import Tx
 from bus.errors import Conflict, InvalidRequest, NotFound, OmsError, OutOfStock
-from bus.ids import now_iso
+from bus.ids import iso, now_iso
 from bus.money import MONEY_LIMIT_CENTS
 
 # The CHECKs are the last line of defence against overselling: a unit that got the arithmetic
@@ -231,14 +231,25 @@ def stock(tx: Tx, cmd: c.StockQuery) -> c.Stock:
 
 
 def reservations(tx: Tx, cmd: c.ReservationQuery) -> c.ReservationList:
-    """One page, ascending by order id after `cmd.after`; tombstones are included (RELEASED, no items)."""
+    """One page by order id (`cmd.order`), within the cursors and the window of `created_at`; tombstones are
+    included (RELEASED, no items). The window filters the walk of the primary key (no index: see
+    `payment_svc.store.payments`)."""
     where, params = [], []
-    for column, value in (("order_id = ?", cmd.order_id), ("status = ?", cmd.status), ("order_id > ?", cmd.after)):
+    since, until = (iso(t.timestamp()) if t else None for t in (cmd.since, cmd.until))
+    for column, value in (
+        ("order_id = ?", cmd.order_id),
+        ("status = ?", cmd.status),
+        ("order_id > ?", cmd.after),
+        ("order_id < ?", cmd.before),
+        ("created_at >= ?", since),
+        ("created_at < ?", until),
+    ):
         if value is not None:
             where.append(column)
             params.append(value)
     sql = "SELECT * FROM reservations" + (" WHERE " + " AND ".join(where) if where else "")
-    rows = tx.all(sql + " ORDER BY order_id LIMIT ?", (*params, cmd.limit))
+    direction = "DESC" if cmd.order == "desc" else "ASC"
+    rows = tx.all(sql + f" ORDER BY order_id {direction} LIMIT ?", (*params, cmd.limit))
     return c.ReservationList(reservations=[_reservation(row) for row in rows])
 
 

@@ -102,9 +102,12 @@ def listing(tx: Tx, q: c.ListOrders) -> list[c.Order]:
     if q.customer_id:
         clauses.append("customer_id = ?")
         params.append(q.customer_id)
-    if q.before:
-        clauses.append("order_id < ?")
-        params.append(q.before)
+    low, high = q.key_range("ord")  # order ids begin with their creation time: since/until bound them
+    bounds = (("order_id < ?", q.before), ("order_id > ?", q.after), ("order_id >= ?", low), ("order_id < ?", high))
+    for clause, value in bounds:
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     # Order ids begin with their creation time, so id order is creation order.
     rows = tx.all(f"SELECT * FROM orders {where} ORDER BY order_id DESC LIMIT ?", (*params, q.limit))
