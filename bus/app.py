@@ -16,7 +16,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import nats.errors
 from nats.aio.client import Client as Nats
 
-from bus import home, logs, loop
+from bus import __version__, home, logs, loop
 from bus.client import Client
 from bus.connect import connect
 from bus.contract import Health, HealthQuery
@@ -56,7 +56,7 @@ class StopBudget:
         return max(0.0, min(STOP_GRACE_S, self._ends - time.monotonic()))
 
 
-VERSION = "0.1.0"
+VERSION = __version__
 
 
 @asynccontextmanager

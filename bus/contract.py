@@ -10,14 +10,22 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from bus.ids import id_floor
 from bus.money import MONEY_LIMIT_CENTS
 from bus.settings import Limits
+
+# The contract's version: `api` in every service's `$SRV.INFO` metadata and in `oms status`. Raise it when a
+# reader of the old contract could misread the new one (a field removed or changed); new optional fields
+# and new subjects keep it.
+API_VERSION = "1"
 
 Sku = Annotated[str, Field(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,31}$", description="upper-case SKU")]
 CustomerId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")]
 OrderId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+SagaId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+Instant = Annotated[AwareDatetime, Field(description="RFC 3339 with a time zone, e.g. 2026-11-26T14:00:00Z")]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 Cents = Annotated[int, Field(ge=0, le=MONEY_LIMIT_CENTS)]
 Reason = Annotated[str, Field(max_length=200)]
@@ -54,7 +62,7 @@ def _limits(info: ValidationInfo) -> Limits:
 
 class Line(Command):
     sku: Sku
-    qty: int = Field(ge=1, le=1_000_000)
+    qty: int = Field(ge=1, description="at most OMS_LIMITS__MAX_QTY_PER_LINE (1000 by default)")
 
     @field_validator("qty")
     @classmethod
@@ -93,11 +101,48 @@ class GetOrder(Command):
     order_id: OrderId
 
 
-class ListOrders(Command):
+class Window(Command):
+    """What every list takes beyond its filters: a page size, id cursors and a window of creation times.
+
+    `before` and `after` are exclusive bounds on the list's key (an order or saga id), so a page's last
+    key is the next page's cursor; `since` (inclusive) and `until` (exclusive) bound the creation time."""
+
+    limit: int = Field(50, ge=1, le=1000)
+    before: OrderId | None = Field(None, description="only keys below this one (page on, newest first)")
+    after: OrderId | None = Field(None, description="only keys above this one (page on, oldest first)")
+    since: Instant | None = Field(None, description="created at or after this time")
+    until: Instant | None = Field(None, description="created before this time")
+
+    # Fields validate in order: `after` sees `before`, `until` sees `since`.
+    @field_validator("after")
+    @classmethod
+    def _after_below_before(cls, after: str | None, info: ValidationInfo) -> str | None:
+        before = info.data.get("before")
+        if after is not None and before is not None and after >= before:
+            raise ValueError("must be below before (nothing lies between them)")
+        return after
+
+    @field_validator("until")
+    @classmethod
+    def _until_after_since(cls, until: Any, info: ValidationInfo) -> Any:
+        since = info.data.get("since")
+        if until is not None and since is not None and until <= since:
+            raise ValueError("must be after since (nothing lies between them)")
+        return until
+
+    def key_range(self, prefix: str) -> tuple[str | None, str | None]:
+        """The (lowest included, highest excluded) key for ids that begin with their creation time
+        (`bus.ids.new_id`): `since` and `until` become bounds on the key, served by its index."""
+        low = id_floor(prefix, self.since.timestamp()) if self.since is not None else None
+        high = id_floor(prefix, self.until.timestamp()) if self.until is not None else None
+        return low, high
+
+
+class ListOrders(Window):
+    """Newest first."""
+
     status: OrderStatus | None = None
     customer_id: CustomerId | None = None
-    limit: int = Field(50, ge=1, le=1000)
-    before: OrderId | None = Field(None, description="page on: orders older than this order id")
 
     @field_validator("status", mode="before")
     @classmethod
@@ -114,14 +159,16 @@ class OrderEventsQuery(Command):
     order_id: OrderId
 
 
-class SagaQuery(Command):
+class SagaQuery(Window):
+    """Newest first; `before`/`after` are saga ids, `customer_id` the customer of the saga's order."""
+
     status: Literal["RUNNING", "COMPENSATING", "COMPLETED", "FAILED", "CANCELLED"] | None = None
     stuck: bool = False
-    limit: int = Field(50, ge=1, le=1000)
+    customer_id: CustomerId | None = None
 
 
 class SagaRef(Command):
-    saga_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+    saga_id: SagaId
 
 
 class SagaAbort(SagaRef):
@@ -162,6 +209,17 @@ class SagaView(Result):
     last_error: dict[str, Any] | None = None
     stuck: bool = False
     steps: list[StepRecord] = []
+
+    @model_validator(mode="after")
+    def _turned_back(self) -> SagaView:
+        """A forward step the saga turned back from (an abort, a cancel, its deadline) is ABANDONED: its
+        record would otherwise keep saying RUNNING or RETRYING for a saga that no longer tries it. Whether
+        it may have taken effect stays in `uncertain` (it is compensated either way)."""
+        if self.status != "RUNNING":
+            for step in self.steps:
+                if step.action == "invoke" and step.status in ("RUNNING", "RETRYING"):
+                    step.status = "ABANDONED"
+        return self
 
 
 class Order(Result):
@@ -220,11 +278,13 @@ class Restock(Command):
     price_cents: Cents | None = None
 
 
-class ReservationQuery(Command):
+class ReservationQuery(Window):
+    """By order id, ascending (`order: desc` for newest first); `since`/`until` bound the reservation's time."""
+
     order_id: OrderId | None = None
     status: Literal["ACTIVE", "RELEASED"] | None = None
     limit: int = Field(1000, ge=1, le=1000)
-    after: OrderId | None = Field(None, description="page on: order ids after this one, ascending")
+    order: Literal["asc", "desc"] = "asc"
 
 
 class CheckLine(Result):
@@ -291,10 +351,13 @@ class GetPayment(Command):
     order_id: OrderId
 
 
-class PaymentQuery(Command):
+class PaymentQuery(Window):
+    """By order id, ascending (`order: desc` for newest first); `since`/`until` bound the payment's time."""
+
     status: Literal["AUTHORIZED", "DECLINED", "REFUNDED", "VOIDED"] | None = None
+    customer_id: CustomerId | None = None
     limit: int = Field(1000, ge=1, le=1000)
-    after: OrderId | None = Field(None, description="page on: order ids after this one, ascending")
+    order: Literal["asc", "desc"] = "asc"
 
 
 class Payment(Result):
@@ -384,11 +447,22 @@ class Event(Result):
     data: dict[str, Any] = {}
 
 
-def schemas() -> dict[str, dict[str, Any]]:
-    """JSON Schema of every model in the contract, by name (for `oms schema`)."""
+def schemas(limits: Limits | None = None) -> dict[str, dict[str, Any]]:
+    """JSON Schema of every model in the contract, by name (for `oms schema`), with the input limits in force
+    (`limits`, the defaults when None): the bounds a schema states are the ones the services enforce."""
+    limits = limits or Limits()
     models = [m for m in globals().values() if isinstance(m, type) and issubclass(m, BaseModel)]
-    return {
+    found = {
         m.__name__: m.model_json_schema()
         for m in models
         if m not in (Command, Result, BaseModel) and m.__module__ == __name__
     }
+    for schema in found.values():
+        for definition in (schema, *schema.get("$defs", {}).values()):
+            props = definition.get("properties", {})
+            if definition.get("title") == "Line" and "qty" in props:
+                props["qty"]["maximum"] = limits.max_qty_per_line
+                props["qty"].pop("description", None)
+            if "items" in props and definition.get("additionalProperties") is False:  # a command's lines
+                props["items"]["maxItems"] = limits.max_items_per_order
+    return found

@@ -15,6 +15,12 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{int(time.time() * 1000):012x}{random.getrandbits(48):012x}"
 
 
+def id_floor(prefix: str, ts: float) -> str:
+    """The lowest id `new_id(prefix)` can make at `ts` (seconds since the epoch) or later: every id made
+    before `ts` sorts below it, every id made at or after it sorts at or above it."""
+    return f"{prefix}_{max(0, int(ts * 1000)):012x}"
+
+
 _second: list[Any] = [None, ""]  # the last whole second formatted, and its text
 
 

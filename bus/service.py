@@ -6,6 +6,12 @@ validation, fault injection, the reply envelope with the micro error headers,
 and concurrency — `nats.micro` awaits each handler before taking the next
 message, so every request runs in its own task, bounded by a semaphore.
 
+Counting is nats.micro's own: every reply with the micro error headers adds to the endpoint's
+`num_errors` and sets its `last_error` (`code:message`), and its handling time goes to its
+`processing_time`, as if micro had awaited the handler itself (`MicroTally`); the stats' `data` only
+splits `num_errors` by error code. `<service>.health` and `chaos.<service>.*` are never subject to
+injected faults: they are how an operator sees and ends them.
+
 Each request's task binds its ids to the log context (`bus.logs.bind`), and a
 mutating request leaves one INFO line (endpoint, outcome, duration, order id,
 saga id, idempotency key); reads leave none unless they fail internally.
@@ -20,18 +26,18 @@ import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from nats.aio.client import Client as Nats
 from nats.micro import add_service
-from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request
-from nats.micro.service import EndpointStats, Service
+from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request, ServiceError
+from nats.micro.service import Endpoint, EndpointStats, Service
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from bus import contract as c
-from bus import logs
+from bus import logs, validation
 from bus.chaos import Chaos
 from bus.client import IDEMPOTENCY_HEADER
 from bus.envelope import envelope
@@ -83,14 +89,26 @@ class Call:
         self.replayed = True
 
 
-@dataclass
-class _Tally:
-    errors: int = 0
-    by_code: Counter[str] = field(default_factory=Counter)
-    busy_ns: int = 0
+class MicroTally:
+    """One endpoint's counts in nats.micro's own `Endpoint` (what `$SRV.STATS` reports).
 
+    micro counts a request when its handler is called and an error when the handler raises, answering
+    the error itself (with an empty body). Our handler only starts the request's task and returns, so the
+    task reports its outcome here, into the same fields micro's own `_handle_request` keeps (nats-py 2.x;
+    `tests/test_listing.py` pins that `$SRV.STATS` reports them)."""
 
-FIELD_NAME_MAX = 64  # an unknown field's name is the caller's text: echo a bounded prefix only
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.by_code: Counter[str] = Counter()
+
+    def record(self, elapsed_ns: int, error: OmsError | None) -> None:
+        ep = self.endpoint
+        if error is not None:
+            ep._num_errors += 1
+            ep._last_error = repr(ServiceError(str(error.status), error.message[:200]))
+            self.by_code[error.code] += 1
+        ep._processing_time += elapsed_ns
+        ep._average_processing_time = int(ep._processing_time / max(1, ep._num_requests))
 
 
 def refused(field: str, message: str, **details: Any) -> InvalidRequest:
@@ -99,22 +117,10 @@ def refused(field: str, message: str, **details: Any) -> InvalidRequest:
 
 
 def validation_error(exc: PydanticValidationError) -> InvalidRequest:
-    """A pydantic error as VALIDATION_ERROR naming each field; never echoes the input back."""
-    problems = []
-    for err in exc.errors(include_url=False, include_input=False, include_context=False):
-        where = ".".join(str(part) for part in err["loc"]) or "body"
-        if len(where) > FIELD_NAME_MAX:
-            where = where[:FIELD_NAME_MAX] + "…"
-        message = err["msg"]
-        if err["type"] == "json_invalid":
-            message = "body is not valid JSON"
-        elif err["type"] == "model_type":
-            message = "body must be a JSON object"
-        problems.append({"field": where, "message": message, "type": err["type"]})
-    summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems[:3])
-    if len(problems) > 3:
-        summary += f"; and {len(problems) - 3} more"
-    return InvalidRequest(f"invalid request: {summary}", {"errors": problems[:20]})
+    """A pydantic error as VALIDATION_ERROR naming each field in our words (`bus.validation`); never echoes
+    the input back."""
+    found = validation.problems(exc)
+    return InvalidRequest(f"invalid request: {validation.summary(found)}", {"errors": found[:20]})
 
 
 class ServiceRunner:
@@ -138,7 +144,7 @@ class ServiceRunner:
         self.metrics = metrics or Metrics(service)
         self.chaos = Chaos(service)
         self._routes: list[tuple[Route, Handler]] = []
-        self._tallies: dict[str, _Tally] = {}
+        self._tallies: dict[str, MicroTally] = {}
         self._slots = asyncio.Semaphore(settings.handler_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._micro: Service | None = None
@@ -159,38 +165,35 @@ class ServiceRunner:
             name=self.service,
             version=self.version,
             description=self.description,
+            metadata={"api": c.API_VERSION},
             stats_handler=self._endpoint_data,
         )
         for route, handler in self._routes:
-            self._tallies[route.name] = _Tally()
-            self._subjects[route.name] = route.subject
-            self.metrics.child(self.metrics.request_latency, route.subject)  # shown from the start, at zero
-            await self._micro.add_endpoint(
-                name=route.name,
-                subject=route.subject,
-                queue_group=self.service,
-                handler=self._dispatcher(route, handler, chaos=True),
-            )
+            # Health answers whatever faults are injected: it is how `oms status` shows them.
+            await self._serve_on(route, route.subject, handler, chaos=route.name != "health")
         for verb, model, handler in (
             ("set", c.ChaosSet, self._chaos_set),
             ("get", c.ChaosQuery, self._chaos_get),
             ("clear", c.ChaosQuery, self._chaos_clear),
         ):
             route = Route(self.service, f"chaos_{verb}", model, mutating=verb != "get", reply=c.ChaosState)
-            subject = chaos_subject(self.service, verb)
-            self._tallies[route.name] = _Tally()
-            self._subjects[route.name] = subject
-            self.metrics.child(self.metrics.request_latency, subject)
             # Fault injection is per instance; with one instance per service (or per partition) the
             # queue group reaches exactly the instance that serves the business endpoints.
-            await self._micro.add_endpoint(
-                name=route.name,
-                subject=subject,
-                queue_group=self.service,
-                handler=self._dispatcher(route, handler, chaos=False),
-            )
+            await self._serve_on(route, chaos_subject(self.service, verb), handler, chaos=False)
         self._export_chaos()
         await self.nc.flush()
+
+    async def _serve_on(self, route: Route, subject: str, handler: Handler, *, chaos: bool) -> None:
+        assert self._micro is not None
+        self._subjects[route.name] = subject
+        self.metrics.child(self.metrics.request_latency, subject)  # shown from the start, at zero
+        await self._micro.add_endpoint(
+            name=route.name,
+            subject=subject,
+            queue_group=self.service,
+            handler=self._dispatcher(route, handler, chaos=chaos),
+        )
+        self._tallies[route.name] = MicroTally(self._micro._endpoints[-1])
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop taking requests, then let the ones in flight finish: all of it within `grace_s`."""
@@ -211,8 +214,9 @@ class ServiceRunner:
         return len(self._tasks)
 
     def _endpoint_data(self, stats: EndpointStats) -> dict[str, Any]:
-        tally = self._tallies.get(stats.name, _Tally())
-        return {"errors": tally.errors, "errors_by_code": dict(tally.by_code), "busy_ns": tally.busy_ns}
+        """The stats' `data`: `num_errors` by error code (business outcomes 4xx, the service's failures 5xx)."""
+        tally = self._tallies.get(stats.name)
+        return {"errors_by_code": dict(tally.by_code) if tally else {}}
 
     def _dispatcher(self, route: Route, handler: Handler, *, chaos: bool) -> Callable[[Request], Awaitable[None]]:
         async def dispatch(request: Request) -> None:
@@ -294,12 +298,9 @@ class ServiceRunner:
 
     def _record(self, route: Route, outcome: object, elapsed_ns: int) -> str:
         """Count the request (micro stats and Prometheus); returns its outcome code."""
-        tally = self._tallies[route.name]
-        tally.busy_ns += elapsed_ns
-        code = outcome.code if isinstance(outcome, OmsError) else "OK"
-        if isinstance(outcome, OmsError):
-            tally.errors += 1
-            tally.by_code[code] += 1
+        error = outcome if isinstance(outcome, OmsError) else None
+        self._tallies[route.name].record(elapsed_ns, error)
+        code = error.code if error is not None else "OK"
         subject = self._subjects[route.name]
         self.metrics.child(self.metrics.requests, subject, code).inc()
         self.metrics.child(self.metrics.request_latency, subject).observe(elapsed_ns / 1e9)

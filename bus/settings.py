@@ -19,7 +19,7 @@ class Limits(BaseModel):
     """Input limits every endpoint enforces; a violation is a VALIDATION_ERROR naming the field."""
 
     max_items_per_order: int = Field(50, ge=1)
-    max_qty_per_line: int = Field(1000, ge=1)
+    max_qty_per_line: int = Field(1000, ge=1, le=1_000_000)
     max_payload_bytes: int = Field(64 * 1024, ge=1024)
     max_idempotency_key_len: int = Field(128, ge=8)
 

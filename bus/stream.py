@@ -77,7 +77,10 @@ async def ensure_stream(
     attempt = 0
     while True:
         try:
-            return await _ensure(nc, js, settings)
+            info = await _ensure(nc, js, settings)
+            if in_cluster(nc) and not (info.cluster and info.cluster.leader):
+                raise _NoLeaderYet  # a stream just created or changed takes writes once it has elected its leader
+            return info
         except Exception as exc:
             if not _passing(exc) or time.monotonic() > deadline:
                 if _passing(exc):
@@ -114,7 +117,14 @@ async def _ensure(nc: Nats, js: JetStreamContext, settings: Settings) -> js_api.
     return await js.update_stream(want)
 
 
+class _NoLeaderYet(Exception):
+    def __str__(self) -> str:
+        return "the stream has no leader yet"
+
+
 def _passing(exc: BaseException) -> bool:
+    if isinstance(exc, _NoLeaderYet):
+        return True
     if isinstance(exc, nats.errors.NoRespondersError | nats.errors.TimeoutError | ServiceUnavailableError):
         return True
     if isinstance(exc, nats.errors.ConnectionReconnectingError | nats.errors.NoServersError):

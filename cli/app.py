@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.core
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
+from bus import __version__
+from bus.contract import API_VERSION
 from bus.settings import Settings
 from cli import (
     audit,
@@ -33,11 +36,16 @@ from cli.failures import ExitCode
 from cli.session import Config
 from cli.stack import StackSettings
 
+# Typer shows a `<bool>` type beside every flag (--json, --help): a flag takes no value, so it shows none.
+_display_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _display_type(self, ctx)
+
 app = typer.Typer(
     name="oms",
     help="OMS: orders, inventory and payment on NATS. Start with `oms up` (or `oms demo`).",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode="markdown",  # a docstring's paragraphs reflow; lists and `code` read as such
 )
 app.add_typer(lifecycle.app)
 app.add_typer(orders.app, name="order")
@@ -56,6 +64,12 @@ app.add_typer(load.app)
 app.add_typer(console_command.app)
 
 
+def _version(asked: bool) -> None:
+    if asked:
+        print(f"oms {__version__} (contract api {API_VERSION})")
+        raise typer.Exit()
+
+
 @app.callback()
 def root(
     ctx: typer.Context,
@@ -64,6 +78,12 @@ def root(
         str | None,
         typer.Option("--nats-url", help="OMS_NATS_URL: use this server instead of the embedded one."),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_version, help="Print the version and the contract's, and exit."
+        ),
+    ] = False,
 ) -> None:
     overrides = {k: v for k, v in (("home", home), ("nats_url", nats_url)) if v is not None}
     try:

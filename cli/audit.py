@@ -1,4 +1,4 @@
-"""`oms audit`: check the invariants of DESIGN section 4 against all three services and the event stream."""
+"""`oms audit`: check the system's invariants against all three services and the event stream."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from bus.settings import Settings
 from bus.stream import jetstream
 from cli.connection import ADMIN, connect_briefly
 from cli.failures import ExitCode, reported
-from cli.options import JsonFlag
+from cli.options import JsonFlag, OutputOption
 from cli.output import Output
 from cli.session import settings_of
 
@@ -56,7 +56,7 @@ async def audit_once(settings: Settings) -> Report:
 
 
 def view(report: Report) -> RenderableType:
-    table = Table(title="Invariants (DESIGN §4)", title_justify="left")
+    table = Table(title="Invariants", title_justify="left")
     for column, justify in (("#", "right"), ("Invariant", "left"), ("Checked", "right"), ("Violations", "right")):
         table.add_column(column, justify=justify)
     table.add_column("Offending (first few)")
@@ -82,15 +82,20 @@ def view(report: Report) -> RenderableType:
 
 
 @app.command()
-def audit(ctx: typer.Context, as_json: JsonFlag = False) -> None:
-    """Check the system's invariants; exit 1 when any is violated.
+def audit(ctx: typer.Context, output: OutputOption = None, as_json: JsonFlag = False) -> None:
+    """Check the system's invariants over the three services and the event stream; exit 1 when any is violated.
 
-    No SKU oversold, confirmed orders reserved and charged exactly, failed and cancelled orders hold
-    nothing, no order outlives its deadline, one key one order, every state change has its event, once.
+    1. No SKU is oversold: reserved is the sum of its active reservations, and available never below 0.
+    2. A confirmed order has one active reservation of its lines and one authorized payment of its total.
+    3. A failed or cancelled order holds no reservation and no net charge.
+    4. Once quiet, no order stays PENDING or COMPENSATING past its deadline and the retry cap.
+    5. One idempotency key makes one order and at most one charge.
+    6. Every state change has its event in the stream, exactly once, and the stream holds nothing else.
     """
     settings = settings_of(ctx)
-    with reported(settings, as_json=as_json):
+    out = Output.of(output, as_json)
+    with reported(settings, as_json=out.as_json):
         with Console(stderr=True).status("auditing: orders, stock, reservations, payments and the event stream…"):
             report = asyncio.run(audit_once(settings))
-    Output(as_json).result(report.to_dict(), view(report))
+    out.result(report.to_dict(), view(report), items="checks")
     raise typer.Exit(ExitCode.OK if report.ok else ExitCode.FAILED)

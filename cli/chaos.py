@@ -18,7 +18,7 @@ from bus.settings import SERVICES, Settings
 from bus.subjects import Route, routes_of
 from cli.connection import ADMIN
 from cli.failures import exit_code, explain, reported
-from cli.options import JsonFlag
+from cli.options import JsonFlag, OutputOption
 from cli.output import Output
 from cli.session import QUERY_TIMEOUT_S, client, command, parse, settings_of
 
@@ -60,7 +60,7 @@ def chaos_route(service: str, verb: str) -> Route:
     return Route("chaos", f"{service}_{verb}", c.ChaosSet if verb == "set" else c.ChaosQuery, path=f"{service}.{verb}")
 
 
-def _report(answers: list[c.ChaosState | OmsError], settings: Settings, as_json: bool) -> None:
+def _report(answers: list[c.ChaosState | OmsError], settings: Settings, out: Output) -> None:
     """The table (or JSON list), then each failure on stderr; the exit code of the worst failure."""
     states = [a for a in answers if isinstance(a, c.ChaosState)]
     failures = [a for a in answers if isinstance(a, OmsError)]
@@ -70,7 +70,7 @@ def _report(answers: list[c.ChaosState | OmsError], settings: Settings, as_json:
         else {"service": a.details["service"], "error": a.to_wire()}
         for a in answers
     ]
-    Output(as_json).result(raw, table(states, failures))
+    out.result(raw, table(states, failures))
     err = Console(stderr=True, soft_wrap=True)
     for exc in failures:
         err.print(f"[bold red]error:[/] {exc.details['service']}: {escape(explain(exc, settings))}")
@@ -130,6 +130,7 @@ def set_(
         typer.Option("--endpoint", "-e", help="Only this endpoint (e.g. reserve); repeat for more. Default: all."),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Make the random choices reproducible.")] = None,
+    output: OutputOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Set the faults of one service (replacing what was set). Rates are shares from 0 to 1."""
@@ -148,9 +149,10 @@ def set_(
                 f"{service.value} has no endpoint {name!r}; one of {', '.join(known)}", param_hint="'--endpoint'"
             )
     cmd = command(c.ChaosSet, FLAGS, **faults, endpoints=endpoint or None, seed=seed)
-    with reported(settings, as_json=as_json):
+    out = Output.of(output, as_json)
+    with reported(settings, as_json=out.as_json):
         answers = asyncio.run(_ask(settings, [service.value], "set", cmd))
-    _report(answers, settings, as_json)
+    _report(answers, settings, out)
 
 
 @app.command()
@@ -159,10 +161,11 @@ def show(
     service: Annotated[
         Service | None, typer.Argument(metavar="SERVICE", help="One service; default all three.")
     ] = None,
+    output: OutputOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Show the faults in force. Exit 3 when a service does not answer."""
-    _ask_all(settings_of(ctx), service, "get", as_json)
+    _ask_all(settings_of(ctx), service, "get", Output.of(output, as_json))
 
 
 @app.command()
@@ -171,14 +174,15 @@ def clear(
     service: Annotated[
         Service | None, typer.Argument(metavar="SERVICE", help="One service; default all three.")
     ] = None,
+    output: OutputOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Remove every fault. Exit 3 when a service does not answer (its faults may still be in force)."""
-    _ask_all(settings_of(ctx), service, "clear", as_json)
+    _ask_all(settings_of(ctx), service, "clear", Output.of(output, as_json))
 
 
-def _ask_all(settings: Settings, service: Service | None, verb: str, as_json: bool) -> None:
+def _ask_all(settings: Settings, service: Service | None, verb: str, out: Output) -> None:
     """`chaos.<service>.<verb>` with no arguments, to one service or all three, and the report."""
-    with reported(settings, as_json=as_json):
+    with reported(settings, as_json=out.as_json):
         answers = asyncio.run(_ask(settings, _targets(service), verb, c.ChaosQuery()))
-    _report(answers, settings, as_json)
+    _report(answers, settings, out)

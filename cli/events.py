@@ -13,7 +13,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console, RenderableType
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
 from bus import contract as c
@@ -21,12 +20,13 @@ from bus.ids import parse_iso
 from bus.settings import SERVICES, Settings
 from bus.stream import Reader
 from bus.subjects import EVENTS_ROOT
-from cli import views
+from cli import completion, views
 from cli.connection import ADMIN, connect_briefly
 from cli.failures import reported
 from cli.options import JsonFlag
 from cli.output import Output
 from cli.session import settings_of
+from cli.tables import Col, FitTable
 
 app = typer.Typer(help="Follow the event stream (OMS_EVENTS).", no_args_is_help=True)
 
@@ -103,14 +103,18 @@ def timeline(t: c.EventList) -> RenderableType:
     offset from the first."""
     events = sorted(t.events, key=lambda e: (str(e.get("occurred_at") or ""), e.get("seq") or 0))
     first = next((ts for ts in map(_stamp, events) if ts is not None), None)
-    table = Table(title=f"Events of {t.order_id}", title_justify="left")
-    table.add_column("Time (UTC)", no_wrap=True)
-    table.add_column("+ms", justify="right")
-    table.add_column("Service")
-    table.add_column("Type", no_wrap=True)
-    table.add_column("Step")
-    table.add_column("Attempt", justify="right")
-    table.add_column("Detail")
+    table = FitTable(
+        [
+            Col("Time (UTC)"),
+            Col("+ms", justify="right", drop=3),
+            Col("Service", drop=2),
+            Col("Type"),
+            Col("Step", drop=4),
+            Col("Attempt", justify="right", drop=5),
+            Col("Detail", fold=True, drop=1, min_fold=20),
+        ],
+        title=f"Events of {t.order_id}",
+    )
     for event in events:
         stamp = str(event.get("occurred_at") or "")
         ts = _stamp(event)
@@ -228,9 +232,21 @@ async def follow(
 @app.command()
 def tail(
     ctx: typer.Context,
-    order: Annotated[str | None, typer.Option("--order", "-o", help="Only this order's events.")] = None,
+    order: Annotated[
+        str | None,
+        typer.Option(
+            "--order", metavar="ORDER_ID", help="Only this order's events.", autocompletion=completion.order_ids
+        ),
+    ] = None,
     service: Annotated[
-        str | None, typer.Option("--service", "-s", help=f"Only events of this service ({', '.join(SERVICES)}).")
+        str | None,
+        typer.Option(
+            "--service",
+            "-s",
+            metavar="SERVICE",
+            help=f"Only events of this service ({', '.join(SERVICES)}).",
+            autocompletion=completion.services,
+        ),
     ] = None,
     kind: Annotated[str | None, typer.Option("--type", "-t", help="Only this event type, e.g. order_failed.")] = None,
     from_start: Annotated[

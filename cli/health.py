@@ -32,6 +32,7 @@ class EndpointStatus:
     subject: str
     requests: int
     errors: int
+    last_error: str | None = None
 
 
 @dataclass
@@ -41,6 +42,7 @@ class ServiceStatus:
     running: bool
     answering: bool = False
     version: str | None = None
+    api: str | None = None  # the contract's version (`$SRV.INFO` metadata)
     uptime_s: float | None = None
     requests: int = 0
     errors: int = 0
@@ -146,15 +148,16 @@ async def _describe(nc: Nats, svc: ServiceStatus) -> None:
         return
     svc.answering = True
     svc.version = (info or stats or {}).get("version")
+    metadata = (info or stats or {}).get("metadata")
+    svc.api = str(metadata["api"]) if isinstance(metadata, dict) and "api" in metadata else None
     by_name: dict[str, EndpointStatus] = {}
     for e in (info or {}).get("endpoints") or []:
         by_name[e["name"]] = EndpointStatus(e["name"], e.get("subject", ""), 0, 0)
     for e in (stats or {}).get("endpoints") or []:
-        data = e.get("data") if isinstance(e.get("data"), dict) else {}
         ep = by_name.setdefault(e["name"], EndpointStatus(e["name"], e.get("subject", ""), 0, 0))
         ep.requests = int(e.get("num_requests") or 0)
-        # The runner answers errors itself, so micro's num_errors stays 0; its stats data counts them.
-        ep.errors = int(data.get("errors", e.get("num_errors") or 0))
+        ep.errors = int(e.get("num_errors") or 0)
+        ep.last_error = str(e.get("last_error") or "") or None
     svc.endpoints = list(by_name.values())
     svc.requests = sum(e.requests for e in svc.endpoints)
     svc.errors = sum(e.errors for e in svc.endpoints)

@@ -3,46 +3,76 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from enum import StrEnum
+from typing import Annotated, get_args
 
 import typer
 
 from bus import contract as c
-from bus.subjects import INVENTORY_RESTOCK, INVENTORY_STOCK
-from cli import views
+from bus.subjects import INVENTORY_RESERVATIONS, INVENTORY_RESTOCK, INVENTORY_STOCK
+from cli import completion, listing, views
 from cli.failures import reported
-from cli.options import JsonFlag, KeyOption
+from cli.options import (
+    AfterOption,
+    AllFlag,
+    BeforeOption,
+    JsonFlag,
+    KeyOption,
+    LimitOption,
+    OutputOption,
+    SinceOption,
+    UntilOption,
+)
 from cli.output import Output
 from cli.session import call, command, parse, read_and_show, settings_of
 
-app = typer.Typer(help="Look at the catalog and its stock; restock.", no_args_is_help=True)
+app = typer.Typer(help="Look at the catalog and its stock, and reservations; restock.", no_args_is_help=True)
+
+# Choices come from the contract.
+ReservationStatus = StrEnum(
+    "ReservationStatus",
+    [(s, s) for s in get_args(get_args(c.ReservationQuery.model_fields["status"].annotation)[0])],
+)
+RESERVATIONS = listing.Listing(
+    INVENTORY_RESERVATIONS, c.ReservationQuery, c.ReservationList, "reservations", "order_id", "reservation"
+)
 
 
 @app.command()
 def stock(
     ctx: typer.Context,
-    sku: Annotated[str | None, typer.Option("--sku", help="Only this SKU.")] = None,
+    sku: Annotated[
+        str | None, typer.Option("--sku", metavar="SKU", help="Only this SKU.", autocompletion=completion.skus)
+    ] = None,
+    output: OutputOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Show products with on hand, reserved and available units."""
     settings = settings_of(ctx)
     cmd = command(c.StockQuery, {"sku": "--sku"}, sku=sku.upper() if sku else None)
-    read_and_show(settings, INVENTORY_STOCK, cmd, c.Stock, lambda found: views.stock(found.products), as_json=as_json)
+    out = Output.of(output, as_json)
+    read_and_show(settings, INVENTORY_STOCK, cmd, c.Stock, lambda found: views.stock(found.products), out)
 
 
 @app.command()
 def restock(
     ctx: typer.Context,
-    sku: Annotated[str, typer.Argument(help="The SKU; a new one needs --name and --price-cents.")],
-    qty: Annotated[int, typer.Argument(min=1, help="Units to add.")],
+    sku: Annotated[
+        str,
+        typer.Argument(
+            metavar="SKU", help="The SKU; a new one needs --name and --price-cents.", autocompletion=completion.skus
+        ),
+    ],
+    qty: Annotated[int, typer.Argument(metavar="QTY", min=1, max=1_000_000, help="Units to add.")],
     name: Annotated[str | None, typer.Option("--name", help="Product name (sets or renames).")] = None,
     price_cents: Annotated[
         int | None, typer.Option("--price-cents", min=0, help="Unit price in cents, e.g. 8900 for $89.00.")
     ] = None,
     key: KeyOption = None,
+    output: OutputOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Add units of a product (creating it when it is new)."""
+    """Add units of a product (creating it when it is new; operator: the admin user)."""
     settings = settings_of(ctx)
     cmd = command(
         c.Restock,
@@ -52,7 +82,47 @@ def restock(
         name=name,
         price_cents=price_cents,
     )
-    with reported(settings, as_json=as_json):
+    out = Output.of(output, as_json)
+    with reported(settings, as_json=out.as_json):
         raw = call(settings, INVENTORY_RESTOCK, cmd, key=key or str(uuid.uuid4()))
         product = parse(c.Product, raw, INVENTORY_RESTOCK)
-    Output(as_json).result(raw, views.stock([product]))
+    out.result(raw, views.stock([product]))
+
+
+@app.command()
+def reservations(
+    ctx: typer.Context,
+    status: Annotated[
+        ReservationStatus | None,
+        typer.Option("--status", "-s", case_sensitive=False, help="Only reservations in this state."),
+    ] = None,
+    order: Annotated[
+        str | None,
+        typer.Option(
+            "--order", metavar="ORDER_ID", help="Only this order's reservation.", autocompletion=completion.order_ids
+        ),
+    ] = None,
+    limit: LimitOption = None,
+    before: BeforeOption = None,
+    after: AfterOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    every: AllFlag = False,
+    output: OutputOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List reservations, newest order first (operator: the admin user); --before/--after are order ids.
+
+    Inventory does not know customers, so there is no --customer: `oms order list --customer` has them.
+    """
+    listing.run(
+        settings_of(ctx),
+        RESERVATIONS,
+        listing.Window(limit or (None if every else 50), before, after, since, until, every),
+        {"status": "--status", "order_id": "--order"},
+        lambda found, cursor: views.reservations(found.reservations, cursor),
+        Output.of(output, as_json),
+        status=status.value if status else None,
+        order_id=order,
+        order="desc",
+    )

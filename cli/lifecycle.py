@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.markup import escape
 
 from bus.settings import SERVICES, Settings
 from cli import stack, views
 from cli.failures import ExitCode, reported
-from cli.options import JsonFlag
+from cli.logs import LogFile, readable
+from cli.options import JsonFlag, OutputOption
 from cli.output import Output, plain
 from cli.session import config_of
 
@@ -25,7 +25,10 @@ app = typer.Typer()
 def up(
     ctx: typer.Context,
     foreground: Annotated[
-        bool, typer.Option("--foreground", "-f", help="Stay attached; Ctrl-C stops everything.")
+        bool,
+        typer.Option(
+            "--foreground", "-f", help="Stay attached and stream the services' logs; Ctrl-C stops everything."
+        ),
     ] = False,
     cluster: Annotated[
         int | None,
@@ -38,25 +41,30 @@ def up(
             "Fixed when a home is first started.",
         ),
     ] = None,
+    output: OutputOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Start nats-server (unless OMS_NATS_URL is set), or the home's cluster, and the services that are not
-    running."""
+    running. With -f, stay attached like `docker compose up`: every service's log lines as they come."""
     config = config_of(ctx)
     settings = config.settings
-    out = Output(as_json)
+    out = Output.of(output, as_json)
     if not foreground:
-        with reported(settings, as_json=as_json):
+        with reported(settings, as_json=out.as_json):
             started = asyncio.run(stack.up(settings, config.stack, cluster_size=cluster))
         out.result(plain(started), views.stack_up(started, stack.Layout.of(settings).home))
         return
+    layout = stack.Layout.of(settings)
+    logs = {name: LogFile(name, layout.log_file(name)) for name in SERVICES}
+    for log in logs.values():  # from here on: what this start writes, as `docker compose up` shows it
+        log.offset = _size(log.path)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        with reported(settings, as_json=as_json):
+        with reported(settings, as_json=out.as_json):
             started = asyncio.run(stack.up(settings, config.stack, cluster_size=cluster))
-        out.result(plain(started), views.stack_up(started, stack.Layout.of(settings).home))
-        out.note("[dim]attached: Ctrl-C stops everything[/]")
-        _watch(settings, out)
+        out.result(plain(started), views.stack_up(started, layout.home))
+        out.note("[dim]attached: the services' logs follow; Ctrl-C stops everything[/]")
+        _watch(settings, out, logs)
     except KeyboardInterrupt:
         out.note("stopping…")
     finally:
@@ -70,18 +78,22 @@ def _interrupt(signum: int, frame: Any) -> NoReturn:
     raise KeyboardInterrupt
 
 
-def _watch(settings: Settings, out: Output) -> None:
-    """Until interrupted: say when a service stops on its own (with the end of its log)."""
-    layout = stack.Layout.of(settings)
+def _watch(settings: Settings, out: Output, logs: dict[str, LogFile]) -> None:
+    """Until interrupted: print each service's new log lines (as JSON lines with --output json/jsonl), and
+    say when a service stops on its own."""
     alive = {name for name in SERVICES if stack.running_pid(settings, name)}
-    offsets = {name: _size(layout.log_file(name)) for name in alive}
     while True:
-        time.sleep(0.5)
+        lines = sorted((line for log in logs.values() for line in log.read()), key=lambda line: line.ts)
+        for line in lines:
+            if out.as_json:
+                out.json(line.record or {"service": line.source, "raw": line.text}, line=True)
+            else:
+                out.console.print(readable(line), soft_wrap=True)
         for name in sorted(alive):
             if stack.running_pid(settings, name) is None:
                 alive.discard(name)
-                tail = stack.log_tail(layout.log_file(name), offsets[name], lines=10)
-                out.note(f"[bold red]{name} stopped[/]; `oms up` starts it again\n{escape(tail)}")
+                out.note(f"[bold red]{name} stopped[/]; `oms up` starts it again")
+        time.sleep(0.25)
 
 
 def _size(path: Path) -> int:
@@ -89,20 +101,21 @@ def _size(path: Path) -> int:
 
 
 @app.command()
-def down(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+def down(ctx: typer.Context, output: OutputOption = None, as_json: JsonFlag = False) -> None:
     """Stop the services, then nats-server (SIGTERM, SIGKILL after a timeout)."""
     config = config_of(ctx)
     stopped = stack.down(config.settings, config.stack)
-    Output(as_json).result(plain(stopped), views.stack_down(stopped))
+    Output.of(output, as_json).result(plain(stopped), views.stack_down(stopped))
 
 
 @app.command()
-def status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+def status(ctx: typer.Context, output: OutputOption = None, as_json: JsonFlag = False) -> None:
     """Show each service, NATS and the event stream; exit 3 unless every service answers.
 
     Per service: process, version, uptime, requests, errors, and from `<service>.health` the outbox
-    backlog, sagas in flight, circuit breakers (orders) and the faults injected.
+    backlog, sagas in flight, circuit breakers (orders) and the faults injected (health answers whatever
+    faults are set); the contract's version each service speaks (API).
     """
     current = asyncio.run(stack.status(config_of(ctx).settings))
-    Output(as_json).result({**plain(current), "healthy": current.healthy}, views.stack_status(current))
+    Output.of(output, as_json).result({**plain(current), "healthy": current.healthy}, views.stack_status(current))
     raise typer.Exit(ExitCode.OK if current.healthy else ExitCode.UNAVAILABLE)

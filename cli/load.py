@@ -6,8 +6,10 @@ import asyncio
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from bus import loop
 from bus.audit import Report, run_audit
@@ -17,9 +19,10 @@ from bus.stream import jetstream
 from cli.connection import ADMIN, connect_briefly
 from cli.failures import ExitCode, reported
 from cli.loadgen import LoadPlan, LoadResult, Mix, ensure_stock, run_load
-from cli.options import JsonFlag
+from cli.options import JsonFlag, OutputOption
 from cli.output import Output
 from cli.session import settings_of
+from cli.tables import Col, FitTable
 
 app = typer.Typer()
 
@@ -46,12 +49,22 @@ def load(
         float, typer.Option("--max-seconds", min=1, help="Stop sending after this long, whatever is left.")
     ] = 600.0,
     connections: Annotated[int, typer.Option("--connections", min=1, max=64, help="NATS connections.")] = 4,
-    restock: Annotated[bool, typer.Option(help="Restock first so that no ok order runs out.")] = True,
-    audit: Annotated[bool, typer.Option(help="Run the invariant audit at the end.")] = True,
+    restock: Annotated[
+        bool,
+        typer.Option(
+            "--restock", help="First top up the SKUs it orders (as admin) so that no ok order runs out of stock."
+        ),
+    ] = False,
+    audit: Annotated[bool, typer.Option("--audit/--no-audit", help="Run the invariant audit at the end.")] = True,
     seed: Annotated[int | None, typer.Option("--seed", help="Make the mix reproducible.")] = None,
+    output: OutputOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Place many orders (unique customers and keys) and report sagas/s, latency and outcomes."""
+    """Place many orders (unique customers and keys) and report sagas/s, latency and outcomes.
+
+    It orders the stock there is: with more orders than units, some end OUT_OF_STOCK. --restock tops the
+    SKUs up first, and says by how much.
+    """
     settings = settings_of(ctx)
     plan = LoadPlan(
         orders=orders,
@@ -62,26 +75,33 @@ def load(
         connections=connections,
         seed=seed,
     )
-    out = Output(as_json)
-    with reported(settings, as_json=as_json):
-        result, report = loop.run(_load(settings, plan, restock=restock, audit=audit, show=not as_json))
-    summary = result.to_dict()
+    out = Output.of(output, as_json)
+    with reported(settings, as_json=out.as_json):
+        result, report, restocked = loop.run(_load(settings, plan, restock=restock, audit=audit, show=not out.as_json))
+    summary = result.to_dict() | {"restocked": restocked}
     if report is not None:
         summary["audit"] = report.to_dict()
-    out.result(summary, results_table(result), *([audit_table(report)] if report else []))
+    out.result(summary, *results(result), *([audit_table(report)] if report else []))
     if report is not None and not report.ok:
         raise typer.Exit(ExitCode.FAILED)
 
 
 async def _load(
     settings: Settings, plan: LoadPlan, *, restock: bool, audit: bool, show: bool
-) -> tuple[LoadResult, Report | None]:
+) -> tuple[LoadResult, Report | None, dict[str, int] | None]:
+    notes = Console(stderr=True, highlight=False) if show else None
+    restocked = None
     if restock:
         nc = await connect_briefly(settings, "oms-load", role=ADMIN)
         try:
-            await ensure_stock(Client(nc, timeout_s=10), plan)
+            restocked = await ensure_stock(Client(nc, timeout_s=10), plan)
         finally:
             await nc.close()
+        if notes:
+            added = ", ".join(f"{sku} +{qty:,}" for sku, qty in restocked.items()) or "nothing: there was enough"
+            notes.print(f"restocked {added}")
+    elif notes:
+        notes.print("[dim]ordering the stock there is (--restock tops it up first)[/]")
     with Progress(
         TextColumn("[bold]placing orders"),
         BarColumn(),
@@ -114,12 +134,17 @@ async def _load(
             report = await run_audit(Client(nc, timeout_s=15), js, settings.stream_name, settings.saga)
         finally:
             await nc.close()
-    return result, report
+    return result, report, restocked
+
+
+def results(r: LoadResult) -> tuple[Text, Table]:
+    """The title on a line of its own (a table's title wraps at the table's width), then the figures."""
+    return Text(f"load: {r.completed} of {r.planned} orders in {r.seconds:.1f}s", style="bold"), results_table(r)
 
 
 def results_table(r: LoadResult) -> Table:
     d = r.to_dict()
-    table = Table(title=f"load: {r.completed} of {r.planned} orders in {r.seconds:.1f}s", show_header=False)
+    table = Table(show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_row("completed sagas/s", f"{d['sagas_per_s']:.0f}")
@@ -137,16 +162,22 @@ def results_table(r: LoadResult) -> Table:
     return table
 
 
-def audit_table(report: Report) -> Table:
-    table = Table(title=f"audit: {'clean' if report.ok else f'{report.violations} violations'}")
-    for col in ("invariant", "checked", "violations", "offending"):
-        table.add_column(col)
+def audit_table(report: Report) -> FitTable:
+    table = FitTable(
+        [
+            Col("Invariant", fold=True, min_fold=24),
+            Col("Checked", justify="right"),
+            Col("Violations", justify="right"),
+            Col("Offending", fold=True, drop=1, min_fold=16),
+        ],
+        title=f"audit: {'clean' if report.ok else f'{report.violations} violations'}",
+    )
     for check in report.checks:
+        bad = len(check.violations)
         table.add_row(
             f"{check.number}. {check.name}",
             str(check.checked),
-            str(len(check.violations)),
-            "; ".join(check.violations[:3]),
-            style=None if not check.violations else "red",
+            Text(str(bad), style="bold red" if bad else ""),
+            Text("; ".join(check.violations[:3]), style="red"),
         )
     return table

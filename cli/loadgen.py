@@ -160,17 +160,21 @@ def counted_during(before: dict[str, Any], after: dict[str, Any]) -> tuple[dict[
     return {k: max(0, int(after.get(k, 0)) - int(base.get(k, 0))) for k in COUNTED}, restarted
 
 
-async def ensure_stock(client: Client, plan: LoadPlan) -> None:
-    """Restock the SKUs the plan uses so that ok orders do not run out (an admin operation)."""
+async def ensure_stock(client: Client, plan: LoadPlan) -> dict[str, int]:
+    """Restock the SKUs the plan uses so that ok orders do not run out (an admin operation); returns the
+    units added per SKU."""
     need = plan.orders  # at most one unit of one SKU per order
     stock = await client.call(s.INVENTORY_STOCK, {}, timeout_s=5)
     available = {p["sku"]: p["available"] for p in stock["products"]}
+    added: dict[str, int] = {}
     for sku in plan.skus:
         missing = need - available.get(sku, 0)
         while missing > 0:
             qty = min(missing, 1_000_000)
             await client.call(s.INVENTORY_RESTOCK, {"sku": sku, "qty": qty}, idempotency_key=str(uuid.uuid4()))
+            added[sku] = added.get(sku, 0) + qty
             missing -= qty
+    return added
 
 
 POLL_WAIT_MS = 5_000  # one request waits at most this long for its saga; then the order is asked again

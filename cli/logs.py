@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.text import Text
 
 from bus.settings import SERVICES
+from cli import completion
 from cli.failures import ExitCode
 from cli.options import JsonFlag
 from cli.processes import NATS_SERVER, Layout
@@ -148,11 +149,20 @@ def logs(
     ctx: typer.Context,
     service: Annotated[
         str | None,
-        typer.Argument(help=f"One of {', '.join(SERVICES)} (or {NATS_SERVER}); default the three services."),
+        typer.Argument(
+            metavar="SERVICE",
+            help=f"One of {', '.join(SERVICES)} (or {NATS_SERVER}); default the three services.",
+            autocompletion=completion.services,
+        ),
     ] = None,
     order: Annotated[
         str | None,
-        typer.Option("--order", "-o", help="Only lines about this order (its id, or its saga's, in any field)."),
+        typer.Option(
+            "--order",
+            metavar="ORDER_ID",
+            help="Only lines about this order (its id, or its saga's, in any field).",
+            autocompletion=completion.order_ids,
+        ),
     ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until Ctrl-C.")] = False,
     lines: Annotated[
@@ -160,7 +170,7 @@ def logs(
     ] = None,
     raw_json: JsonFlag = False,
 ) -> None:
-    """Print the services' logs (OMS_HOME/logs/<service>.log) readably, interleaved by time."""
+    """Print the services' logs (`OMS_HOME/logs/<service>.log`) readably, interleaved by time."""
     if service is not None and service not in (*SERVICES, NATS_SERVER):
         raise typer.BadParameter(f"{service!r} is not one of {', '.join((*SERVICES, NATS_SERVER))}")
     layout = Layout.of(settings_of(ctx))

@@ -18,8 +18,9 @@ from rich.table import Table
 from rich.text import Text
 
 from bus.settings import SERVICES, Settings
+from cli import completion
 from cli.failures import ExitCode
-from cli.options import JsonFlag
+from cli.options import JsonFlag, OutputOption
 from cli.output import Output, plain
 from cli.session import settings_of
 
@@ -229,7 +230,13 @@ def _stock(s: Scrape) -> Table:
 @app.command()
 def metrics(
     ctx: typer.Context,
-    service: Annotated[str | None, typer.Argument(help=f"One of {', '.join(SERVICES)}; default all.")] = None,
+    service: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="SERVICE", help=f"One of {', '.join(SERVICES)}; default all.", autocompletion=completion.services
+        ),
+    ] = None,
+    output: OutputOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Sum up each service's Prometheus metrics; exit 3 when none answers.
@@ -244,5 +251,5 @@ def metrics(
     with ThreadPoolExecutor(len(names)) as pool:
         scrapes = list(pool.map(lambda name: scrape(settings, name), names))
     raw = {s.service: plain(s) | {"reachable": s.reachable} for s in scrapes}
-    Output(as_json).result(raw, view(scrapes))
+    Output.of(output, as_json).result(raw, view(scrapes))
     raise typer.Exit(ExitCode.OK if any(s.reachable for s in scrapes) else ExitCode.UNAVAILABLE)

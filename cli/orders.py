@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from enum import StrEnum
-from typing import Annotated, get_args
+from typing import Annotated, Any, get_args
 
 import typer
 
 from bus import contract as c
+from bus.errors import RequestTimeout
+from bus.settings import Settings
 from bus.subjects import ORDERS_CANCEL, ORDERS_EVENTS, ORDERS_GET, ORDERS_LIST, ORDERS_PLACE
-from cli import views
+from cli import completion, listing, views
 from cli.events import timeline
 from cli.failures import order_outcome, reported
-from cli.options import JsonFlag, KeyOption
+from cli.options import (
+    AfterOption,
+    AllFlag,
+    BeforeOption,
+    JsonFlag,
+    KeyOption,
+    LimitOption,
+    OrderIdArgument,
+    OutputOption,
+    SinceOption,
+    UntilOption,
+)
 from cli.output import Output
-from cli.session import call, command, parse, read_and_show, settings_of
+from cli.session import call, client, command, parse, read_and_show, settings_of
 
 app = typer.Typer(help="Place, look up, list and cancel orders.", no_args_is_help=True)
 
@@ -61,7 +75,14 @@ def place(
     ctx: typer.Context,
     customer: Annotated[str, typer.Option("--customer", "-c", help="Customer id.")],
     item: Annotated[
-        list[str], typer.Option("--item", "-i", help="A line as SKU:QTY, e.g. KB-101:2; repeat for more lines.")
+        list[str],
+        typer.Option(
+            "--item",
+            "-i",
+            metavar="SKU:QTY",
+            help="A line, e.g. KB-101:2; repeat for more lines.",
+            autocompletion=completion.items,
+        ),
     ],
     method: Annotated[Method, typer.Option("--method", "-m", help="Payment method.")] = Method("card"),
     wait_ms: Annotated[
@@ -74,9 +95,10 @@ def place(
         ),
     ] = None,
     key: KeyOption = None,
+    output: OutputOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Place an order and wait for its outcome. Exit 1 when it fails (out of stock, declined...)."""
+    """Place an order and wait for its outcome. Exit 1 when it fails (out of stock, declined...), saying why."""
     settings = settings_of(ctx)
     cmd = command(
         c.PlaceOrder,
@@ -87,10 +109,9 @@ def place(
         wait_ms=wait_ms,
     )
     key = key or str(uuid.uuid4())
-    out = Output(as_json)
-    with reported(settings, as_json=as_json):
-        raw = call(settings, ORDERS_PLACE, cmd, timeout_s=cmd.wait_ms / 1000 + PLACE_MARGIN_S, key=key)
-        order = parse(c.Order, raw, ORDERS_PLACE)
+    out = Output.of(output, as_json)
+    with reported(settings, as_json=out.as_json):
+        raw, order = asyncio.run(_place(settings, cmd, key, with_reason=not out.as_json))
     out.result(raw, views.order(order))
     out.note(f"[dim]idempotency key {key}[/]")
     if order.status not in c.TERMINAL and order.status is not c.OrderStatus.COMPENSATING:
@@ -98,16 +119,34 @@ def place(
     raise typer.Exit(order_outcome(order.status))
 
 
+async def _place(
+    settings: Settings, cmd: c.PlaceOrder, key: str, *, with_reason: bool
+) -> tuple[dict[str, Any], c.Order]:
+    """The placed order; a failed one with its saga, for the failing step's words (the reply names only
+    the reason). The JSON printed stays the contract's reply."""
+    async with client(settings) as cl:
+        try:
+            raw = await cl.call(ORDERS_PLACE, cmd, timeout_s=cmd.wait_ms / 1000 + PLACE_MARGIN_S, idempotency_key=key)
+        except RequestTimeout as exc:  # the message says how to learn the outcome without placing it twice
+            exc.details["idempotency_key"] = key
+            raise
+        order = parse(c.Order, raw, ORDERS_PLACE)
+        if with_reason and order.failure_reason and order.saga is None:
+            full = parse(c.Order, await cl.call(ORDERS_GET, {"order_id": order.order_id}), ORDERS_GET)
+            order = order.model_copy(update={"saga": full.saga})
+    return raw, order
+
+
 @app.command()
-def get(
-    ctx: typer.Context,
-    order_id: Annotated[str, typer.Argument(help="The order id.")],
-    as_json: JsonFlag = False,
-) -> None:
+def get(ctx: typer.Context, order_id: OrderIdArgument, output: OutputOption = None, as_json: JsonFlag = False) -> None:
     """Show one order with its saga: steps, attempts, last error."""
     settings = settings_of(ctx)
     cmd = command(c.GetOrder, {"order_id": "ORDER_ID"}, order_id=order_id)
-    read_and_show(settings, ORDERS_GET, cmd, c.Order, lambda order: views.order(order, with_saga=True), as_json=as_json)
+    out = Output.of(output, as_json)
+    read_and_show(settings, ORDERS_GET, cmd, c.Order, lambda order: views.order(order, with_saga=True), out)
+
+
+ORDERS = listing.Listing(ORDERS_LIST, c.ListOrders, c.OrderList, "orders", "order_id", "order")
 
 
 @app.command("list")
@@ -116,44 +155,51 @@ def list_(
     status: Annotated[
         c.OrderStatus | None, typer.Option("--status", "-s", case_sensitive=False, help="Only this status.")
     ] = None,
-    customer: Annotated[str | None, typer.Option("--customer", "-c", help="Only this customer.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000, help="At most this many.")] = 50,
+    customer: Annotated[str | None, typer.Option("--customer", "-c", help="Only this customer's.")] = None,
+    limit: LimitOption = None,
+    before: BeforeOption = None,
+    after: AfterOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    every: AllFlag = False,
+    output: OutputOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """List orders, newest first."""
-    settings = settings_of(ctx)
-    cmd = command(
-        c.ListOrders,
-        {"status": "--status", "customer_id": "--customer", "limit": "--limit"},
+    """List orders, newest first; page with --before (the id a page ends with) or --all."""
+    listing.run(
+        settings_of(ctx),
+        ORDERS,
+        listing.Window(limit, before, after, since, until, every),
+        {"status": "--status", "customer_id": "--customer"},
+        lambda found, cursor: views.orders(found.orders, cursor),
+        Output.of(output, as_json),
         status=status,
         customer_id=customer,
-        limit=limit,
     )
-    read_and_show(settings, ORDERS_LIST, cmd, c.OrderList, lambda found: views.orders(found.orders), as_json=as_json)
 
 
 @app.command()
 def cancel(
     ctx: typer.Context,
-    order_id: Annotated[str, typer.Argument(help="The order id.")],
+    order_id: OrderIdArgument,
     reason: Annotated[str | None, typer.Option("--reason", "-r", help="Why; kept with the order.")] = None,
     key: KeyOption = None,
+    output: OutputOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Cancel a PENDING or CONFIRMED order: its payment is refunded and its stock released."""
     settings = settings_of(ctx)
     cmd = command(c.CancelOrder, {"order_id": "ORDER_ID", "reason": "--reason"}, order_id=order_id, reason=reason)
-    with reported(settings, as_json=as_json):
+    out = Output.of(output, as_json)
+    with reported(settings, as_json=out.as_json):
         raw = call(settings, ORDERS_CANCEL, cmd, key=key or str(uuid.uuid4()))
         order = parse(c.Order, raw, ORDERS_CANCEL)
-    Output(as_json).result(raw, views.order(order, with_saga=True))
+    out.result(raw, views.order(order, with_saga=True))
 
 
 @app.command()
 def events(
-    ctx: typer.Context,
-    order_id: Annotated[str, typer.Argument(help="The order id.")],
-    as_json: JsonFlag = False,
+    ctx: typer.Context, order_id: OrderIdArgument, output: OutputOption = None, as_json: JsonFlag = False
 ) -> None:
     """Show an order's timeline across every service, from the event stream.
 
@@ -161,4 +207,8 @@ def events(
     """
     settings = settings_of(ctx)
     cmd = command(c.OrderEventsQuery, {"order_id": "ORDER_ID"}, order_id=order_id)
-    read_and_show(settings, ORDERS_EVENTS, cmd, c.EventList, timeline, as_json=as_json)
+    out = Output.of(output, as_json)
+    with reported(settings, as_json=out.as_json):
+        raw = call(settings, ORDERS_EVENTS, cmd)
+        found = parse(c.EventList, raw, ORDERS_EVENTS)
+    out.result(raw, timeline(found), items="events")

@@ -1,27 +1,72 @@
-"""`oms payment`: look at an order's payment."""
+"""`oms payment`: an order's payment, and the list of payments (an operator's)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from enum import StrEnum
+from typing import Annotated, get_args
 
 import typer
 
 from bus import contract as c
-from bus.subjects import PAYMENT_GET
-from cli import views
-from cli.options import JsonFlag
+from bus.subjects import PAYMENT_GET, PAYMENT_LIST
+from cli import listing, views
+from cli.options import (
+    AfterOption,
+    AllFlag,
+    BeforeOption,
+    JsonFlag,
+    LimitOption,
+    OrderIdArgument,
+    OutputOption,
+    SinceOption,
+    UntilOption,
+)
+from cli.output import Output
 from cli.session import command, read_and_show, settings_of
 
 app = typer.Typer(help="Look at payments.", no_args_is_help=True)
 
+# Choices come from the contract.
+PaymentStatus = StrEnum(
+    "PaymentStatus", [(s, s) for s in get_args(get_args(c.PaymentQuery.model_fields["status"].annotation)[0])]
+)
+PAYMENTS = listing.Listing(PAYMENT_LIST, c.PaymentQuery, c.PaymentList, "payments", "order_id", "payment")
+
 
 @app.command()
-def get(
-    ctx: typer.Context,
-    order_id: Annotated[str, typer.Argument(metavar="ORDER", help="The order id.")],
-    as_json: JsonFlag = False,
-) -> None:
+def get(ctx: typer.Context, order_id: OrderIdArgument, output: OutputOption = None, as_json: JsonFlag = False) -> None:
     """Show the payment of an order: status, amount, decline reason."""
     settings = settings_of(ctx)
-    cmd = command(c.GetPayment, {"order_id": "ORDER"}, order_id=order_id)
-    read_and_show(settings, PAYMENT_GET, cmd, c.Payment, views.payment, as_json=as_json)
+    cmd = command(c.GetPayment, {"order_id": "ORDER_ID"}, order_id=order_id)
+    read_and_show(settings, PAYMENT_GET, cmd, c.Payment, views.payment, Output.of(output, as_json))
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    status: Annotated[
+        PaymentStatus | None,
+        typer.Option("--status", "-s", case_sensitive=False, help="Only payments in this state."),
+    ] = None,
+    customer: Annotated[str | None, typer.Option("--customer", "-c", help="Only this customer's.")] = None,
+    limit: LimitOption = None,
+    before: BeforeOption = None,
+    after: AfterOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    every: AllFlag = False,
+    output: OutputOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List payments, newest order first (operator: the admin user); --before/--after are order ids."""
+    listing.run(
+        settings_of(ctx),
+        PAYMENTS,
+        listing.Window(limit or (None if every else 50), before, after, since, until, every),
+        {"status": "--status", "customer_id": "--customer"},
+        lambda found, cursor: views.payments(found.payments, cursor),
+        Output.of(output, as_json),
+        status=status.value if status else None,
+        customer_id=customer,
+        order="desc",
+    )

@@ -25,7 +25,7 @@ from cli import stack
 from cli.connection import ADMIN, connect_briefly
 from cli.failures import Refused, reported
 from cli.health import answers
-from cli.options import JsonFlag
+from cli.options import JsonFlag, OutputOption
 from cli.output import Output
 from cli.processes import PACKAGES, Layout, is_ours, running_pid
 from cli.session import config_of
@@ -132,6 +132,7 @@ def view(stats: ReplayStats, home: str) -> RenderableType:
 def recover(
     ctx: typer.Context,
     service: Annotated[Service, typer.Argument(metavar="SERVICE", help="The service whose database to rebuild.")],
+    output: OutputOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Rebuild a stopped service's database from the event stream.
@@ -144,6 +145,7 @@ def recover(
     layout = Layout.of(config.settings)
     settings = config.settings.model_copy(update={"home": layout.home})
     name = service.value
+    out = Output.of(output, as_json)
     err = Console(stderr=True, highlight=False)
     progress = Progress(
         TextColumn("{task.description}"),
@@ -153,10 +155,10 @@ def recover(
         TimeElapsedColumn(),
         console=err,
         transient=True,
-        disable=as_json or not err.is_terminal,
+        disable=out.as_json or not err.is_terminal,
     )
-    with reported(settings, as_json=as_json):
+    with reported(settings, as_json=out.as_json):
         refuse_if_running(settings, name)
         with nats_for_recovery(settings, config.stack, err), progress:
             stats = asyncio.run(rebuild_from_stream(settings, name, progress))
-    Output(as_json).result(stats.to_dict(), view(stats, str(layout.home)))
+    out.result(stats.to_dict(), view(stats, str(layout.home)))

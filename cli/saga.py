@@ -14,12 +14,22 @@ from bus import contract as c
 from bus.errors import RequestTimeout
 from bus.settings import Settings
 from bus.subjects import ORDERS_GET, SAGA_ABORT, SAGA_GET, SAGA_LIST, SAGA_RETRY, Route
-from cli import views
+from cli import completion, listing, views
 from cli.connection import role_for
 from cli.failures import reported
-from cli.options import JsonFlag, KeyOption
+from cli.options import (
+    AfterOption,
+    AllFlag,
+    BeforeOption,
+    JsonFlag,
+    KeyOption,
+    LimitOption,
+    OutputOption,
+    SinceOption,
+    UntilOption,
+)
 from cli.output import Output
-from cli.session import client, command, parse, read_and_show, settings_of
+from cli.session import client, command, parse, settings_of
 
 app = typer.Typer(
     help="Sagas of the place-order flow: list, show, and (operator) retry or abort.", no_args_is_help=True
@@ -30,8 +40,15 @@ SagaStatus = StrEnum(
     "SagaStatus", [(s, s) for s in get_args(get_args(c.SagaQuery.model_fields["status"].annotation)[0])]
 )
 
-IdArgument = Annotated[str, typer.Argument(metavar="ID", help="A saga id (saga_…) or the id of its order (ord_…).")]
-ID_FLAGS = {"saga_id": "ID", "reason": "--reason"}
+IdArgument = Annotated[
+    str,
+    typer.Argument(
+        metavar="SAGA_ID",
+        help="A saga id (saga_…), or the id of its order (ord_…).",
+        autocompletion=completion.saga_ids,
+    ),
+]
+ID_FLAGS = {"saga_id": "SAGA_ID", "reason": "--reason"}
 # Abort waits (up to 10 s in the service) for the compensation to finish before it answers.
 ABORT_TIMEOUT_S = 15.0
 
@@ -66,7 +83,7 @@ def _run(
     ident: str,
     route: Route,
     build: type[BaseModel],
-    as_json: bool,
+    out: Output,
     *,
     fields: dict[str, Any] | None = None,
     key: str | None = None,
@@ -75,13 +92,15 @@ def _run(
     settings = settings_of(ctx)
     fields = fields or {}
     command(build, ID_FLAGS, saga_id=ident, **fields)  # usage errors before connecting (order ids fit too)
-    with reported(settings, as_json=as_json):
+    with reported(settings, as_json=out.as_json):
         raw = asyncio.run(_on_saga(settings, ident, route, build, fields, key, timeout_s))
         view = parse(c.SagaView, raw, route)
-    out = Output(as_json)
-    out.result(raw, views.saga(view))
+    out.result(raw, views.saga(view), items="steps")
     if key:
         out.note(f"[dim]idempotency key {key}[/]")
+
+
+SAGAS = listing.Listing(SAGA_LIST, c.SagaQuery, c.SagaList, "sagas", "saga_id", "saga")
 
 
 @app.command("list")
@@ -97,39 +116,53 @@ def list_(
             help="Only sagas whose compensation keeps failing (retry them: a compensation is never given up).",
         ),
     ] = False,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000, help="At most this many.")] = 50,
+    customer: Annotated[
+        str | None, typer.Option("--customer", "-c", help="Only the sagas of this customer's orders.")
+    ] = None,
+    limit: LimitOption = None,
+    before: BeforeOption = None,
+    after: AfterOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    every: AllFlag = False,
+    output: OutputOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """List sagas, newest first: status, current step, attempts, failure, next retry, deadline."""
-    settings = settings_of(ctx)
-    cmd = command(
-        c.SagaQuery,
-        {"status": "--status", "stuck": "--stuck", "limit": "--limit"},
+    """List sagas, newest first: status, failure, current step, attempts, created, next retry, deadline."""
+    listing.run(
+        settings_of(ctx),
+        SAGAS,
+        listing.Window(limit, before, after, since, until, every),
+        {"status": "--status", "stuck": "--stuck", "customer_id": "--customer"},
+        lambda found, cursor: views.sagas(found.sagas, cursor),
+        Output.of(output, as_json),
         status=status.value if status else None,
         stuck=stuck,
-        limit=limit,
+        customer_id=customer,
     )
-    read_and_show(settings, SAGA_LIST, cmd, c.SagaList, lambda found: views.sagas(found.sagas), as_json=as_json)
 
 
 @app.command()
-def show(ctx: typer.Context, ident: IdArgument, as_json: JsonFlag = False) -> None:
-    """Show one saga step by step.
+def show(ctx: typer.Context, ident: IdArgument, output: OutputOption = None, as_json: JsonFlag = False) -> None:
+    """Show one saga step by step, like `dbos workflow steps`.
 
-    Each step's action, status, attempts, whether its outcome is uncertain, duration and last error;
-    then where it stands: failure reason, next retry, deadline.
+    Each step and compensation in the order it ran: status, attempts, when it started and finished, how
+    long it took, whether its outcome is uncertain, its last error; then where the saga stands. `--output
+    jsonl` prints one line per step.
     """
-    _run(ctx, ident, SAGA_GET, c.SagaRef, as_json)
+    _run(ctx, ident, SAGA_GET, c.SagaRef, Output.of(output, as_json))
 
 
 @app.command()
-def retry(ctx: typer.Context, ident: IdArgument, key: KeyOption = None, as_json: JsonFlag = False) -> None:
+def retry(
+    ctx: typer.Context, ident: IdArgument, key: KeyOption = None, output: OutputOption = None, as_json: JsonFlag = False
+) -> None:
     """Make a running or compensating saga try again now.
 
     It tries its current step (or compensation) at once instead of waiting for its next retry.
     Exit 1 when the saga has already ended (CONFLICT) or is unknown.
     """
-    _run(ctx, ident, SAGA_RETRY, c.SagaRef, as_json, key=key or str(uuid.uuid4()))
+    _run(ctx, ident, SAGA_RETRY, c.SagaRef, Output.of(output, as_json), key=key or str(uuid.uuid4()))
 
 
 @app.command()
@@ -138,6 +171,7 @@ def abort(
     ident: IdArgument,
     reason: Annotated[str | None, typer.Option("--reason", "-r", help="Why; for the operator's record.")] = None,
     key: KeyOption = None,
+    output: OutputOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Stop a running saga: what it did is undone and its order fails.
@@ -150,7 +184,7 @@ def abort(
         ident,
         SAGA_ABORT,
         c.SagaAbort,
-        as_json,
+        Output.of(output, as_json),
         fields={"reason": reason},
         key=key or str(uuid.uuid4()),
         timeout_s=ABORT_TIMEOUT_S,

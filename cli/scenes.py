@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from rich.console import Group
 from rich.table import Table
 
 from bus import auth
@@ -19,7 +20,7 @@ from bus.replay import recover
 from bus.settings import SERVICES
 from bus.stream import jetstream
 from cli import stack
-from cli.load import audit_table, results_table
+from cli.load import audit_table, results
 from cli.loadgen import LoadPlan, LoadResult, Mix, ensure_stock, run_load
 from cli.stage import Stage
 
@@ -190,7 +191,7 @@ async def _gone(stage: Stage, name: str) -> bool:
 async def load(stage: Stage) -> None:
     plan = LoadPlan(orders=600, concurrency=32, mix=Mix(declined=0.1, out_of_stock=0.05), seed=1)
     result = await run_load(stage.settings, plan)
-    stage.show("load", result.to_dict(), results_table(result))
+    stage.show("load", result.to_dict(), Group(*results(result)))
     stage.expect(result.completed == plan.orders, f"all {plan.orders} orders answered")
 
 

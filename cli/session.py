@@ -13,7 +13,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import RenderableType
 
-from bus import auth
+from bus import auth, validation
 from bus.auth import Role
 from bus.client import Client
 from bus.errors import InternalError, RequestTimeout, Unavailable
@@ -47,15 +47,16 @@ def settings_of(ctx: typer.Context) -> Settings:
 
 def command(model: type[M], flags: Mapping[str, str], **fields: Any) -> M:
     """The request, checked against the contract before it is sent; a problem is a usage error that
-    names the flag (`flags` maps contract field -> flag). The service still validates with its limits."""
+    names the flag (`flags` maps contract field -> flag) in our words (`bus.validation`). The service still
+    validates with its limits."""
     try:
         return model.model_validate({k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
-        err = exc.errors(include_url=False, include_input=False)[0]
-        field = str(err["loc"][0]) if err["loc"] else ""
-        where = ".".join(str(part) for part in err["loc"][1:])
-        hint = flags.get(field, field)
-        message = err["msg"] + (f" (at {where})" if where else "")
+        problem = validation.problems(exc)[0]
+        top = problem["field"].split(".", 1)[0].split("[", 1)[0]
+        hint = flags.get(top, top)
+        # The flag names a top-level field already; a nested one keeps its path (items[0].qty).
+        message = problem["message"] if problem["field"] == top else validation.sentence(problem)
         raise typer.BadParameter(message, param_hint=f"'{hint}'") from None
 
 
@@ -125,15 +126,14 @@ def read_and_show(
     payload: BaseModel | dict[str, Any],
     model: type[M],
     render: Callable[[M], RenderableType],
-    *,
-    as_json: bool,
+    out: Output,
 ) -> None:
     """A read command's whole course: the call, its result as `model`, then the table (or the JSON);
     a failure exits as `reported` says."""
-    with reported(settings, as_json=as_json):
+    with reported(settings, as_json=out.as_json):
         raw = call(settings, route, payload)
         found = parse(model, raw, route)
-    Output(as_json).result(raw, render(found))
+    out.result(raw, render(found))
 
 
 def parse(model: type[M], raw: dict[str, Any], route: Route) -> M:

@@ -159,17 +159,21 @@ def start_service(
 
 
 def _nats_port(settings: Settings, wanted: int) -> int:
-    """`wanted` (0: any free port), unless services of this home still run: they keep reconnecting
-    to the URL of the last run, so nats-server comes back on that port when it is free."""
+    """`wanted` (0: any free port; a busy one is an error, as a busy metrics port is), unless services of
+    this home still run: they keep reconnecting to the URL of the last run, so nats-server comes back on
+    that port when it is free."""
     layout = Layout.of(settings)
     if any(running_pid(settings, name) for name in SERVICES):
         with contextlib.suppress(OSError, ValueError, IndexError):
             previous = int(layout.url_file.read_text().strip().rsplit(":", 1)[1])
             if not port_busy("127.0.0.1", previous):
                 return previous
-    if wanted and not port_busy("127.0.0.1", wanted):
-        return wanted
-    return 0  # natsserver.start picks a free one
+    if wanted and port_busy("127.0.0.1", wanted):
+        raise StackError(
+            f"port {wanted} for nats-server (OMS_NATS_PORT) is in use by another process: "
+            "set OMS_NATS_PORT to a free port (or 0 for any free port)"
+        )
+    return wanted  # 0: natsserver.start picks a free one
 
 
 def _url_of_running(layout: Layout) -> str:

@@ -12,8 +12,10 @@ from rich.table import Table
 from rich.text import Text
 
 from bus import contract as c
+from bus.ids import parse_iso
 from cli.nodes import NodeStatus
 from cli.stack import Stack, StackStatus, Stopped
+from cli.tables import Col, FitTable
 
 SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}
 STATUS_STYLE = {
@@ -28,6 +30,11 @@ STATUS_STYLE = {
     "VOIDED": "dim",
     "ACTIVE": "green",
     "RELEASED": "dim",
+    "RUNNING": "yellow",
+    "COMPLETED": "bold green",
+    "SUCCEEDED": "green",
+    "RETRYING": "yellow",
+    "ABANDONED": "dim",
 }
 
 
@@ -50,6 +57,16 @@ def status(value: str) -> Text:
 def when(iso: str | None) -> str:
     """2026-11-26T11:52:04.314Z -> 2026-11-26 11:52:04 (UTC)."""
     return iso[:19].replace("T", " ") if iso else "—"
+
+
+def at(iso: str | None) -> tuple[str, str]:
+    """A time as (date and time, time of day): the short form for a narrow table."""
+    return (when(iso), iso[11:19] if iso else "—")
+
+
+def clock(iso: str | None) -> str:
+    """The time of day to the millisecond: 11:52:04.314."""
+    return iso[11:23] if iso else "—"
 
 
 def duration(seconds: float | None) -> str:
@@ -86,7 +103,8 @@ def order(o: c.Order, *, with_saga: bool = False) -> RenderableType:
     parts: list[RenderableType] = [head, lines]
     facts = [f"total [bold]{money(o.total_cents, o.currency)}[/]", f"payment {o.payment_method}"]
     if o.failure_reason:
-        facts.append(f"failure [bold red]{o.failure_reason}[/]")
+        detail = failure_detail(o.saga) if o.saga else None
+        facts.append(f"failure [bold red]{o.failure_reason}[/]" + (f": {escape(detail)}" if detail else ""))
     if o.cancel_reason:
         facts.append(f"cancelled: {o.cancel_reason}")
     facts.append(f"created {when(o.created_at)}")
@@ -96,29 +114,61 @@ def order(o: c.Order, *, with_saga: bool = False) -> RenderableType:
     return Group(*parts)
 
 
+def failure_detail(s: c.SagaView) -> str | None:
+    """Why a saga failed, in the words of the step that failed (`not enough LAMP-1: requested 5, available 3`)."""
+    for step in reversed(s.steps):
+        if step.action == "invoke" and step.status == "FAILED" and step.last_error:
+            return str(step.last_error.get("message") or "") or None
+    if s.last_error:
+        return str(s.last_error.get("message") or "") or None
+    return None
+
+
 def saga(s: c.SagaView) -> RenderableType:
-    """A saga with its steps (step, action, status, attempts, uncertain, duration, last error) and where it stands."""
-    table = Table(title=f"saga {s.saga_id} ({s.name}) {s.status}", title_justify="left", expand=False)
-    for column, justify in (
-        ("Step", "left"),
-        ("Action", "left"),
-        ("Status", "left"),
-        ("Attempts", "right"),
-        ("Uncertain", "left"),
-        ("Duration", "right"),
-        ("Last error", "left"),
-    ):
-        table.add_column(column, justify=justify)
-    for step in s.steps:
+    """A saga step by step, like `dbos workflow steps`: each step and compensation in the order it ran,
+    its status, attempts, start (from the saga's), duration, and its times; each step's last error and
+    uncertainty below the table, in full; then where the saga stands."""
+    title = Text.assemble(("saga ", "bold"), (s.saga_id, "bold cyan"), f" ({s.name}) ", status(s.status))
+    table = FitTable(
+        [
+            Col("#", justify="right"),
+            Col("Step"),
+            Col("Action"),
+            Col("Status"),
+            Col("Attempts", justify="right"),
+            Col("Start", justify="right", drop=2),
+            Col("Duration", justify="right", drop=1),
+            Col("Uncertain", drop=3),
+            Col("Started (UTC)", drop=4),
+            Col("Finished", drop=5),
+        ],
+        title=title,
+    )
+    origin = _seconds(s.created_at)
+    notes: list[Text] = []
+    for number, step in enumerate(s.steps, 1):
+        began = _seconds(step.started_at)
         table.add_row(
+            str(number),
             step.step,
-            step.action,
+            (step.action, "undo" if step.action == "compensate" else "do"),
             status(step.status),
             str(step.attempts),
+            f"+{millis((began - origin) * 1000)}" if began is not None and origin is not None else "—",
+            millis(step.duration_ms if step.duration_ms is not None else _elapsed_ms(step)),
             Text("yes", style="yellow") if step.uncertain else "",
-            millis(step.duration_ms),
-            _error(step.last_error),
+            clock(step.started_at),
+            clock(step.finished_at),
         )
+        if step.uncertain or step.last_error:
+            note = Text(f"#{number} {step.step} {step.action}: ", style="bold")
+            if step.uncertain:
+                note.append("uncertain (it may have taken effect; it is compensated either way)", style="yellow")
+                if step.last_error:
+                    note.append("; ")
+            if step.last_error:
+                note.append(f"last error {_error(step.last_error)}", style="red" if step.status == "FAILED" else "")
+            notes.append(note)
     facts = []
     if s.failure_reason:
         facts.append(f"failure [bold red]{escape(s.failure_reason)}[/]")
@@ -133,7 +183,18 @@ def saga(s: c.SagaView) -> RenderableType:
         facts.append("[bold red]stuck[/]: `oms saga retry` or `oms saga abort` it")
     if s.last_error:
         facts.append(f"last error {escape(_error(s.last_error))}")
-    return Group(table, Text.from_markup("  ".join(facts)))
+    return Group(table, *notes, Text.from_markup("  ".join(facts)))
+
+
+def _seconds(iso: str | None) -> float | None:
+    return parse_iso(iso) if iso else None
+
+
+def _elapsed_ms(step: c.StepRecord) -> float | None:
+    """A step's duration from its start and end, when it recorded none of its own (a failed attempt)."""
+    if not (step.started_at and step.finished_at):
+        return None
+    return max(0.0, (parse_iso(step.finished_at) - parse_iso(step.started_at)) * 1000)
 
 
 def millis(ms: float | None) -> str:
@@ -148,72 +209,146 @@ def _error(error: dict | None) -> str:
     return f"{error.get('code', '')} {error.get('message', '')}".strip()
 
 
-def sagas(items: Iterable[c.SagaView]) -> RenderableType:
-    table = Table()
-    for column in ("Saga", "Order", "Status", "Step", "Attempts", "Failure", "Next retry", "Deadline", "Created"):
-        table.add_column(column, no_wrap=column != "Failure", justify="right" if column == "Attempts" else "left")
-    count = 0
+def sagas(items: Iterable[c.SagaView], cursor: str | None = None) -> RenderableType:
+    """Saga id and status always whole; then failure, created, step, attempts, next retry, deadline, order."""
+    table = FitTable(
+        [
+            Col("Saga"),
+            Col("Status"),
+            Col("Failure", drop=1),  # a reason code: whole or not at all
+            Col("Step", drop=3),
+            Col("Attempts", justify="right", drop=4),
+            Col("Created", drop=2),
+            Col("Next retry", drop=6),
+            Col("Deadline", drop=7),
+            Col("Order", drop=8),  # the saga id's twin (saga_X runs ord_X)
+        ]
+    )
     for s in items:
-        count += 1
         state = status(s.status)
         if s.stuck:
             state.append(" stuck", style="bold red")
         active = s.status in ("RUNNING", "COMPENSATING")
         table.add_row(
             s.saga_id,
-            s.ref or "—",
             state,
+            s.failure_reason or "",
             (s.step or "—") if active else "—",
             str(s.attempts) if active else "—",
-            s.failure_reason or "",
-            when(s.next_retry_at)[11:] if s.next_retry_at else "—",  # soon: the time of day says it
-            when(s.deadline_at)[11:] if active else "—",
-            when(s.created_at),
+            at(s.created_at),
+            clock(s.next_retry_at)[:8] if s.next_retry_at else "—",  # soon: the time of day says it
+            clock(s.deadline_at)[:8] if active else "—",
+            s.ref or "—",
         )
-    table.caption = f"{count} saga(s), newest first"
+    table.caption = caption(table.row_count, "saga", cursor)
     return table
 
 
-def orders(items: Iterable[c.Order]) -> RenderableType:
-    table = Table()
-    table.add_column("Order", no_wrap=True)
-    table.add_column("Status")
-    table.add_column("Customer")
-    table.add_column("Items")
-    table.add_column("Total", justify="right")
-    table.add_column("Created")
-    count = 0
+def orders(items: Iterable[c.Order], cursor: str | None = None) -> RenderableType:
+    """Order id and status always whole; then created, customer, total, items."""
+    table = FitTable(
+        [
+            Col("Order"),
+            Col("Status"),
+            Col("Customer", drop=2),
+            Col("Total", justify="right", drop=3),
+            Col("Created", drop=1),
+            Col("Failure", drop=5),
+            Col("Items", fold=True, drop=4, min_fold=12),
+        ]
+    )
     for o in items:
-        count += 1
         table.add_row(
             o.order_id,
             status(o.status),
             o.customer_id,
-            ", ".join(f"{line.sku}:{line.qty}" for line in o.items),
             money(o.total_cents, o.currency),
-            when(o.created_at),
+            at(o.created_at),
+            o.failure_reason or "",
+            ", ".join(f"{line.sku}:{line.qty}" for line in o.items),
         )
-    table.caption = f"{count} order(s), newest first"
+    table.caption = caption(table.row_count, "order", cursor)
     return table
+
+
+def caption(count: int, noun: str, cursor: str | None) -> str:
+    """`3 orders, newest first`, and how to ask for the next page when there is one."""
+    text = f"{count} {noun}{'' if count == 1 else 's'}, newest first"
+    if cursor:
+        text += f"; older: --before {cursor} (or --all)"
+    return text
 
 
 # -- inventory and payment ------------------------------------------------
 
 
 def stock(products: Iterable[c.Product], title: str | None = None) -> RenderableType:
-    table = Table(title=title, title_justify="left")
-    for column, justify in (
-        ("SKU", "left"),
-        ("Name", "left"),
-        ("Price", "right"),
-        ("On hand", "right"),
-        ("Reserved", "right"),
-        ("Available", "right"),
-    ):
-        table.add_column(column, justify=justify)
+    table = FitTable(
+        [
+            Col("SKU"),
+            Col("Name", fold=True, drop=1, min_fold=12),
+            Col("Price", justify="right", drop=2),
+            Col("On hand", justify="right"),
+            Col("Reserved", justify="right"),
+            Col("Available", justify="right"),
+        ],
+        title=title,
+    )
     for p in products:
         available = Text(str(p.available), style="bold red" if p.available <= 0 else "")
         table.add_row(p.sku, p.name, money(p.price_cents), str(p.on_hand), str(p.reserved), available)
+    return table
+
+
+def payments(items: Iterable[c.Payment], cursor: str | None = None) -> RenderableType:
+    """Order id and status always whole; then amount, customer, method, decline reason, created."""
+    table = FitTable(
+        [
+            Col("Order"),
+            Col("Status"),
+            Col("Amount", justify="right", drop=1),
+            Col("Customer", drop=3),
+            Col("Method", drop=5),
+            Col("Declined", drop=4),
+            Col("Created", drop=2),
+        ]
+    )
+    for p in items:
+        table.add_row(
+            p.order_id,
+            status(p.status),
+            money(p.amount_cents, p.currency),
+            p.customer_id or "—",
+            p.method or "—",
+            p.decline_reason or "",
+            at(p.created_at),
+        )
+    table.caption = caption(table.row_count, "payment", cursor)
+    return table
+
+
+def reservations(items: Iterable[c.Reservation], cursor: str | None = None) -> RenderableType:
+    """Order id and status always whole; then total, created, released, items."""
+    table = FitTable(
+        [
+            Col("Order"),
+            Col("Status"),
+            Col("Total", justify="right", drop=2),
+            Col("Created", drop=1),
+            Col("Released", drop=4),
+            Col("Items", fold=True, drop=3, min_fold=12),
+        ]
+    )
+    for r in items:
+        table.add_row(
+            r.order_id,
+            status(r.status),
+            money(r.total_cents, r.currency),
+            at(r.created_at),
+            at(r.released_at) if r.released_at else "—",
+            ", ".join(f"{line.sku}:{line.qty}" for line in r.items) or "—",
+        )
+    table.caption = caption(table.row_count, "reservation", cursor)
     return table
 
 
@@ -238,13 +373,19 @@ def payment(p: c.Payment) -> RenderableType:
 
 
 def stack_up(s: Stack, home: Path) -> RenderableType:
-    table = Table(title=f"OMS on {s.url}, home {home}", title_justify="left")
-    table.add_column("Service", no_wrap=True)
-    table.add_column("PID", justify="right")
-    table.add_column("State")
-    table.add_column("Subjects")
-    table.add_column("Log", no_wrap=True)
+    """Each process: name, pid and state whole; the URL (a server's) or its subjects; its log."""
     procs = s.nats + s.services
+    longest_url = max((len(p.url) for p in procs if p.url), default=10)
+    table = FitTable(
+        [
+            Col("Process"),
+            Col("PID", justify="right"),
+            Col("State"),
+            Col("URL or subjects", fold=True, min_fold=max(longest_url, 16), drop=1),
+            Col("Log", drop=2),
+        ],
+        title=Text.assemble("OMS on ", (s.url, "bold"), f", home {home}"),
+    )
     for p in procs:
         state = Text("started", style="green") if p.started else Text("was running", style="dim")
         subjects = p.url or subject_group(p.subjects)
@@ -275,25 +416,33 @@ def stack_down(stopped: list[Stopped]) -> RenderableType:
 
 
 def stack_status(st: StackStatus) -> RenderableType:
-    table = Table(title="Services", title_justify="left")
-    for column, justify in (
-        ("Service", "left"),
-        ("State", "left"),
-        ("PID", "right"),
-        ("Version", "left"),
-        ("Uptime", "right"),
-        ("Requests", "right"),
-        ("Errors", "right"),
-        ("Endpoints", "right"),
-        ("Backlog", "right"),
-        ("Sagas", "right"),
-        ("Breakers", "left"),
-        ("Faults", "left"),
-    ):
-        table.add_column(column, justify=justify)
-    busy = Table(title="Endpoints that served requests", title_justify="left")
-    for column, justify in (("Subject", "left"), ("Requests", "right"), ("Errors", "right")):
-        busy.add_column(column, justify=justify)
+    table = FitTable(
+        [
+            Col("Service"),
+            Col("State"),
+            Col("Faults", fold=True, min_fold=12),
+            Col("Breakers", fold=True, min_fold=10, drop=2),
+            Col("Errors", justify="right", drop=3),
+            Col("Requests", justify="right", drop=4),
+            Col("Sagas", justify="right", drop=5),
+            Col("Backlog", justify="right", drop=6),
+            Col("Uptime", justify="right", drop=7),
+            Col("PID", justify="right", drop=8),
+            Col("Version", drop=9),
+            Col("API", drop=10),
+            Col("Endpoints", justify="right", drop=11),
+        ],
+        title="Services",
+    )
+    busy = FitTable(
+        [
+            Col("Subject"),
+            Col("Requests", justify="right"),
+            Col("Errors", justify="right"),
+            Col("Last error", fold=True, drop=1, min_fold=16),
+        ],
+        title="Endpoints that served requests",
+    )
     for s in st.services:
         if s.answering:
             state = Text("up", style="bold green")
@@ -304,17 +453,27 @@ def stack_status(st: StackStatus) -> RenderableType:
         endpoints = [e for e in s.endpoints if not e.subject.startswith("chaos.")]
         for e in endpoints:
             if e.requests and not e.subject.endswith(".health"):  # `oms status` itself asks these
-                busy.add_row(e.subject, str(e.requests), Text(str(e.errors), style="red" if e.errors else ""))
+                busy.add_row(
+                    e.subject,
+                    str(e.requests),
+                    Text(str(e.errors), style="red" if e.errors else ""),
+                    e.last_error or "",
+                )
+        backlog, sagas, breakers, in_force = _health_cells(s.health, s.answering)
         table.add_row(
             s.name,
             state,
+            in_force,
+            breakers,
+            Text(str(s.errors), style="red" if s.errors else "") if s.answering else "—",
+            str(s.requests) if s.answering else "—",
+            sagas,
+            backlog,
+            duration(s.uptime_s),
             str(s.pid) if s.running else "—",
             s.version or "—",
-            duration(s.uptime_s),
-            str(s.requests) if s.answering else "—",
-            Text(str(s.errors), style="red" if s.errors else "") if s.answering else "—",
+            s.api or "—",
             str(len(endpoints)) if s.answering else "—",
-            *_health_cells(s.health),
         )
     if st.nats_reachable:
         nats_line = f"[bold]NATS[/] {st.url} [green]reachable[/]"
@@ -340,19 +499,20 @@ def stack_status(st: StackStatus) -> RenderableType:
     return Group(*parts)
 
 
-def nodes_table(nodes: list[NodeStatus]) -> Table:
+def nodes_table(nodes: list[NodeStatus]) -> FitTable:
     """The NATS servers: each node, which one leads the stream and the meta group, each replica's lag."""
-    table = Table(title="NATS nodes", title_justify="left")
-    for column, justify in (
-        ("Node", "left"),
-        ("State", "left"),
-        ("PID", "right"),
-        ("URL", "left"),
-        ("Stream", "left"),
-        ("Lag", "right"),
-        ("Meta", "left"),
-    ):
-        table.add_column(column, justify=justify, no_wrap=column in ("Node", "State", "URL"))
+    table = FitTable(
+        [
+            Col("Node"),
+            Col("State"),
+            Col("Stream"),
+            Col("URL", drop=1),
+            Col("Lag", justify="right", drop=2),
+            Col("Meta", drop=3),
+            Col("PID", justify="right", drop=4),
+        ],
+        title="NATS nodes",
+    )
     for n in nodes:
         if n.offline or n.running is False:
             state = Text("down", style="bold red")
@@ -372,11 +532,11 @@ def nodes_table(nodes: list[NodeStatus]) -> Table:
         table.add_row(
             n.name,
             state,
-            str(n.pid) if n.pid else "—",
-            n.url or "—",
             role,
+            n.url or "—",
             lag,
             Text("leader", style="bold") if n.meta_leader else "",
+            str(n.pid) if n.pid else "—",
         )
     return table
 
@@ -384,10 +544,11 @@ def nodes_table(nodes: list[NodeStatus]) -> Table:
 BREAKER_STYLE = {"closed": "green", "half_open": "yellow", "open": "bold red"}
 
 
-def _health_cells(h: dict[str, Any] | None) -> list[RenderableType]:
+def _health_cells(h: dict[str, Any] | None, answering: bool = True) -> list[RenderableType]:
     """Outbox backlog, sagas in flight, breaker states and faults in force, from `<service>.health`."""
     if h is None:
-        return ["—", "—", "—", "—"]
+        unknown = Text("unknown: no health answer", style="yellow") if answering else Text("—")
+        return ["—", "—", "—", unknown]
     backlog = int(h.get("outbox_backlog") or 0)
     lag = float(h.get("outbox_lag_s") or 0)
     backlog_cell = Text(f"{backlog}" + (f" ({lag:.1f}s)" if backlog else ""), style="yellow" if backlog else "")

@@ -88,10 +88,14 @@ def get(tx: Tx, order_id: str) -> Any:
 
 
 def listing(tx: Tx, q: c.ListOrders) -> list[c.Order]:
+    low, high = q.key_range("ord")  # order ids begin with their creation time: since/until bound them
     clause, params = where(
         ("status = ?", q.status.value if q.status else None),
         ("customer_id = ?", q.customer_id or None),
-        ("order_id < ?", q.before or None),
+        ("order_id < ?", q.before),
+        ("order_id > ?", q.after),
+        ("order_id >= ?", low),
+        ("order_id < ?", high),
     )
     # Order ids begin with their creation time, so id order is creation order.
     rows = tx.all(f"SELECT * FROM orders{clause} ORDER BY order_id DESC LIMIT ?", (*params, q.limit))

@@ -65,8 +65,9 @@ def saga_of(order_id: str) -> str:
 # -- the commands ------------------------------------------------------------------------------------------
 # Built from data validated when the order was placed, against the limits in force then: validated again (in
 # pydantic's core: faster here than `model_construct`, which runs in Python), but under limits that refuse
-# nothing, so that a saga resumed after the limits changed still sends what its order asked for.
-AS_PLACED = {"limits": Limits(max_items_per_order=sys.maxsize, max_qty_per_line=sys.maxsize)}
+# nothing, so that a saga resumed after the limits changed still sends what its order asked for (constructed:
+# `Limits` itself bounds what an operator may set).
+AS_PLACED = {"limits": Limits.model_construct(max_items_per_order=sys.maxsize, max_qty_per_line=sys.maxsize)}
 
 
 def reserve_cmd(d: PlaceOrderData) -> c.Reserve:

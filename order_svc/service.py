@@ -109,7 +109,12 @@ class Orders:
         return status
 
     async def saga_list(self, cmd: c.SagaQuery, call: Call) -> c.SagaList:
-        return c.SagaList(sagas=await self.db.read(lambda tx: self.engine.list(tx, cmd.status, cmd.stuck, cmd.limit)))
+        data = {"customer_id": cmd.customer_id} if cmd.customer_id else None  # a field of PlaceOrderData
+        return c.SagaList(
+            sagas=await self.db.read(
+                lambda tx: self.engine.list(tx, cmd.status, cmd.stuck, cmd.limit, window=cmd, data=data)
+            )
+        )
 
     async def saga_get(self, cmd: c.SagaRef, call: Call) -> c.SagaView:
         view = await self.db.read(lambda tx: self.engine.view(tx, cmd.saga_id))

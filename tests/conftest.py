@@ -1,4 +1,5 @@
-"""Fixtures: one real nats-server for the session, services in-process, a fresh OMS_HOME per test."""
+"""Fixtures: one real nats-server for the session, services in-process, a fresh OMS_HOME per test; and
+none of the user's OMS_* settings anywhere (`clean_oms_environment`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,18 @@ import pytest
 
 from bus import natsserver
 from bus.settings import Settings
+
+
+@pytest.fixture(scope="session", autouse=True)
+def clean_oms_environment() -> Iterator[None]:
+    """The whole session runs without the OMS_* variables of whoever runs it: `pytest` passes whatever
+    they exported (a metrics port, OMS_NATS_PORT, a home). Autouse and session-wide, so it comes before
+    every other fixture, module and session ones included; a test that needs a setting sets it with
+    `monkeypatch.setenv` (undone after the test) or passes it to the process it starts."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [name for name in os.environ if name.startswith("OMS_")]:
+            patch.delenv(name)
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -197,12 +197,18 @@ def test_status_without_nats_exits_3(tmp_path):
     assert status["healthy"] is False and status["nats_reachable"] is False
 
 
-def test_schema_prints_every_contract_model_as_json():
-    result = runner.invoke(app, ["schema"])
+def test_schema_json_prints_every_contract_model_as_json_schema_and_a_table_without_it():
+    result = runner.invoke(app, ["schema", "--json"])
     assert result.exit_code == 0
     assert set(json.loads(result.stdout)) == set(c.schemas())
-    one = runner.invoke(app, ["schema", "PlaceOrder"])
+    one = runner.invoke(app, ["schema", "PlaceOrder", "--output", "json"])
     assert "customer_id" in json.loads(one.stdout)["properties"]
+    table = runner.invoke(app, ["schema"], env={"COLUMNS": "200"})
+    assert table.exit_code == 0 and "PlaceOrder" in table.stdout and "orders.place" in table.stdout
+    with pytest.raises(ValueError):
+        json.loads(table.stdout)
+    fields = runner.invoke(app, ["schema", "Line"], env={"COLUMNS": "200"})
+    assert "qty" in fields.stdout and "<= 1,000" in fields.stdout
 
 
 def test_demo_lists_its_scenes_without_starting_anything():

@@ -329,7 +329,7 @@ def test_saga_list_and_show_for_a_placed_order(running: Running, happy: dict[str
     ]
     table = running.oms("saga", "show", happy["order_id"])  # an order id finds its saga
     assert table.returncode == 0
-    for word in (saga["saga_id"], "Uncertain", "Duration", "Last error", "authorize_payment"):
+    for word in (saga["saga_id"], "Attempts", "Start", "Duration", "Uncertain", "authorize_payment"):
         assert word in table.stdout
     code, stuck = running.json("saga", "list", "--stuck")
     assert code == ExitCode.OK and stuck["sagas"] == []
@@ -389,6 +389,9 @@ def test_an_operator_aborts_a_saga_stuck_on_a_failing_payment(running: Running):
         what="the aborted saga to end",
     )
     assert done["failure_reason"] == "ABORTED" and aborted["saga_id"] == saga["saga_id"]
+    # The payment it was retrying when aborted is no longer shown as retrying: the saga turned back from it.
+    forward = {step["step"]: step["status"] for step in done["steps"] if step["action"] == "invoke"}
+    assert forward["authorize_payment"] == "ABANDONED" and "RETRYING" not in forward.values()
     again = running.oms("saga", "retry", saga["saga_id"])
     assert again.returncode == ExitCode.FAILED and "CONFLICT" in again.stderr
 

@@ -34,7 +34,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from bus.contract import SagaView
+from bus.contract import SagaView, Window
 from bus.db import Database
 from bus.metrics import Metrics
 from bus.saga import repo
@@ -323,6 +323,16 @@ class SagaEngine(Generic[D]):
     def view(self, tx: Tx, saga_id: str) -> SagaView | None:
         return repo.view(tx, self._step_names, saga_id, self.settings.stuck_after_attempts)
 
-    def list(self, tx: Tx, status: str | None, stuck: bool, limit: int) -> list[SagaView]:
-        """Newest first: saga ids begin with their creation time."""
-        return repo.listing(tx, self._step_names, status, stuck, limit, self.settings.stuck_after_attempts)
+    def list(
+        self,
+        tx: Tx,
+        status: str | None,
+        stuck: bool,
+        limit: int,
+        *,
+        window: Window | None = None,
+        data: dict[str, str] | None = None,
+    ) -> list[SagaView]:
+        """Newest first, within `window`; `data`: only sagas whose data holds these values (`repo.listing`)."""
+        stuck_after = self.settings.stuck_after_attempts
+        return repo.listing(tx, self._step_names, status, stuck, limit, stuck_after, window=window, data=data)

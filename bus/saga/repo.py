@@ -132,13 +132,30 @@ def view(tx: Tx, steps: tuple[str, ...], saga_id: str, stuck_after: int) -> c.Sa
 
 
 def listing(
-    tx: Tx, steps: tuple[str, ...], status: str | None, stuck: bool, limit: int, stuck_after: int
+    tx: Tx,
+    steps: tuple[str, ...],
+    status: str | None,
+    stuck: bool,
+    limit: int,
+    stuck_after: int,
+    *,
+    window: c.Window | None = None,
+    data: dict[str, str] | None = None,
 ) -> list[c.SagaView]:
-    """Newest first (saga ids begin with their creation time), without their step records."""
+    """Newest first, without their step records: saga ids begin with their creation time, so a `window` is a
+    range of ids. `data`: only sagas whose data holds these values (the caller's domain: a customer, say)."""
+    low, high = window.key_range("saga") if window is not None else (None, None)
     clause, params = where(
         ("status = ?", status),
         ("status IN ('RUNNING', 'COMPENSATING') AND comp_failures >= ?", stuck_after if stuck else None),
+        ("saga_id < ?", window.before if window is not None else None),
+        ("saga_id > ?", window.after if window is not None else None),
+        ("saga_id >= ?", low),
+        ("saga_id < ?", high),
     )
+    for name, value in (data or {}).items():
+        clause += f"{' AND' if clause else ' WHERE'} json_extract(data, ?) = ?"
+        params.extend((f"$.{name}", value))
     rows = tx.all(f"SELECT * FROM sagas{clause} ORDER BY saga_id DESC LIMIT ?", (*params, limit))
     return [_view(found, steps, stuck_after, with_steps=False) for found in rows]
 
