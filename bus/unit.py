@@ -10,8 +10,9 @@ from typing import Any
 
 from bus import jsonb
 from bus import outbox as ob
+from bus.contract import Window
 from bus.errors import OmsError
-from bus.ids import new_id, now_iso
+from bus.ids import iso, new_id, now_iso
 from bus.outbox import OutboxRow
 from bus.subjects import event_subject
 
@@ -94,3 +95,21 @@ def where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
     if not applied:
         return "", []
     return " WHERE " + " AND ".join(clause for clause, _ in applied), [value for _, value in applied]
+
+
+def in_window(
+    w: Window | None, key: str, *, prefix: str | None = None, created: str | None = None
+) -> list[tuple[str, Any]]:
+    """A list's window (`c.Window`) as conditions for `where`: `before` and `after` bound `key`; `since` and
+    `until` bound the time column `created` (ISO text), or, for a key whose ids begin with their creation
+    time (`bus.ids.new_id` with `prefix`), the key itself, so that its index serves them."""
+    if w is None:
+        return []
+    found = [(f"{key} < ?", w.before), (f"{key} > ?", w.after)]
+    if created is not None:
+        since, until = (iso(t.timestamp()) if t else None for t in (w.since, w.until))
+        found += [(f"{created} >= ?", since), (f"{created} < ?", until)]
+    elif prefix is not None:
+        low, high = w.key_range(prefix)
+        found += [(f"{key} >= ?", low), (f"{key} < ?", high)]
+    return found

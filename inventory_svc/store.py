@@ -9,10 +9,10 @@ from typing import Any
 from bus import contract as c
 from bus import jsonb
 from bus.errors import Conflict, InvalidRequest, NotFound, OutOfStock
-from bus.ids import iso, now_iso
+from bus.ids import now_iso
 from bus.migrations import Migrations
 from bus.money import MONEY_LIMIT_CENTS
-from bus.unit import Rejected, Tx, where
+from bus.unit import Rejected, Tx, in_window, where
 
 # The CHECKs are the last line of defence against overselling: a unit that got the arithmetic
 # wrong fails with an IntegrityError and is rolled back instead of committing a bad count.
@@ -250,14 +250,10 @@ def reservations(tx: Tx, cmd: c.ReservationQuery) -> c.ReservationList:
     """One page by order id (`cmd.order`), within the cursors and the window of `created_at`; tombstones are
     included (RELEASED, no items). The window filters the walk of the primary key (no index: see
     `payment_svc.store.payments`)."""
-    since, until = (iso(t.timestamp()) if t else None for t in (cmd.since, cmd.until))
     clause, params = where(
         ("order_id = ?", cmd.order_id),
         ("status = ?", cmd.status),
-        ("order_id > ?", cmd.after),
-        ("order_id < ?", cmd.before),
-        ("created_at >= ?", since),
-        ("created_at < ?", until),
+        *in_window(cmd, "order_id", created="created_at"),
     )
     direction = "DESC" if cmd.order == "desc" else "ASC"
     rows = tx.all(f"SELECT * FROM reservations{clause} ORDER BY order_id {direction} LIMIT ?", (*params, cmd.limit))

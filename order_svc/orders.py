@@ -12,7 +12,7 @@ from bus.idempotency import request_hash
 from bus.ids import now_iso
 from bus.migrations import Migrations
 from bus.saga.state import Reason, SagaRun, SagaStatus
-from bus.unit import Tx, where
+from bus.unit import Tx, in_window, where
 
 # What `orders.place` leaves out of its idempotency hash: how long to wait is not part of the order.
 PLACE_HASH_EXCLUDES = frozenset({"wait_ms"})
@@ -88,14 +88,10 @@ def get(tx: Tx, order_id: str) -> Any:
 
 
 def listing(tx: Tx, q: c.ListOrders) -> list[c.Order]:
-    low, high = q.key_range("ord")  # order ids begin with their creation time: since/until bound them
     clause, params = where(
         ("status = ?", q.status.value if q.status else None),
         ("customer_id = ?", q.customer_id or None),
-        ("order_id < ?", q.before),
-        ("order_id > ?", q.after),
-        ("order_id >= ?", low),
-        ("order_id < ?", high),
+        *in_window(q, "order_id", prefix="ord"),
     )
     # Order ids begin with their creation time, so id order is creation order.
     rows = tx.all(f"SELECT * FROM orders{clause} ORDER BY order_id DESC LIMIT ?", (*params, q.limit))

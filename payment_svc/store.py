@@ -7,9 +7,9 @@ from typing import Any
 
 from bus import contract as c
 from bus.errors import Conflict, NotFound, PaymentDeclined
-from bus.ids import iso, now_iso
+from bus.ids import now_iso
 from bus.migrations import Migrations
-from bus.unit import Rejected, Tx, where
+from bus.unit import Rejected, Tx, in_window, where
 
 MIGRATIONS = Migrations(
     "payment",
@@ -130,14 +130,10 @@ def payments(tx: Tx, cmd: c.PaymentQuery) -> c.PaymentList:
     """One page by order id (`cmd.order`), within the cursors and the window of `created_at`; tombstones are
     included (VOIDED, amount 0). The window and the customer filter the walk of the primary key: an index
     for them would cost every authorization one more B-tree write for a listing operators rarely ask."""
-    since, until = (iso(t.timestamp()) if t else None for t in (cmd.since, cmd.until))
     clause, params = where(
         ("status = ?", cmd.status),
         ("customer_id = ?", cmd.customer_id),
-        ("order_id > ?", cmd.after),
-        ("order_id < ?", cmd.before),
-        ("created_at >= ?", since),
-        ("created_at < ?", until),
+        *in_window(cmd, "order_id", created="created_at"),
     )
     direction = "DESC" if cmd.order == "desc" else "ASC"
     rows = tx.all(f"SELECT * FROM payments{clause} ORDER BY order_id {direction} LIMIT ?", (*params, cmd.limit))

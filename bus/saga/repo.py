@@ -21,7 +21,7 @@ from bus.ids import iso
 from bus.migrations import statements
 from bus.saga.schema import FOLD_STEPS
 from bus.saga.state import ACTIVE, ActionKind, SagaRun, SagaStatus, StepStatus, load_steps
-from bus.unit import Tx, where
+from bus.unit import Tx, in_window, where
 
 D = TypeVar("D", bound=BaseModel)
 
@@ -144,14 +144,10 @@ def listing(
 ) -> list[c.SagaView]:
     """Newest first, without their step records: saga ids begin with their creation time, so a `window` is a
     range of ids. `data`: only sagas whose data holds these values (the caller's domain: a customer, say)."""
-    low, high = window.key_range("saga") if window is not None else (None, None)
     clause, params = where(
         ("status = ?", status),
         ("status IN ('RUNNING', 'COMPENSATING') AND comp_failures >= ?", stuck_after if stuck else None),
-        ("saga_id < ?", window.before if window is not None else None),
-        ("saga_id > ?", window.after if window is not None else None),
-        ("saga_id >= ?", low),
-        ("saga_id < ?", high),
+        *in_window(window, "saga_id", prefix="saga"),
     )
     for name, value in (data or {}).items():
         clause += f"{' AND' if clause else ' WHERE'} json_extract(data, ?) = ?"
