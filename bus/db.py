@@ -205,7 +205,8 @@ class Database:
 
     async def commit(self, fn: Callable[[Tx], T]) -> tuple[T, list[OutboxRow]]:
         """Run and commit a unit of work; returns its value as it is (a `Rejected` too) and its outbox rows.
-        What `run` is built on, for callers that look at the rows themselves; waits for nothing."""
+        What `run` is built on, for callers that look at the rows themselves (tests, benchmarks); waits for
+        nothing. A service says how long it waits by `run`'s `wait` alone."""
         if self._writer is None:
             raise RuntimeError("database is not open")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

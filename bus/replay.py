@@ -40,7 +40,7 @@ from pydantic import ValidationError
 
 from bus.connect import connect
 from bus.contract import Event
-from bus.db import Database
+from bus.db import Acked, Database
 from bus.filelock import DatabaseInUse, Holder, hold_lock, release_lock
 from bus.home import private_dir
 from bus.outbox import OutboxRow, outbox_floor, outbox_rows, set_outbox_floor
@@ -119,9 +119,9 @@ async def _rebuild(
     reader = WindowReader(js, settings.stream_name, service_events_subject(spec.name), info.state.last_seq)
     try:
         async with Database(fresh, spec.name, spec.schema, holder=Holder.REBUILD) as db:
-            await db.commit(_track_applied)
+            await db.run(_track_applied, wait=Acked.NONE)  # a rebuild publishes nothing
             applied, repeats = await _load(db, reader, spec.apply, progress)
-            await db.commit(lambda tx: _finish(tx, spec, settings, reader))
+            await db.run(lambda tx: _finish(tx, spec, settings, reader), wait=Acked.NONE)
             # One self-contained file: the WAL is folded in, so nothing next to it is needed.
             await db.standalone()
     except BaseException:
@@ -159,12 +159,12 @@ async def _load(db: Database, reader: WindowReader, apply: Projection, progress:
         first = False
         # All batches of a window go to the writer at once: it commits them as one group.
         commits = [
-            asyncio.create_task(db.commit(_applier(apply, window[start : start + BATCH])))
+            asyncio.create_task(db.run(_applier(apply, window[start : start + BATCH]), wait=Acked.NONE))
             for start in range(0, len(window), BATCH)
         ]
         try:
             for commit in commits:
-                handled, repeated = (await commit)[0]
+                handled, repeated = await commit
                 applied, repeats = applied + handled, repeats + repeated
                 if progress is not None:
                     progress(applied, reader.total)

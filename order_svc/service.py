@@ -14,7 +14,7 @@ from bus import contract as c
 from bus import subjects as s
 from bus.breaker import Breakers
 from bus.client import Client
-from bus.db import Database
+from bus.db import Acked, Database
 from bus.errors import BreakerOpen, Conflict, NotFound, Unavailable
 from bus.ids import new_id
 from bus.migrations import Schema
@@ -161,7 +161,7 @@ def wire_breakers(k: Kernel) -> Breakers:
         k.metrics.breaker_state.labels(target).set(BREAKER_STATE.get(new, 0))
         transitions.append((old, new))
         data = {"target": target, "from": old, "to": new}
-        task = asyncio.create_task(k.db.commit(lambda tx: tx.emit("breaker_changed", target, data)))
+        task = asyncio.create_task(k.db.run(lambda tx: tx.emit("breaker_changed", target, data), wait=Acked.NONE))
         background.add(task)
         task.add_done_callback(background.discard)
 
