@@ -152,10 +152,12 @@ async def test_a_cancel_committed_with_the_placing_unit_reaches_the_run_that_dri
     # Queued together, the placing unit and the cancel's commit in one batch: the cancel's unit reads the saga
     # before its run is started (at the end of the batch), so it notes the stop on a run read from the row, and
     # the run the placing unit started learns it from there.
-    placing_unit = asyncio.ensure_future(orders_db.run(placing(engine, "ord_p", qty=1)))
-    await asyncio.sleep(0)  # the placing unit is queued first; the writer takes both in its next batch
-    order = await Orders(orders_db, engine).cancel(c.CancelOrder(order_id="ord_p"), Call(s.ORDERS_CANCEL))
-    await placing_unit
+    # gather starts its tasks in order, and each queues its unit before it first waits: the placing unit is
+    # queued first, and the writer takes both in its next batch.
+    _, order = await asyncio.gather(
+        orders_db.run(placing(engine, "ord_p", qty=1)),
+        Orders(orders_db, engine).cancel(c.CancelOrder(order_id="ord_p"), Call(s.ORDERS_CANCEL)),
+    )
     assert order.status == c.OrderStatus.CANCELLED
     assert await order_status(orders_db, "ord_p") == ("CANCELLED", None)
 
