@@ -43,8 +43,8 @@ class Guard(Protocol):
 
 
 def encode(payload: BaseModel | dict[str, Any]) -> bytes:
-    if isinstance(payload, BaseModel):
-        return payload.model_dump_json(exclude_none=True).encode()
+    if isinstance(payload, BaseModel):  # `model_dump_json(exclude_none=True)`, written straight to bytes
+        return type(payload).__pydantic_serializer__.to_json(payload, exclude_none=True)
     return jsonb.dumps(payload)
 
 
