@@ -347,8 +347,9 @@ async def test_hostile_numbers_strings_and_shapes_are_refused_naming_the_field_n
         assert_error(target.subject, reply, reply_headers, "VALIDATION_ERROR")
         details = reply["error"]["details"]
         named = [details.get("field")] + [e["field"] for e in details.get("errors", [])]
-        # a value inside the field may be what is wrong ("items": [[]] is refused at items.0)
-        assert any(n == field or (n or "").startswith(f"{field}.") for n in named), (target.subject, body[:120], reply)
+        # a value inside the field may be what is wrong ("items": [[]] is refused at items[0])
+        inside = (f"{field}.", f"{field}[")
+        assert any(n == field or (n or "").startswith(inside) for n in named), (target.subject, body[:120], reply)
     await unchanged_and_alive(stack, baseline)
 
 
