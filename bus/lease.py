@@ -83,7 +83,9 @@ class Leases:
         """The lease on `key`, or None while someone else holds it."""
         try:
             revision = await self.kv.create(key, self._body(holder), msg_ttl=self.ttl_s)
-        except KeyWrongLastSequenceError:
+        except (KeyWrongLastSequenceError, KeyNotFoundError):
+            # KeyNotFoundError: the create met the holder's entry, which expired before nats-py looked at it
+            # (to tell a live entry from a deletion marker); the next try finds the key free.
             return None
         return Held(key, holder, revision, time.monotonic())
 

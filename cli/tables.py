@@ -107,7 +107,7 @@ class FitTable:
     def table(self, width: int) -> Table:
         chosen, short = self.choose(width)
         table = Table(title=self.title, caption=self.caption, show_header=self.show_header, box=self.box)
-        table.title_justify = "left"
+        table.title_justify = table.caption_justify = "left"
         for i in chosen:
             col = self.columns[i]
             if col.fold:
