@@ -34,9 +34,9 @@ import nats
 
 from bus import loop, natsserver
 from bus.audit import repeated_events, stream_subjects
-from bus.db import Database, set_outbox_floor
+from bus.db import Database
 from bus.ids import new_id, now_iso
-from bus.outbox import Relay
+from bus.outbox import Relay, set_outbox_floor
 from bus.settings import Settings
 from bus.stream import ensure_stream
 from bus.subjects import event_subject
@@ -100,7 +100,7 @@ async def lookup(
 ) -> tuple[float, int]:
     """An inventory outbox holding `rows` (all in the stream), a relay started on it: seconds until nothing
     is pending, and how many stream messages the lookup read."""
-    async with Database(tmp / f"lookup-{new_id('db')}.db", "inventory", INVENTORY.migrations) as db:
+    async with Database(tmp / f"lookup-{new_id('db')}.db", "inventory", INVENTORY.schema) as db:
 
         def fill(tx) -> None:
             tx.executemany(

@@ -37,13 +37,14 @@ from bus.client import Client
 from bus.db import Database
 from bus.idempotency import once, request_hash
 from bus.ids import new_id
-from bus.saga import SagaEngine
+from bus.saga.definition import StepCall
+from bus.saga.engine import SagaEngine
 from bus.service import ServiceRunner
 from bus.settings import Settings
 from bus.subjects import INVENTORY_RESERVE, Route
-from order_svc import store
-from order_svc.saga import PLACE_ORDER
-from order_svc.service import SPEC, saga_of
+from order_svc import orders
+from order_svc.saga import PLACE_ORDER, PlaceOrderData, saga_of
+from order_svc.service import SPEC
 
 IN_FLIGHT = 64
 KEY = "saga_01a2189a989718fef8a66bd7:reserve_stock:invoke"
@@ -53,6 +54,8 @@ AUTHORIZED = {
     "status": "AUTHORIZED",
     "amount_cents": 4999,
     "currency": "EUR",
+    "created_at": "2026-11-26T00:00:00.000Z",
+    "updated_at": "2026-11-26T00:00:00.000Z",
 }
 
 
@@ -84,10 +87,12 @@ async def transport(requests: int, rounds: int, log_dir: Path) -> dict[str, list
         await served.subscribe(INVENTORY_RESERVE.subject, cb=raw, queue="raw")  # for the client's calls
         runner = ServiceRunner(served, "bench", Settings(), version="1.0.0", description="own work")
 
-        async def handler(cmd: Any, call: Any) -> dict[str, Any]:
-            return RESERVATION
+        reservation = c.Reservation.model_validate(RESERVATION)
 
-        runner.add(Route("bench", "reserve", c.Reserve, mutating=True), handler)
+        async def handler(cmd: Any, call: Any) -> c.Reservation:
+            return reservation
+
+        runner.add(Route("bench", "reserve", c.Reserve, mutating=True, reply=c.Reservation), handler)
         await runner.start()
         body, headers = json.dumps(RESERVE).encode(), {"Idempotency-Key": KEY}
         client = Client(calling, breakers=Breakers(Settings().breaker), timeout_s=5)
@@ -135,37 +140,38 @@ async def engine(sagas: int, rounds: int, folder: Path) -> dict[str, Any]:
     connect = db_module.sqlite3.connect
     db_module.sqlite3.connect = lambda *a, **k: connect(*a, factory=CountingConnection, **k)  # the writer's
     try:
-        db = await Database(folder / "orders.db", "orders", SPEC.migrations).open()
+        db = await Database(folder / "orders.db", "orders", SPEC.schema).open()
     finally:
         db_module.sqlite3.connect = connect
 
-    async def send(route: Any, payload: Any, *, timeout_s: float, idempotency_key: str) -> dict[str, Any]:
+    async def send(call: StepCall) -> Any:
         await asyncio.sleep(0)  # an answer in the next turn of the loop, as a reply would come
-        # Answers for this order, as the participants give them (the engine checks that they do).
-        answer = RESERVATION if route.name == "reserve" else AUTHORIZED
-        return {**answer, "order_id": payload["order_id"]}
+        # Answers for this order, as the participants give them (the engine checks that they do), read as
+        # the client reads a reply (it parses the JSON into the model; here the parsed JSON is given).
+        answer = RESERVATION if call.route.name == "reserve" else AUTHORIZED
+        assert call.reply is not None
+        return call.reply.model_validate({**answer, "order_id": call.command.order_id})  # type: ignore[attr-defined]
 
     saga_engine = SagaEngine(db, PLACE_ORDER, send, Settings().saga)
     cmd = c.PlaceOrder(customer_id="bench", items=[c.Line(sku="KB-101", qty=1)])
-    digest = request_hash(cmd, store.PLACE_HASH_EXCLUDES)
-    data = {"customer_id": "bench", "items": [{"sku": "KB-101", "qty": 1}], "payment_method": "card"}
+    digest = request_hash(cmd, orders.PLACE_HASH_EXCLUDES)
     counter = iter(range(10**9))
 
     async def one() -> None:
-        """What `orders.place` does with its database and engine: create, start, wait for the end."""
+        """What `orders.place` does with its database and engine: create (it starts once committed), wait
+        for the end."""
         order_id, key = new_id("ord"), f"bench-{next(counter)}"
-        saga_id, created = saga_of(order_id), []
+        saga_id = saga_of(order_id)
 
         def effect(tx: Any) -> c.Order:
-            order = store.create(tx, order_id, saga_id, cmd, key, digest)
-            created.append(saga_engine.create(tx, saga_id, order_id, {"order_id": order_id, **data}))
+            order = orders.create(tx, order_id, saga_id, cmd, key, digest)
+            saga_engine.create(tx, saga_id, order_id, PlaceOrderData.placed(order_id, cmd))
             return order
 
-        await db.commit(once(key, "orders.place", digest, effect, cmd=cmd, exclude=store.PLACE_HASH_EXCLUDES))
-        saga_engine.start(created[0])
-        await saga_engine.wait(saga_id, 30)
-        if created[0].status != "COMPLETED":
-            raise RuntimeError(f"saga ended {created[0].status}")
+        await db.commit(once(key, "orders.place", digest, effect, cmd=cmd, exclude=orders.PLACE_HASH_EXCLUDES))
+        ended = await saga_engine.outcome(saga_id, 30)
+        if not isinstance(ended, c.Order) or ended.status != c.OrderStatus.CONFIRMED:
+            raise RuntimeError(f"saga ended with {ended}")
 
     per_saga = []
     for _ in range(rounds):

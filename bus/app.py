@@ -12,18 +12,17 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
 
 import nats.errors
 from nats.aio.client import Client as Nats
-from nats.js import JetStreamContext
 
 from bus import __version__, home, logs, loop
 from bus.client import Client
 from bus.connect import connect
-from bus.contract import Event, Health, HealthQuery
-from bus.db import Database, DatabaseInUse, SqliteTooOld, Tx
+from bus.contract import Health, HealthQuery
+from bus.db import Database
 from bus.errors import Unavailable
+from bus.filelock import DatabaseInUse
 from bus.ids import iso
 from bus.metrics import Metrics
 from bus.outbox import Relay
@@ -31,8 +30,12 @@ from bus.replay import ReplayError
 from bus.replay import recover as recover_by_replay
 from bus.service import Call, ServiceRunner
 from bus.settings import Settings
+from bus.spec import Kernel, ServiceSpec
+from bus.sqlite import SqliteTooOld
 from bus.stream import ensure_stream
 from bus.subjects import HEALTH
+
+__all__ = ["Kernel", "ServiceSpec", "main", "running", "serve_forever"]  # the spec's two re-exported: cli imports them
 
 log = logging.getLogger(__name__)
 
@@ -56,35 +59,6 @@ class StopBudget:
 VERSION = __version__
 
 
-@dataclass
-class Kernel:
-    """Everything a service's `build` function wires its handlers to."""
-
-    settings: Settings
-    name: str
-    nc: Nats
-    js: JetStreamContext
-    db: Database
-    relay: Relay
-    client: Client
-    runner: ServiceRunner
-    metrics: Metrics
-    stack: AsyncExitStack
-    extras: dict[str, object] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    name: str
-    description: str
-    migrations: tuple[str, ...]
-    build: Callable[[Kernel], Awaitable[None]]
-    # Recovery by replay (bus.replay): the rows one event leaves behind, without emitting anything ...
-    apply: Callable[[Tx, Event], None] | None = None
-    # ... and, once after the last event, what the events alone cannot tell (deadlines, steps to re-send).
-    settle: Callable[[Tx, Settings], None] | None = None
-
-
 @asynccontextmanager
 async def running(
     spec: ServiceSpec,
@@ -92,11 +66,11 @@ async def running(
     *,
     serve_metrics: bool = True,
     recover: bool = False,
-    settle_gc: bool = False,
+    freeze_gc: bool = False,
 ) -> AsyncIterator[Kernel]:
     """Start the service and yield it; leaving the block drains and stops everything in reverse.
 
-    With `recover`, the database is first rebuilt from the event stream (bus.replay). With `settle_gc`
+    With `recover`, the database is first rebuilt from the event stream (bus.replay). With `freeze_gc`
     (a service's own process), what the start made is frozen out of the garbage collector before the
     service builds its endpoints and resumes its sagas: nothing that serves requests is frozen.
     """
@@ -108,7 +82,7 @@ async def running(
             Database(
                 settings.db_path(spec.name),
                 spec.name,
-                spec.migrations,
+                spec.schema,
                 forget_after_s=settings.outbox_forget_after_s,
                 fsync=settings.durability == "fsync",
             )
@@ -142,8 +116,8 @@ async def running(
             metrics=metrics,
             stack=stack,
         )
-        if settle_gc:
-            loop.settle_gc()
+        if freeze_gc:
+            loop.freeze_gc()
         await spec.build(kernel)
         runner.add(HEALTH[spec.name], _health_handler(kernel, time.time()))
         metrics.outbox_backlog.set_function(lambda: relay.backlog)
@@ -213,7 +187,7 @@ async def serve_forever(spec: ServiceSpec, settings: Settings, *, recover: bool 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    async with running(spec, settings, recover=recover, settle_gc=True):
+    async with running(spec, settings, recover=recover, freeze_gc=True):
         await stop.wait()
 
 

@@ -86,10 +86,10 @@ class Breakers:
         try:
             yield
         except Exception as exc:
-            await self._settle(circuit, epoch, exc)
+            await self._verdict(circuit, epoch, exc)
             raise
         else:
-            await self._settle(circuit, epoch, None)
+            await self._verdict(circuit, epoch, None)
         finally:
             if probe:
                 circuit.probing = False
@@ -118,7 +118,7 @@ class Breakers:
         await circuit.breaker.__aenter__()
         return state == "half_open"
 
-    async def _settle(self, circuit: _Circuit, epoch: int, exc: Exception | None) -> None:
+    async def _verdict(self, circuit: _Circuit, epoch: int, exc: Exception | None) -> None:
         """Give purgatory the call's outcome, unless the breaker changed state since the call went out."""
         if circuit.epoch != epoch:
             return

@@ -16,16 +16,17 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol, TypeVar, overload
+from functools import cache
+from typing import Any, Literal, Protocol, TypeVar, overload
 
 import nats.errors
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, create_model
 from pydantic import ValidationError as PydanticValidationError
 
 from bus import jsonb
-from bus.errors import InternalError, NoResponders, OmsError, RequestTimeout, Unavailable, from_wire
+from bus.errors import BadReply, InternalError, NoResponders, OmsError, RequestTimeout, Unavailable, from_wire
 from bus.subjects import Route
 
 M = TypeVar("M", bound=BaseModel)
@@ -42,8 +43,8 @@ class Guard(Protocol):
 
 
 def encode(payload: BaseModel | dict[str, Any]) -> bytes:
-    if isinstance(payload, BaseModel):
-        return payload.model_dump_json(exclude_none=True).encode()
+    if isinstance(payload, BaseModel):  # `model_dump_json(exclude_none=True)`, written straight to bytes
+        return type(payload).__pydantic_serializer__.to_json(payload, exclude_none=True)
     return jsonb.dumps(payload)
 
 
@@ -60,6 +61,24 @@ def decode_reply(subject: str, data: bytes) -> dict[str, Any]:
         return result if isinstance(result, dict) else {}
     error = body.get("error")
     raise from_wire(error if isinstance(error, dict) else {})
+
+
+def decode_reply_as(subject: str, data: bytes, model: type[M]) -> M:
+    """The `result` of a success as `model`, read in one pass; the typed error a failure carries; BadReply
+    for a success that does not fit."""
+    try:
+        return _success(model).model_validate_json(data).result  # type: ignore[attr-defined, no-any-return]
+    except (PydanticValidationError, ValueError):
+        decode_reply(subject, data)  # raises what an error reply, or no reply envelope, is
+        raise BadReply(f"{subject} answered a result that does not fit {model.__name__}") from None
+
+
+@cache
+def _success(model: type[BaseModel]) -> type[BaseModel]:
+    """The envelope of a success whose result is `model`."""
+    return create_model(
+        f"Success{model.__name__}", __config__=ConfigDict(extra="ignore"), ok=(Literal[True], ...), result=(model, ...)
+    )
 
 
 class Client:
@@ -117,22 +136,17 @@ class Client:
         while True:
             try:
                 if self.breakers is None:
-                    body = await self.request(route.subject, payload, timeout_s, idempotency_key)
+                    body = await self.request(route.subject, payload, timeout_s, idempotency_key, result)
                 else:
                     async with self.breakers.guard(route.service):
-                        body = await self.request(route.subject, payload, timeout_s, idempotency_key)
+                        body = await self.request(route.subject, payload, timeout_s, idempotency_key, result)
                 break
             except OmsError as exc:
                 if not self._again(exc, safe, give_up):
                     raise
                 attempt += 1
                 await asyncio.sleep(random.uniform(0, min(RETRY_CAP_S, RETRY_BASE_S * 2**attempt)))
-        if result is None:
-            return body
-        try:
-            return result.model_validate(body)
-        except PydanticValidationError as exc:
-            raise InternalError(f"{route.subject} answered a result that does not fit {result.__name__}") from exc
+        return body
 
     def _again(self, exc: OmsError, safe: bool, give_up: float) -> bool:
         """Whether a failed call goes out once more (see the module's docstring)."""
@@ -146,7 +160,9 @@ class Client:
         payload: BaseModel | dict[str, Any] | bytes,
         timeout_s: float | None = None,
         idempotency_key: str | None = None,
-    ) -> dict[str, Any]:
+        result: type[M] | None = None,
+    ) -> Any:
+        """One request-reply: its reply's result as `result` (BadReply if it does not fit), or as a dict."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
         headers = {IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else None
         data = payload if isinstance(payload, bytes) else encode(payload)
@@ -167,7 +183,7 @@ class Client:
             raise Unavailable(f"not connected to NATS ({type(exc).__name__})", {"subject": subject}) from None
         except nats.errors.Error as exc:
             raise Unavailable(f"request to {subject} failed: {exc}", {"subject": subject}) from None
-        return decode_reply(subject, msg.data)
+        return decode_reply(subject, msg.data) if result is None else decode_reply_as(subject, msg.data, result)
 
     @staticmethod
     async def _unless_lost(request: Awaitable[Msg], lost: asyncio.Event) -> Msg:

@@ -8,6 +8,7 @@
      │    ├── Conflict            CONFLICT          409
      │    └── OutOfStock          OUT_OF_STOCK      422
      ├── InternalError            INTERNAL          500
+     │    └── BadReply            a service answered with something that is not its route's reply
      └── TransientError           retryable: the outcome is unknown or deferred
           ├── Unavailable         UNAVAILABLE       503
           │    ├── NoResponders   nobody serves the subject
@@ -69,6 +70,10 @@ class OutOfStock(BusinessError):
 
 class InternalError(OmsError):
     code, status = "INTERNAL", 500
+
+
+class BadReply(InternalError):
+    """A service's success that is not its route's reply model (a bug, or two versions out of step)."""
 
 
 class TransientError(OmsError):

@@ -1,9 +1,10 @@
 """Idempotency keys: the effect and its stored reply are written in one transaction.
 
 A repeat of a key returns the stored reply (also a concurrent repeat: units of
-work are serialized); the same key with a different request is a CONFLICT.
-Business errors are stored as replies too, so a repeat answers the same way;
-transient errors are not, so a retry can still succeed.
+work are serialized), parsed back into the route's reply model; the same key
+with a different request is a CONFLICT. Business errors are stored as replies
+too, so a repeat answers the same way; transient errors are not, so a retry
+can still succeed.
 """
 
 from __future__ import annotations
@@ -11,14 +12,28 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from bus import jsonb
-from bus.db import Tx
-from bus.errors import BusinessError, Conflict, OmsError, from_wire
+from bus.envelope import envelope, unwrap
+from bus.errors import BusinessError, Conflict
 from bus.ids import now_iso
+from bus.unit import Rejected, Tx
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def saga_key(saga_id: str, step: str, action: str) -> str:
+    """The key of a saga's request (design decision 5): one per step and action, the same on every attempt."""
+    return f"{saga_id}:{step}:{action}"
+
+
+def saga_in_key(key: str | None) -> str | None:
+    """The saga a saga's key is of (for a participant's log: the key is all it hears of the saga)."""
+    if key and key.startswith("saga_") and key.count(":") == 2:
+        return key.split(":", 1)[0]
+    return None
 
 
 def request_hash(cmd: BaseModel, exclude: frozenset[str] = frozenset()) -> str:
@@ -40,58 +55,65 @@ def once(
     key: str | None,
     endpoint: str,
     digest: str,
-    effect: Callable[[Tx], BaseModel | OmsError],
+    effect: Callable[[Tx], M | Rejected],
     *,
     cmd: BaseModel | None = None,
     exclude: frozenset[str] = frozenset(),
-) -> Callable[[Tx], BaseModel | dict[str, Any] | OmsError]:
+    reply: type[M] | None = None,
+    on_repeat: Callable[[], None] | None = None,
+) -> Callable[[Tx], M | dict[str, Any] | Rejected]:
     """Wrap a unit of work so that it runs at most once per idempotency key.
 
-    The result is a whole unit of work (`Database.write` runs it as it is), not a part of one: an effect
-    that raises a business error is undone with everything else the unit did.
+    The result is a whole unit of work (`Database.run` runs it as it is), not a part of one: an effect
+    that raises a business error is undone with everything else the unit did, and the error is its
+    stored reply. A repeat answers the stored reply: parsed into `reply` (the route's reply model), or
+    as stored without it; `on_repeat` hears that the stored reply is the answer.
 
     With `cmd` (and the `exclude` its digest was computed with), a key stored by an earlier version,
     under the earlier hash, is still recognised as the same request."""
     if key is None:
         return effect
 
-    def unit(tx: Tx) -> BaseModel | dict[str, Any] | OmsError:
+    def unit(tx: Tx) -> M | dict[str, Any] | Rejected:
         row = tx.one("SELECT endpoint, request_hash, reply FROM idempotency WHERE key = ?", (key,))
         if row is not None:
             if row["endpoint"] != endpoint or not same_request(row["request_hash"], digest, cmd, exclude):
-                return Conflict(
-                    f"Idempotency-Key {key!r} was already used for a different request",
-                    {"field": "Idempotency-Key", "endpoint": row["endpoint"]},
+                return Rejected(
+                    Conflict(
+                        f"Idempotency-Key {key!r} was already used for a different request",
+                        {"field": "Idempotency-Key", "endpoint": row["endpoint"]},
+                    )
                 )
-            return replay(row["reply"])
+            stored = unwrap(row["reply"])
+            if on_repeat is not None:
+                on_repeat()
+            if not isinstance(stored, dict):
+                return Rejected(stored)
+            return stored if reply is None else reply.model_validate(stored)
         try:
             outcome = effect(tx)
         except BusinessError as exc:
             # The unit so far is the lookup above and the effect: undo the effect's rows, and its events with
             # them (the relay must not publish those), then store the error as the reply.
             tx.undo()
-            outcome = exc
-        if isinstance(outcome, OmsError) and not isinstance(outcome, BusinessError):
+            outcome = Rejected(exc)
+        if isinstance(outcome, Rejected) and not isinstance(outcome.error, BusinessError):
             return outcome
+        answered = outcome.error if isinstance(outcome, Rejected) else outcome
         tx.execute(
             "INSERT INTO idempotency (key, endpoint, request_hash, reply, created_at) VALUES (?, ?, ?, ?, ?)",
-            (key, endpoint, digest, _stored(outcome), now_iso()),
+            (key, endpoint, digest, envelope(answered), now_iso()),
         )
         return outcome
 
     return unit
 
 
-def _stored(outcome: BaseModel | OmsError) -> bytes:
-    if isinstance(outcome, OmsError):
-        body: dict[str, Any] = {"ok": False, "error": outcome.to_wire()}
-    else:
-        body = {"ok": True, "result": outcome.model_dump(mode="json")}
-    return jsonb.dumps(body)
-
-
-def replay(reply: bytes) -> dict[str, Any] | OmsError:
-    body = jsonb.loads(reply)
-    if body.get("ok"):
-        return body["result"]
-    return from_wire(body["error"])
+def restore(tx: Tx, key: str, endpoint: str, digest: str, answered: BaseModel, created_at: str) -> None:
+    """Store a key's reply as a rebuild by replay learns it from an event (a repeat of the event keeps the
+    first)."""
+    tx.execute(
+        "INSERT INTO idempotency (key, endpoint, request_hash, reply, created_at) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
+        (key, endpoint, digest, envelope(answered), created_at),
+    )

@@ -101,4 +101,3 @@ def setup(service: str, level: str = "INFO") -> None:
     root.handlers[:] = [handler(service)]
     root.setLevel(level)
     logging.getLogger("nats").setLevel(logging.WARNING)
-    logging.getLogger("aiosqlite").setLevel(logging.WARNING)

@@ -23,7 +23,7 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 GC_THRESHOLDS = (20_000, 20, 20)
 
 
-def settle_gc() -> None:
+def freeze_gc() -> None:
     """Call once, while a service starts, before it serves anything: what exists by then (modules,
     schemas, settings, its connections) lives as long as the process, so it leaves the collector's scans
     for good (`gc.freeze`; a frozen object that later ends up in a garbage cycle is never collected,

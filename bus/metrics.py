@@ -3,7 +3,8 @@
 Who updates what: requests and their latency, chaos settings — the service runner (`bus.service`);
 messages from NATS dropped because they cannot be decoded — the connection (`bus.frames`, via `bus.app`);
 sagas, their duration, in flight, step attempts and retries, compensations — the saga engine
-(`bus.saga`); breaker state and step latency — the order service; stock — the inventory service;
+(`bus.saga.driver`, `bus.saga.engine`); breaker state and step latency — the order service; stock — the
+inventory service;
 outbox backlog, lag and events published — read live from the relay (`bus.app`).
 """
 

@@ -1,8 +1,11 @@
-"""The outbox relay: publishes committed events to JetStream in order, pipelined, exactly once.
+"""The outbox: the table of committed events, and the relay that publishes them to JetStream in order,
+pipelined, exactly once.
 
-Rows reach the relay straight from the writer after commit (and from the
-outbox table at start). Each is published with `Nats-Msg-Id` = event id, so
-a resend within the stream's duplicate window is dropped by the stream.
+A unit of work writes its events as outbox rows in its own transaction
+(`bus.unit.Tx.emit`). Rows reach the relay straight from the writer after
+commit (the relay is the database's `Publisher`), and from the table at start.
+Each is published with `Nats-Msg-Id` = event id, so a resend within the
+stream's duplicate window is dropped by the stream.
 Writers wait on `published(seq)` before answering their caller.
 
 What the outbox holds at start may be in the stream already (a process killed
@@ -19,16 +22,18 @@ import asyncio
 import heapq
 import logging
 import random
+import sqlite3
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import nats.errors
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import Error as JsError
 
-from bus.db import Database, OutboxRow
 from bus.stored import Stored, stored_events, stream_end
 from bus.subjects import service_events_subject
 
@@ -37,12 +42,105 @@ log = logging.getLogger(__name__)
 BATCH = 256
 ACK_TIMEOUT_S = 5.0
 BACKOFF_CAP_S = 2.0
+LOOKUP_FAILED = "cannot tell which outbox events the stream holds; will look again before sending any"
+
+# Part of the kernel's first migration (bus.db.KERNEL): never change it, write a new one.
+OUTBOX_TABLE = """
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL UNIQUE,
+        subject TEXT NOT NULL,
+        body BLOB NOT NULL
+    );
+"""
+# Meta row: a stream sequence at or below which the stream holds none of the events still in the outbox
+# (written with every delete of acknowledged rows). What a relay looks up before it sends rows again starts
+# after it (bus.stored).
+OUTBOX_FLOOR = "outbox_floor_seq"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    seq: int
+    event_id: str
+    subject: str
+    body: bytes
+
+
+# -- the table ----------------------------------------------------------------
+
+
+def insert(conn: sqlite3.Connection, event_id: str, subject: str, body: bytes) -> OutboxRow:
+    cur = conn.execute("INSERT INTO outbox (event_id, subject, body) VALUES (?, ?, ?)", (event_id, subject, body))
+    return OutboxRow(cur.lastrowid or 0, event_id, subject, body)
+
+
+def outbox_rows(conn: sqlite3.Connection) -> list[OutboxRow]:
+    """The events a file has committed and not yet seen acknowledged, in commit order."""
+    return [OutboxRow(*row) for row in conn.execute("SELECT seq, event_id, subject, body FROM outbox ORDER BY seq")]
+
+
+def outbox_floor(conn: sqlite3.Connection) -> int | None:
+    """The file's OUTBOX_FLOOR; None when it never recorded one (a new file, or one from before the floor)."""
+    row = conn.execute("SELECT value FROM meta WHERE name = ?", (OUTBOX_FLOOR,)).fetchone()
+    return int(row[0]) if row is not None else None
+
+
+def set_outbox_floor(conn: Executes, seq: int) -> None:
+    conn.execute(
+        "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (OUTBOX_FLOOR, str(seq)),
+    )
+
+
+def forget(conn: Executes, up_to_seq: int, floor: int) -> None:
+    """Delete the rows up to `up_to_seq`, acknowledged; the rows left were sent after them, so the stream
+    holds them later than `floor` if at all."""
+    conn.execute("DELETE FROM outbox WHERE seq <= ?", (up_to_seq,))
+    set_outbox_floor(conn, floor)
+
+
+def forget_found(conn: Executes, seqs: Sequence[int], floor: int) -> None:
+    """Delete the rows `seqs`, found in the stream already; no row left is in it at or below `floor`."""
+    for seq in seqs:
+        conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+    set_outbox_floor(conn, floor)
+
+
+class Executes(Protocol):
+    """An SQLite connection, or a unit of work's `Tx`."""
+
+    def execute(self, sql: str, params: Sequence[object] = ..., /) -> object: ...
+
+
+# -- the relay ----------------------------------------------------------------
+
+
+class Publisher(Protocol):
+    """Where a database hands its committed rows, and asks how far the stream has acknowledged them."""
+
+    @property
+    def enqueued_seq(self) -> int: ...
+    def enqueue(self, rows: Iterable[OutboxRow]) -> None: ...
+    def published(self, seq: int) -> Awaitable[None]: ...
+
+
+class OutboxFile(Protocol):
+    """What the relay needs of the database whose outbox it sends (`bus.db.Database`)."""
+
+    service: str
+
+    def publish_with(self, publisher: Publisher) -> None: ...
+    def unsent_events(self) -> Awaitable[list[OutboxRow]]: ...
+    def outbox_floor(self) -> Awaitable[int | None]: ...
+    def forget_sent(self, up_to_seq: int, stream_seq: int) -> None: ...
+    def forget_stored(self, seqs: Sequence[int], floor: int) -> Awaitable[None]: ...
 
 
 class Relay:
     """Moves outbox rows to the stream; tracks the highest sequence acknowledged without gaps."""
 
-    def __init__(self, js: JetStreamContext, db: Database, stream: str) -> None:
+    def __init__(self, js: JetStreamContext, db: OutboxFile, stream: str) -> None:
         self.js = js
         self.db = db
         self.stream = stream
@@ -61,7 +159,7 @@ class Relay:
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_ids = 0
         self._task: asyncio.Task[None] | None = None
-        db.relay = self
+        db.publish_with(self)
 
     @property
     def backlog(self) -> int:
@@ -118,21 +216,13 @@ class Relay:
 
     async def _run(self) -> None:
         failures = 0
-        while True:
+        while True:  # nothing is sent before the outbox found at start is looked up in the stream
             try:
                 await self._drop_stored()
                 break
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
-                self.failures += 1
                 failures += 1
-                delay = random.uniform(0, min(BACKOFF_CAP_S, 0.05 * 2**failures))
-                log.warning(
-                    "cannot tell which outbox events the stream holds; will look again before sending any",
-                    extra={"service": self.db.service, "error": repr(exc), "retry_in_s": round(delay, 3)},
-                )
-                await asyncio.sleep(delay)
+                await self._back_off(exc, failures, LOOKUP_FAILED)
         failures = 0
         while True:
             if not self._pending:
@@ -142,17 +232,9 @@ class Relay:
             batch = [self._pending[i] for i in range(min(BATCH, len(self._pending)))]
             try:
                 stored_at = await self._publish(batch)
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
-                self.failures += 1
                 failures += 1
-                delay = random.uniform(0, min(BACKOFF_CAP_S, 0.05 * 2**failures))
-                log.warning(
-                    "event publish failed; will retry",
-                    extra={"service": self.db.service, "error": repr(exc), "retry_in_s": round(delay, 3)},
-                )
-                await asyncio.sleep(delay)
+                await self._back_off(exc, failures, "event publish failed; will retry")
                 continue
             failures = 0
             for _ in batch:
@@ -161,6 +243,13 @@ class Relay:
             self.last_ack_at = time.monotonic()
             self._release_waiters()
             self.db.forget_sent(batch[-1].seq, stored_at)
+
+    async def _back_off(self, exc: Exception, failures: int, what: str) -> None:
+        """After a failed round (a lookup, a publish): count it, say so, wait a capped, jittered backoff."""
+        self.failures += 1
+        delay = random.uniform(0, min(BACKOFF_CAP_S, 0.05 * 2**failures))
+        log.warning(what, extra={"service": self.db.service, "error": repr(exc), "retry_in_s": round(delay, 3)})
+        await asyncio.sleep(delay)
 
     async def _drop_stored(self) -> None:
         """Take what the outbox held at start and the stream holds already out of the resend, and out of

@@ -6,7 +6,7 @@ fresh file next to the real one, in large group-committed batches. Each event
 id is applied once: a copy the stream holds a second time (one published again
 after its duplicate window, or by hand) is skipped, so a projection never sees
 an event twice. A projection writes rows only and emits nothing: the events
-already are in the stream, so the rebuilt outbox is empty. `ServiceSpec.settle`
+already are in the stream, so the rebuilt outbox is empty. `ServiceSpec.after_replay`
 then fills in what the events alone cannot say (for the order service: saga
 deadlines and which steps a resumed saga must re-send). Only when all of it has committed does the
 fresh file replace the real one (`os.replace`); a failed rebuild leaves the old
@@ -25,7 +25,6 @@ run it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import sqlite3
@@ -33,46 +32,31 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import nats.errors
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from bus.connect import connect
 from bus.contract import Event
-from bus.db import (
-    Database,
-    DatabaseInUse,
-    Holder,
-    OutboxRow,
-    Tx,
-    hold_lock,
-    outbox_floor,
-    outbox_rows,
-    release_lock,
-    set_outbox_floor,
-)
+from bus.db import Acked, Database
+from bus.filelock import DatabaseInUse, Holder, hold_lock, release_lock
 from bus.home import private_dir
+from bus.outbox import OutboxRow, outbox_floor, outbox_rows, set_outbox_floor
+from bus.reader import ReadFailed, WindowReader
 from bus.settings import Settings
+from bus.spec import ServiceSpec
 from bus.stored import LookupFailed, stored_events
 from bus.subjects import service_events_subject
-
-if TYPE_CHECKING:
-    from bus.app import ServiceSpec
+from bus.unit import Tx
 
 log = logging.getLogger(__name__)
 
-WINDOW = 50_000  # events one consumer reads before it is stopped and they are applied: bounds memory
 BATCH = 2_000  # events per unit of work
-WINDOW_TRIES = 4  # reads of one window before the rebuild gives up (each after a stall or a lost place)
-IDLE_TIMEOUT_S = 10.0  # no event for this long while some are still due: the stream stalled
 REPLAYED_THROUGH = "replayed_through_seq"  # meta row: the stream sequence the file was rebuilt up to
 # The event ids applied so far, in the file being rebuilt (on disk: a Python set of every id would not be
-# bounded); dropped when the rebuild settles, its pages left free for the service's writes.
+# bounded); dropped when the rebuild finishes, its pages left free for the service's writes.
 APPLIED_TABLE = "replay_applied"
 
 Progress = Callable[[int, int], None]
@@ -132,12 +116,12 @@ async def _rebuild(
     fresh = real.with_name(real.name + ".rebuild")
     _remove(fresh)  # what a crashed rebuild left behind
     started = time.perf_counter()
-    reader = _Reader(js, settings.stream_name, service_events_subject(spec.name), info.state.last_seq)
+    reader = WindowReader(js, settings.stream_name, service_events_subject(spec.name), info.state.last_seq)
     try:
-        async with Database(fresh, spec.name, spec.migrations, holder=Holder.REBUILD) as db:
-            await db.commit(_track_applied)
+        async with Database(fresh, spec.name, spec.schema, holder=Holder.REBUILD) as db:
+            await db.run(_track_applied, wait=Acked.NONE)  # a rebuild publishes nothing
             applied, repeats = await _load(db, reader, spec.apply, progress)
-            await db.commit(lambda tx: _settle(tx, spec, settings, reader))
+            await db.run(lambda tx: _finish(tx, spec, settings, reader), wait=Acked.NONE)
             # One self-contained file: the WAL is folded in, so nothing next to it is needed.
             await db.standalone()
     except BaseException:
@@ -158,7 +142,7 @@ async def recover(settings: Settings, spec: ServiceSpec, *, progress: Progress |
         await nc.close()
 
 
-async def _load(db: Database, reader: _Reader, apply: Projection, progress: Progress | None) -> tuple[int, int]:
+async def _load(db: Database, reader: WindowReader, apply: Projection, progress: Progress | None) -> tuple[int, int]:
     """Read a window, apply it, repeat: events are applied in stream order. Returns the events handled
     and, of those, the repeats skipped."""
     # Reading and applying are both CPU-bound Python under one GIL; overlapping them was measured
@@ -166,18 +150,21 @@ async def _load(db: Database, reader: _Reader, apply: Projection, progress: Prog
     applied = repeats = 0
     first = True
     while not reader.finished:
-        window = await reader.next_window()
+        try:
+            window = await reader.next_window()
+        except ReadFailed as exc:
+            raise ReplayError(str(exc)) from None
         if progress is not None and first:
             progress(0, reader.total)
         first = False
         # All batches of a window go to the writer at once: it commits them as one group.
         commits = [
-            asyncio.create_task(db.commit(_applier(apply, window[start : start + BATCH])))
+            asyncio.create_task(db.run(_applier(apply, window[start : start + BATCH]), wait=Acked.NONE))
             for start in range(0, len(window), BATCH)
         ]
         try:
             for commit in commits:
-                handled, repeated = (await commit)[0]
+                handled, repeated = await commit
                 applied, repeats = applied + handled, repeats + repeated
                 if progress is not None:
                     progress(applied, reader.total)
@@ -216,117 +203,14 @@ def _applier(apply: Projection, batch: list[tuple[int, bytes]]) -> Callable[[Tx]
     return unit
 
 
-def _settle(tx: Tx, spec: ServiceSpec, settings: Settings, reader: _Reader) -> None:
-    if spec.settle is not None:
-        spec.settle(tx, settings)
+def _finish(tx: Tx, spec: ServiceSpec, settings: Settings, reader: WindowReader) -> None:
+    if spec.after_replay is not None:
+        spec.after_replay(tx, settings)
     tx.execute(f"DROP TABLE {APPLIED_TABLE}")
     tx.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (REPLAYED_THROUGH, str(reader.last_seq)))
     set_outbox_floor(tx, reader.end_seq)  # the outbox is empty: none of its events is in the stream yet
     if tx.events or tx.one("SELECT 1 FROM outbox LIMIT 1"):
         raise ReplayError("the rebuilt outbox is not empty; replay must not add events")
-
-
-class _Reader:
-    """The subject's events up to `end_seq`, in windows; each window is one ordered consumer.
-
-    Messages arrive by callback (several times faster than `next_msg`), so flow
-    control cannot pace them; stopping the consumer when its window is full is
-    what bounds memory. A callback-mode subscription that fell behind would drop
-    messages silently, so every event's `num_pending` is checked against the
-    previous one: a gap fails the rebuild rather than leaving a hole in it.
-    """
-
-    def __init__(self, js: JetStreamContext, stream: str, subject: str, end_seq: int) -> None:
-        self.js = js
-        self.stream = stream
-        self.subject = subject
-        self.end_seq = end_seq
-        self.total = 0
-        self.last_seq = 0
-        self.finished = end_seq == 0
-        self.windows = 0
-        self._pending: int | None = None
-
-    async def next_window(self) -> list[tuple[int, bytes]]:
-        """The next events in stream order, at most WINDOW. A read that stalls or loses its place (its
-        server died, a consumer fell behind) is tried again from the last event read: what was read
-        before it is kept, so nothing is applied twice or skipped."""
-        for attempt in range(1, WINDOW_TRIES + 1):
-            events: list[tuple[int, bytes]] = []
-            try:
-                await self._read_window(events)
-                return events
-            except (_Interrupted, nats.errors.Error, TimeoutError) as exc:
-                if events:
-                    return events  # read in order up to the interruption; the next window goes on from there
-                if attempt == WINDOW_TRIES:
-                    raise ReplayError(f"{exc}; run the rebuild again") from None
-                log.warning("replay read interrupted; reading again", extra={"error": str(exc), "after": self.last_seq})
-                await asyncio.sleep(0.2 * attempt)
-        return []
-
-    async def _read_window(self, events: list[tuple[int, bytes]]) -> None:
-        full = asyncio.Event()
-        lost: str | None = None
-        heard = time.monotonic()
-
-        async def on_msg(msg: Msg) -> None:
-            nonlocal lost, heard
-            if full.is_set():
-                return
-            meta = msg.metadata
-            seq, left = meta.sequence.stream, meta.num_pending
-            heard = time.monotonic()
-            if seq <= self.last_seq:
-                return  # redelivered after the client reset its consumer
-            if seq > self.end_seq:
-                self.finished = True
-                full.set()
-                return
-            if self._pending is not None and left < self._pending - 1:
-                lost = f"events before stream sequence {seq} were not delivered"
-                full.set()
-                return
-            events.append((seq, msg.data))
-            self.last_seq, self._pending = seq, left
-            if left == 0 or seq >= self.end_seq:
-                self.finished = True
-                full.set()
-            elif len(events) >= WINDOW:
-                full.set()
-
-        if self.last_seq:
-            config = js_api.ConsumerConfig(
-                deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.last_seq + 1
-            )
-        else:
-            config = js_api.ConsumerConfig(deliver_policy=js_api.DeliverPolicy.ALL)
-        sub = await self.js.subscribe(self.subject, stream=self.stream, ordered_consumer=True, config=config, cb=on_msg)
-        self.windows += 1
-        try:
-            if not self.total:
-                info = await sub.consumer_info()
-                self.total = info.num_pending + (info.delivered.consumer_seq or 0)
-                if self.total == 0:
-                    self.finished = True
-                    return
-            while not full.is_set():
-                try:
-                    await asyncio.wait_for(full.wait(), IDLE_TIMEOUT_S)
-                except TimeoutError:
-                    if time.monotonic() - heard >= IDLE_TIMEOUT_S:
-                        raise _Interrupted(
-                            f"no event from {self.stream} for {IDLE_TIMEOUT_S:.0f}s after sequence {self.last_seq}"
-                        ) from None
-        finally:
-            with contextlib.suppress(Exception):  # its server may be gone
-                await sub.unsubscribe()
-        if lost is not None:
-            raise _Interrupted(lost)
-
-
-class _Interrupted(Exception):
-    """A window's read stopped short; the reader tries again from where it was."""
 
 
 async def _publish_leftovers(js: JetStreamContext, stream: str, service: str, real: Path) -> int:

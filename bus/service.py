@@ -1,7 +1,7 @@
 """The service runner: `nats.micro` endpoints around plain async handlers.
 
-A handler is `async def handler(cmd: Model, call: Call) -> Model`; it never
-sees NATS. The runner owns the transport: size and header checks, strict
+A handler is `async def handler(cmd: Model, call: Call) -> Reply`, the reply
+model its route declares; it never sees NATS. The runner owns the transport: size and header checks, strict
 validation, fault injection, the reply envelope with the micro error headers,
 and concurrency — `nats.micro` awaits each handler before taking the next
 message, so every request runs in its own task, bounded by a semaphore.
@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.aio.client import Client as Nats
 from nats.micro import add_service
@@ -37,20 +37,22 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from bus import contract as c
-from bus import jsonb, logs, validation
+from bus import logs, validation
 from bus.chaos import Chaos
 from bus.client import IDEMPOTENCY_HEADER
-from bus.db import Tx
+from bus.envelope import envelope
 from bus.errors import InternalError, InvalidRequest, OmsError
-from bus.idempotency import once, request_hash
+from bus.idempotency import once, request_hash, saga_in_key
 from bus.ids import new_id
 from bus.metrics import Metrics
 from bus.settings import Settings
 from bus.subjects import Route, chaos_subject
+from bus.unit import Rejected, Tx
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
 
-Handler = Callable[[Any, "Call"], Awaitable[BaseModel | dict[str, Any]]]
+Handler = Callable[[Any, "Call"], Awaitable[BaseModel]]
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.:@/+=-]+$")
 
 
@@ -61,15 +63,30 @@ class Call:
     route: Route
     idempotency_key: str | None = None
     request_hash: str | None = None  # set by `once` when the call has a key
+    replayed: bool = False  # set by `once`: the answer is the one stored for the key (the effect did not run)
 
     def once(
-        self, cmd: BaseModel, effect: Callable[[Tx], Any], exclude: frozenset[str] = frozenset()
-    ) -> Callable[[Tx], Any]:
-        """The unit of work `effect`, run at most once for this call's idempotency key."""
+        self,
+        cmd: BaseModel,
+        effect: Callable[[Tx], M | Rejected],
+        exclude: frozenset[str] = frozenset(),
+        *,
+        stored: type[M] | None = None,
+    ) -> Callable[[Tx], M | Rejected]:
+        """The unit of work `effect`, run at most once for this call's idempotency key; a repeat answers the
+        stored reply as the model `effect` returns: the route's reply model, unless `stored` says another
+        (an effect whose value the handler answers with more)."""
         if self.idempotency_key is None:
             return effect
         self.request_hash = digest = request_hash(cmd, exclude)
-        return once(self.idempotency_key, self.route.subject, digest, effect, cmd=cmd, exclude=exclude)
+        reply = stored or self.route.reply
+        assert reply is not None, f"{self.route.subject} declares no reply model"
+        key, endpoint = self.idempotency_key, self.route.subject
+        # parsed into `reply`, the model `effect` returns:
+        return once(key, endpoint, digest, effect, cmd=cmd, exclude=exclude, reply=reply, on_repeat=self._replayed)  # type: ignore[return-value]
+
+    def _replayed(self) -> None:
+        self.replayed = True
 
 
 class MicroTally:
@@ -106,16 +123,6 @@ def validation_error(exc: PydanticValidationError) -> InvalidRequest:
     return InvalidRequest(f"invalid request: {validation.summary(found)}", {"errors": found[:20]})
 
 
-def envelope(outcome: BaseModel | dict[str, Any] | OmsError) -> bytes:
-    if isinstance(outcome, OmsError):
-        body: dict[str, Any] = {"ok": False, "error": outcome.to_wire()}
-    elif isinstance(outcome, BaseModel):
-        body = {"ok": True, "result": outcome.model_dump(mode="json")}
-    else:
-        body = {"ok": True, "result": outcome}
-    return jsonb.dumps(body)
-
-
 class ServiceRunner:
     """One OMS service on NATS: its business endpoints plus `chaos.<service>.*`."""
 
@@ -144,7 +151,13 @@ class ServiceRunner:
         self._subjects: dict[str, str] = {}  # route name -> the subject it is served on
 
     def add(self, route: Route, handler: Handler) -> None:
+        if route.reply is None:
+            raise ValueError(f"{route.subject}: a served route declares its reply model")
         self._routes.append((route, handler))
+
+    def add_all(self, *routes: tuple[Route, Handler]) -> None:
+        for route, handler in routes:
+            self.add(route, handler)
 
     async def start(self) -> None:
         self._micro = await add_service(
@@ -163,7 +176,7 @@ class ServiceRunner:
             ("get", c.ChaosQuery, self._chaos_get),
             ("clear", c.ChaosQuery, self._chaos_clear),
         ):
-            route = Route(self.service, f"chaos_{verb}", model, mutating=verb != "get")
+            route = Route(self.service, f"chaos_{verb}", model, mutating=verb != "get", reply=c.ChaosState)
             # Fault injection is per instance; with one instance per service (or per partition) the
             # queue group reaches exactly the instance that serves the business endpoints.
             await self._serve_on(route, chaos_subject(self.service, verb), handler, chaos=False)
@@ -228,7 +241,7 @@ class ServiceRunner:
             call = Call(route, self._idempotency_key(request))
             if call.idempotency_key is not None:
                 context["idempotency_key"] = call.idempotency_key
-                context["saga_id"] = _saga_of_key(call.idempotency_key)
+                context["saga_id"] = saga_in_key(call.idempotency_key)
             if chaos and self.chaos.active:
                 await self.chaos.before(route.name)
             cmd = self._parse(route, request.data)
@@ -237,7 +250,7 @@ class ServiceRunner:
             context["saga_id"] = fields.get("saga_id") or context.get("saga_id")
             logs.bind(**context)
             bound = True
-            outcome: BaseModel | dict[str, Any] | OmsError = await handler(cmd, call)
+            outcome: BaseModel | OmsError = await handler(cmd, call)
             drop = chaos and self.chaos.drop_reply(route.name)
         except OmsError as exc:
             outcome = exc
@@ -293,14 +306,14 @@ class ServiceRunner:
         self.metrics.child(self.metrics.request_latency, subject).observe(elapsed_ns / 1e9)
         return code
 
-    async def _reply(self, request: Request, outcome: BaseModel | dict[str, Any] | OmsError) -> None:
-        if not request._msg.reply:  # published without a reply subject: nobody to answer
-            return
+    async def _reply(self, request: Request, outcome: BaseModel | OmsError) -> None:
         headers = None
         if isinstance(outcome, OmsError):
             headers = {ERROR_HEADER: outcome.message[:200], ERROR_CODE_HEADER: str(outcome.status)}
         try:
             await request.respond(envelope(outcome), headers=headers)
+        except ValueError:  # micro's answer when the request came without a reply subject: nobody to answer
+            return
         except Exception:
             log.warning("reply not sent", extra={"endpoint": request.subject}, exc_info=True)
 
@@ -328,19 +341,7 @@ class ServiceRunner:
             self.metrics.chaos_active.labels(name).set(getattr(cfg, name))
 
 
-def _saga_of_key(key: str | None) -> str | None:
-    """The saga id in an orchestrator's idempotency key (`{saga_id}:{step}:{action}`, decision 5)."""
-    if key and key.startswith("saga_") and key.count(":") == 2:
-        return key.split(":", 1)[0]
-    return None
-
-
 def _ids_of(outcome: object) -> dict[str, Any]:
     """The order id a result names (a placed order's is known only once it exists)."""
-    if isinstance(outcome, BaseModel):
-        order_id = getattr(outcome, "order_id", None)
-    elif isinstance(outcome, dict):
-        order_id = outcome.get("order_id")
-    else:
-        return {}
+    order_id = getattr(outcome, "order_id", None) if isinstance(outcome, BaseModel) else None
     return {"order_id": order_id} if isinstance(order_id, str) else {}

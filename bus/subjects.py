@@ -11,44 +11,48 @@ from bus import contract as c
 
 @dataclass(frozen=True)
 class Route:
-    """One request-reply endpoint: its subject, its request model and whether it mutates."""
+    """One request-reply endpoint: its subject, its request and reply models, and whether it mutates.
+
+    A served route declares its reply: its handler returns that model, and a stored idempotent reply is
+    parsed back into it (`bus.service.Call.once`). A route only called, never served, may leave it out."""
 
     service: str
     name: str
     request: type[BaseModel]
     mutating: bool = False
     path: str | None = None  # the subject after `<service>.` when it is not the name
+    reply: type[BaseModel] | None = None
 
     @property
     def subject(self) -> str:
         return f"{self.service}.{self.path or self.name}"
 
 
-ORDERS_PLACE = Route("orders", "place", c.PlaceOrder, mutating=True)
-ORDERS_GET = Route("orders", "get", c.GetOrder)
-ORDERS_LIST = Route("orders", "list", c.ListOrders)
-ORDERS_CANCEL = Route("orders", "cancel", c.CancelOrder, mutating=True)
-ORDERS_EVENTS = Route("orders", "events", c.OrderEventsQuery)
-SAGA_LIST = Route("orders", "saga_list", c.SagaQuery, path="saga.list")
-SAGA_GET = Route("orders", "saga_get", c.SagaRef, path="saga.get")
-SAGA_RETRY = Route("orders", "saga_retry", c.SagaRef, mutating=True, path="saga.retry")
-SAGA_ABORT = Route("orders", "saga_abort", c.SagaAbort, mutating=True, path="saga.abort")
+ORDERS_PLACE = Route("orders", "place", c.PlaceOrder, mutating=True, reply=c.Order)
+ORDERS_GET = Route("orders", "get", c.GetOrder, reply=c.Order)
+ORDERS_LIST = Route("orders", "list", c.ListOrders, reply=c.OrderList)
+ORDERS_CANCEL = Route("orders", "cancel", c.CancelOrder, mutating=True, reply=c.Order)
+ORDERS_EVENTS = Route("orders", "events", c.OrderEventsQuery, reply=c.EventList)
+SAGA_LIST = Route("orders", "saga_list", c.SagaQuery, path="saga.list", reply=c.SagaList)
+SAGA_GET = Route("orders", "saga_get", c.SagaRef, path="saga.get", reply=c.SagaView)
+SAGA_RETRY = Route("orders", "saga_retry", c.SagaRef, mutating=True, path="saga.retry", reply=c.SagaView)
+SAGA_ABORT = Route("orders", "saga_abort", c.SagaAbort, mutating=True, path="saga.abort", reply=c.SagaView)
 
-INVENTORY_CHECK = Route("inventory", "check", c.CheckStock)
-INVENTORY_RESERVE = Route("inventory", "reserve", c.Reserve, mutating=True)
-INVENTORY_RELEASE = Route("inventory", "release", c.Release, mutating=True)
-INVENTORY_STOCK = Route("inventory", "stock", c.StockQuery)
-INVENTORY_RESTOCK = Route("inventory", "restock", c.Restock, mutating=True)
-INVENTORY_RESERVATIONS = Route("inventory", "reservations", c.ReservationQuery)
+INVENTORY_CHECK = Route("inventory", "check", c.CheckStock, reply=c.Availability)
+INVENTORY_RESERVE = Route("inventory", "reserve", c.Reserve, mutating=True, reply=c.Reservation)
+INVENTORY_RELEASE = Route("inventory", "release", c.Release, mutating=True, reply=c.Released)
+INVENTORY_STOCK = Route("inventory", "stock", c.StockQuery, reply=c.Stock)
+INVENTORY_RESTOCK = Route("inventory", "restock", c.Restock, mutating=True, reply=c.Product)
+INVENTORY_RESERVATIONS = Route("inventory", "reservations", c.ReservationQuery, reply=c.ReservationList)
 
-PAYMENT_AUTHORIZE = Route("payment", "authorize", c.Authorize, mutating=True)
-PAYMENT_REFUND = Route("payment", "refund", c.Refund, mutating=True)
-PAYMENT_GET = Route("payment", "get", c.GetPayment)
-PAYMENT_LIST = Route("payment", "list", c.PaymentQuery)
+PAYMENT_AUTHORIZE = Route("payment", "authorize", c.Authorize, mutating=True, reply=c.Payment)
+PAYMENT_REFUND = Route("payment", "refund", c.Refund, mutating=True, reply=c.Payment)
+PAYMENT_GET = Route("payment", "get", c.GetPayment, reply=c.Payment)
+PAYMENT_LIST = Route("payment", "list", c.PaymentQuery, reply=c.PaymentList)
 
-ORDERS_HEALTH = Route("orders", "health", c.HealthQuery)
-INVENTORY_HEALTH = Route("inventory", "health", c.HealthQuery)
-PAYMENT_HEALTH = Route("payment", "health", c.HealthQuery)
+ORDERS_HEALTH = Route("orders", "health", c.HealthQuery, reply=c.Health)
+INVENTORY_HEALTH = Route("inventory", "health", c.HealthQuery, reply=c.Health)
+PAYMENT_HEALTH = Route("payment", "health", c.HealthQuery, reply=c.Health)
 HEALTH = {"orders": ORDERS_HEALTH, "inventory": INVENTORY_HEALTH, "payment": PAYMENT_HEALTH}
 
 ROUTES: tuple[Route, ...] = (

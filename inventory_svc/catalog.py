@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from bus import contract as c
-from bus.db import Tx
+from bus.unit import Tx
 from inventory_svc import store
 
 
@@ -30,7 +30,7 @@ CATALOG: tuple[CatalogItem, ...] = (
 SEEDED = "catalog_seeded"
 
 
-def seed(tx: Tx, levels: store.Levels) -> int:
+def seed(tx: Tx, show: store.Show | None = None) -> int:
     """Restock the demo catalog into an empty database, once; returns how many SKUs it added.
 
     A rebuild by replay must load the events before this runs, or the seed is counted twice.
@@ -39,6 +39,6 @@ def seed(tx: Tx, levels: store.Levels) -> int:
         return 0
     for item in CATALOG:
         cmd = c.Restock(sku=item.sku, qty=item.on_hand, name=item.name, price_cents=item.price_cents)
-        store.restock(tx, cmd, levels)
+        store.restock(tx, cmd, show)
     tx.execute("INSERT INTO meta (name, value) VALUES (?, ?)", (SEEDED, str(len(CATALOG))))
     return len(CATALOG)

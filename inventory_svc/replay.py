@@ -20,11 +20,10 @@ from collections.abc import Callable
 from typing import Any
 
 from bus import contract as c
-from bus import jsonb
+from bus import idempotency, jsonb
 from bus.contract import Event
-from bus.db import Tx
-from bus.service import envelope
 from bus.subjects import INVENTORY_RESTOCK
+from bus.unit import Tx
 from inventory_svc import catalog, store
 
 
@@ -55,11 +54,7 @@ def _restocked(tx: Tx, d: dict[str, Any]) -> None:
             reserved=reserved,
             available=d["on_hand"] - reserved,
         )
-        tx.execute(
-            "INSERT INTO idempotency (key, endpoint, request_hash, reply, created_at) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT DO NOTHING",
-            (key, INVENTORY_RESTOCK.subject, digest, envelope(answered), d.get("restocked_at") or ""),
-        )
+        idempotency.restore(tx, key, INVENTORY_RESTOCK.subject, digest, answered, d.get("restocked_at") or "")
 
 
 def _reserved(tx: Tx, d: dict[str, Any]) -> None:

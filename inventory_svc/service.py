@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from bus import contract as c
 from bus import subjects as s
-from bus.app import Kernel, ServiceSpec
+from bus.db import Acked
+from bus.migrations import Schema
 from bus.service import Call
+from bus.spec import Kernel, ServiceSpec
 from inventory_svc import catalog, replay, store
-
-Reply = c.Result | dict[str, Any]  # a dict when an idempotency key replays its stored reply
 
 
 async def build(k: Kernel) -> None:
@@ -25,52 +23,44 @@ async def build(k: Kernel) -> None:
         """Read-only; raises NotFound."""
         return await db.read(lambda tx: store.check(tx, cmd))
 
-    async def reserve(cmd: c.Reserve, call: Call) -> Reply:
+    async def reserve(cmd: c.Reserve, call: Call) -> c.Reservation:
         """All lines or none. Idempotent per order_id; raises NotFound, OutOfStock, Conflict, InvalidRequest."""
-        levels: store.Levels = {}
-        result = await db.write(call.once(cmd, lambda tx: store.reserve(tx, cmd, currency, levels)))
-        show(levels)
-        return result
+        return await db.run(call.once(cmd, lambda tx: store.reserve(tx, cmd, currency, show)))
 
-    async def release(cmd: c.Release, call: Call) -> Reply:
+    async def release(cmd: c.Release, call: Call) -> c.Released:
         """Idempotent and order-tolerant: an unknown order gets a tombstone. Never raises a business error."""
-        levels: store.Levels = {}
-        result = await db.write(call.once(cmd, lambda tx: store.release(tx, cmd, currency, levels)))
-        show(levels)
-        return result
+        return await db.run(call.once(cmd, lambda tx: store.release(tx, cmd, currency, show)))
 
     async def stock(cmd: c.StockQuery, call: Call) -> c.Stock:
         """Read-only; raises NotFound for an unknown SKU."""
         return await db.read(lambda tx: store.stock(tx, cmd))
 
-    async def restock(cmd: c.Restock, call: Call) -> Reply:
+    async def restock(cmd: c.Restock, call: Call) -> c.Product:
         """Adds units; raises InvalidRequest when a new SKU lacks its name or price."""
-        levels: store.Levels = {}
-        result = await db.write(
-            call.once(cmd, lambda tx: store.restock(tx, cmd, levels, call.idempotency_key, call.request_hash))
+        return await db.run(
+            call.once(cmd, lambda tx: store.restock(tx, cmd, show, call.idempotency_key, call.request_hash))
         )
-        show(levels)
-        return result
 
     async def reservations(cmd: c.ReservationQuery, call: Call) -> c.ReservationList:
         """Read-only, for the audit."""
         return await db.read(lambda tx: store.reservations(tx, cmd))
 
-    await db.write(lambda tx: catalog.seed(tx, {}), settle=False)  # answers nobody: no need to wait for the relay
+    await db.run(catalog.seed, wait=Acked.OWN)  # answers nobody: its own events suffice
     show(await db.read(store.all_levels))
-
-    k.runner.add(s.INVENTORY_CHECK, check)
-    k.runner.add(s.INVENTORY_RESERVE, reserve)
-    k.runner.add(s.INVENTORY_RELEASE, release)
-    k.runner.add(s.INVENTORY_STOCK, stock)
-    k.runner.add(s.INVENTORY_RESTOCK, restock)
-    k.runner.add(s.INVENTORY_RESERVATIONS, reservations)
+    k.runner.add_all(
+        (s.INVENTORY_CHECK, check),
+        (s.INVENTORY_RESERVE, reserve),
+        (s.INVENTORY_RELEASE, release),
+        (s.INVENTORY_STOCK, stock),
+        (s.INVENTORY_RESTOCK, restock),
+        (s.INVENTORY_RESERVATIONS, reservations),
+    )
 
 
 SPEC = ServiceSpec(
     name="inventory",
     description="Catalog and stock; reserves and releases stock per order, never oversells",
-    migrations=store.MIGRATIONS,
+    schema=Schema(store.MIGRATIONS),
     build=build,
     apply=replay.apply,
 )

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from bus import contract as c
 from bus import jsonb
-from bus.db import Tx
-from bus.errors import Conflict, InvalidRequest, NotFound, OmsError, OutOfStock
-from bus.ids import iso, now_iso
+from bus.errors import Conflict, InvalidRequest, NotFound, OutOfStock
+from bus.ids import now_iso
+from bus.migrations import Migrations
 from bus.money import MONEY_LIMIT_CENTS
+from bus.unit import Rejected, Tx, in_window, where
 
 # The CHECKs are the last line of defence against overselling: a unit that got the arithmetic
 # wrong fails with an IntegrityError and is rolled back instead of committing a bad count.
-MIGRATIONS: tuple[str, ...] = (
-    """
+MIGRATIONS = Migrations(
+    "inventory",
+    (
+        """
     CREATE TABLE products (
         sku TEXT PRIMARY KEY,
         name TEXT NOT NULL,
@@ -36,6 +40,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX reservations_by_status ON reservations (status, order_id);
     """,
+    ),
 )
 
 # Event types this service emits (subject `events.inventory.<type>.<key>`).
@@ -44,15 +49,20 @@ STOCK_RESERVED = "stock_reserved"  # key: order id
 STOCK_RELEASED = "stock_released"  # key: order id
 RESERVATION_REJECTED = "reservation_rejected"  # key: order id
 
-# What a unit changed, sku -> (on_hand, reserved): the handler sets the stock gauges from it
-# after the commit, because a unit's value must be the reply alone (it is what idempotency stores).
+# What a unit changed, sku -> (on_hand, reserved), shown (the stock gauges) once it has committed.
 Levels = dict[str, tuple[int, int]]
+Show = Callable[[Levels], None]
+
+
+def _show_after_commit(tx: Tx, show: Show | None, levels: Levels) -> None:
+    if show is not None and levels:
+        tx.after_commit(lambda: show(levels))
 
 
 # -- commands -------------------------------------------------------------
 
 
-def reserve(tx: Tx, cmd: c.Reserve, currency: str, levels: Levels) -> c.Reservation | OmsError:
+def reserve(tx: Tx, cmd: c.Reserve, currency: str, show: Show | None = None) -> c.Reservation | Rejected:
     """All lines or none. Idempotent per order_id; refuses a reserve after a release, and lines whose total
     is above the money limit (VALIDATION_ERROR)."""
     wanted = {line.sku: line.qty for line in cmd.items}
@@ -75,7 +85,7 @@ def reserve(tx: Tx, cmd: c.Reserve, currency: str, levels: Levels) -> c.Reservat
     total = sum(qty * products[sku]["price_cents"] for sku, qty in wanted.items())
     if total > MONEY_LIMIT_CENTS:
         # No payment could take this total: refused here, where prices meet quantities, before anything is
-        # held or charged. Returned, not raised: the rejection event says why in the order's timeline.
+        # held or charged. Rejected, not raised: the rejection event says why in the order's timeline.
         rejected = {
             "order_id": cmd.order_id,
             "reason": "total_over_limit",
@@ -84,10 +94,12 @@ def reserve(tx: Tx, cmd: c.Reserve, currency: str, levels: Levels) -> c.Reservat
             "limit_cents": MONEY_LIMIT_CENTS,
         }
         tx.emit(RESERVATION_REJECTED, cmd.order_id, rejected, order_id=cmd.order_id)
-        return InvalidRequest(
-            f"invalid request: items: their total at the current prices, {total} cents, is above the money limit"
-            f" of {MONEY_LIMIT_CENTS} cents",
-            {"field": "items", "total_cents": total, "limit_cents": MONEY_LIMIT_CENTS},
+        return Rejected(
+            InvalidRequest(
+                f"invalid request: items: their total at the current prices, {total} cents, is above the money"
+                f" limit of {MONEY_LIMIT_CENTS} cents",
+                {"field": "items", "total_cents": total, "limit_cents": MONEY_LIMIT_CENTS},
+            )
         )
     short = [
         {"sku": sku, "requested": qty, "available": products[sku]["on_hand"] - products[sku]["reserved"]}
@@ -95,13 +107,15 @@ def reserve(tx: Tx, cmd: c.Reserve, currency: str, levels: Levels) -> c.Reservat
         if qty > products[sku]["on_hand"] - products[sku]["reserved"]
     ]
     if short:
-        # Returned, not raised: the rejection event is kept while nothing is reserved.
+        # Rejected, not raised: the rejection event is kept while nothing is reserved.
         tx.emit(RESERVATION_REJECTED, cmd.order_id, {"order_id": cmd.order_id, "lines": short}, order_id=cmd.order_id)
         first = short[0]
-        return OutOfStock(
-            f"not enough {first['sku']}: requested {first['requested']}, available {first['available']}"
-            + (f" (and {len(short) - 1} more lines)" if len(short) > 1 else ""),
-            {"lines": short},
+        more = f" (and {len(short) - 1} more lines)" if len(short) > 1 else ""
+        return Rejected(
+            OutOfStock(
+                f"not enough {first['sku']}: requested {first['requested']}, available {first['available']}{more}",
+                {"lines": short},
+            )
         )
 
     tx.executemany(
@@ -123,12 +137,12 @@ def reserve(tx: Tx, cmd: c.Reserve, currency: str, levels: Levels) -> c.Reservat
         "created_at": now,
     }
     tx.emit(STOCK_RESERVED, cmd.order_id, data, order_id=cmd.order_id)
-    for sku, qty in wanted.items():
-        levels[sku] = (products[sku]["on_hand"], products[sku]["reserved"] + qty)
+    levels = {sku: (products[sku]["on_hand"], products[sku]["reserved"] + qty) for sku, qty in wanted.items()}
+    _show_after_commit(tx, show, levels)
     return c.Reservation.model_validate(data)
 
 
-def release(tx: Tx, cmd: c.Release, currency: str, levels: Levels) -> c.Released:
+def release(tx: Tx, cmd: c.Release, currency: str, show: Show | None = None) -> c.Released:
     """Give the order's stock back; for an unknown order leave a tombstone. Idempotent."""
     row = tx.one("SELECT * FROM reservations WHERE order_id = ?", (cmd.order_id,))
     if row is not None and row["status"] == "RELEASED":
@@ -166,11 +180,13 @@ def release(tx: Tx, cmd: c.Release, currency: str, levels: Levels) -> c.Released
         "reason": cmd.reason,
     }
     tx.emit(STOCK_RELEASED, cmd.order_id, data, order_id=cmd.order_id)
-    levels.update(_levels(tx, [i["sku"] for i in items]))
+    _show_after_commit(tx, show, _levels(tx, [i["sku"] for i in items]))
     return c.Released(order_id=cmd.order_id, tombstone=False)
 
 
-def restock(tx: Tx, cmd: c.Restock, levels: Levels, key: str | None = None, digest: str | None = None) -> c.Product:
+def restock(
+    tx: Tx, cmd: c.Restock, show: Show | None = None, key: str | None = None, digest: str | None = None
+) -> c.Product:
     """Add units to a SKU; a new SKU needs its name and price, an existing one may change them.
 
     Restocking is not idempotent by nature (unlike reserve and release): the event carries the request's
@@ -203,7 +219,7 @@ def restock(tx: Tx, cmd: c.Restock, levels: Levels, key: str | None = None, dige
     if key is not None and digest is not None:
         data |= {"idempotency_key": key, "request_hash": digest}
     tx.emit(STOCK_RESTOCKED, cmd.sku, data)
-    levels[product.sku] = (product.on_hand, product.reserved)
+    _show_after_commit(tx, show, {product.sku: (product.on_hand, product.reserved)})
     return product
 
 
@@ -234,22 +250,13 @@ def reservations(tx: Tx, cmd: c.ReservationQuery) -> c.ReservationList:
     """One page by order id (`cmd.order`), within the cursors and the window of `created_at`; tombstones are
     included (RELEASED, no items). The window filters the walk of the primary key (no index: see
     `payment_svc.store.payments`)."""
-    where, params = [], []
-    since, until = (iso(t.timestamp()) if t else None for t in (cmd.since, cmd.until))
-    for column, value in (
+    clause, params = where(
         ("order_id = ?", cmd.order_id),
         ("status = ?", cmd.status),
-        ("order_id > ?", cmd.after),
-        ("order_id < ?", cmd.before),
-        ("created_at >= ?", since),
-        ("created_at < ?", until),
-    ):
-        if value is not None:
-            where.append(column)
-            params.append(value)
-    sql = "SELECT * FROM reservations" + (" WHERE " + " AND ".join(where) if where else "")
+        *in_window(cmd, "order_id", created="created_at"),
+    )
     direction = "DESC" if cmd.order == "desc" else "ASC"
-    rows = tx.all(sql + f" ORDER BY order_id {direction} LIMIT ?", (*params, cmd.limit))
+    rows = tx.all(f"SELECT * FROM reservations{clause} ORDER BY order_id {direction} LIMIT ?", (*params, cmd.limit))
     return c.ReservationList(reservations=[_reservation(row) for row in rows])
 
 

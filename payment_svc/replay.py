@@ -11,7 +11,7 @@ order id, which is what a resumed saga relies on when it re-sends a step.
 from __future__ import annotations
 
 from bus.contract import Event, Payment
-from bus.db import Tx
+from bus.unit import Tx
 from payment_svc import store
 
 STAGE = {"AUTHORIZED": 0, "DECLINED": 0, "REFUNDED": 1, "VOIDED": 1}

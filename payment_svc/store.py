@@ -6,12 +6,15 @@ import sqlite3
 from typing import Any
 
 from bus import contract as c
-from bus.db import Tx
-from bus.errors import Conflict, NotFound, OmsError, PaymentDeclined
-from bus.ids import iso, now_iso
+from bus.errors import Conflict, NotFound, PaymentDeclined
+from bus.ids import now_iso
+from bus.migrations import Migrations
+from bus.unit import Rejected, Tx, in_window, where
 
-MIGRATIONS: tuple[str, ...] = (
-    """
+MIGRATIONS = Migrations(
+    "payment",
+    (
+        """
     CREATE TABLE payments (
         order_id TEXT PRIMARY KEY,
         customer_id TEXT,
@@ -25,6 +28,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX payments_by_status ON payments (status, order_id);
     """,
+    ),
 )
 
 # Event types this service emits (subject `events.payment.<type>.<order_id>`); data is the full row.
@@ -59,7 +63,7 @@ def decline_reason(cmd: c.Authorize, limit_cents: int) -> str | None:
     return None
 
 
-def authorize(tx: Tx, cmd: c.Authorize, limit_cents: int) -> c.Payment | OmsError:
+def authorize(tx: Tx, cmd: c.Authorize, limit_cents: int) -> c.Payment | Rejected:
     """At most one payment per order: a repeat answers as the first did; refused after a refund."""
     row = tx.one("SELECT * FROM payments WHERE order_id = ?", (cmd.order_id,))
     if row is not None:
@@ -80,9 +84,9 @@ def authorize(tx: Tx, cmd: c.Authorize, limit_cents: int) -> c.Payment | OmsErro
     _insert(tx, payment)
     data = payment.model_dump(mode="json")
     if reason is not None:
-        # Returned, not raised: the declined payment is recorded (and its event kept), then answered 402.
+        # Rejected, not raised: the declined payment is recorded (and its event kept), then answered 402.
         tx.emit(PAYMENT_DECLINED, cmd.order_id, data, order_id=cmd.order_id)
-        return _declined(cmd.order_id, reason)
+        return Rejected(_declined(cmd.order_id, reason))
     tx.emit(PAYMENT_AUTHORIZED, cmd.order_id, data, order_id=cmd.order_id)
     return payment
 
@@ -126,38 +130,35 @@ def payments(tx: Tx, cmd: c.PaymentQuery) -> c.PaymentList:
     """One page by order id (`cmd.order`), within the cursors and the window of `created_at`; tombstones are
     included (VOIDED, amount 0). The window and the customer filter the walk of the primary key: an index
     for them would cost every authorization one more B-tree write for a listing operators rarely ask."""
-    where, params = [], []
-    since, until = (iso(t.timestamp()) if t else None for t in (cmd.since, cmd.until))
-    for column, value in (
+    clause, params = where(
         ("status = ?", cmd.status),
         ("customer_id = ?", cmd.customer_id),
-        ("order_id > ?", cmd.after),
-        ("order_id < ?", cmd.before),
-        ("created_at >= ?", since),
-        ("created_at < ?", until),
-    ):
-        if value is not None:
-            where.append(column)
-            params.append(value)
-    sql = "SELECT * FROM payments" + (" WHERE " + " AND ".join(where) if where else "")
+        *in_window(cmd, "order_id", created="created_at"),
+    )
     direction = "DESC" if cmd.order == "desc" else "ASC"
-    rows = tx.all(sql + f" ORDER BY order_id {direction} LIMIT ?", (*params, cmd.limit))
+    rows = tx.all(f"SELECT * FROM payments{clause} ORDER BY order_id {direction} LIMIT ?", (*params, cmd.limit))
     return c.PaymentList(payments=[_payment(row) for row in rows])
 
 
-def _repeat(row: sqlite3.Row, cmd: c.Authorize) -> c.Payment | OmsError:
+def _repeat(row: sqlite3.Row, cmd: c.Authorize) -> c.Payment | Rejected:
+    """A repeat answers as the first authorize did, once what it reports is in the stream (hence Rejected,
+    not raised: the caller waits for the events committed before it)."""
     status = row["status"]
     if status == "DECLINED":
-        return _declined(cmd.order_id, row["decline_reason"])
+        return Rejected(_declined(cmd.order_id, row["decline_reason"]))
     if status in ("REFUNDED", "VOIDED"):
-        return Conflict(
-            f"payment for order {cmd.order_id} was {status.lower()}; a late authorize is refused",
-            {"order_id": cmd.order_id, "status": status},
+        return Rejected(
+            Conflict(
+                f"payment for order {cmd.order_id} was {status.lower()}; a late authorize is refused",
+                {"order_id": cmd.order_id, "status": status},
+            )
         )
     if (row["amount_cents"], row["currency"]) != (cmd.amount_cents, cmd.currency):
-        return Conflict(
-            f"order {cmd.order_id} is already authorized for {row['amount_cents']} {row['currency']}",
-            {"order_id": cmd.order_id, "amount_cents": row["amount_cents"], "currency": row["currency"]},
+        return Rejected(
+            Conflict(
+                f"order {cmd.order_id} is already authorized for {row['amount_cents']} {row['currency']}",
+                {"order_id": cmd.order_id, "amount_cents": row["amount_cents"], "currency": row["currency"]},
+            )
         )
     return _payment(row)
 

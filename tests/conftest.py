@@ -92,11 +92,9 @@ async def nc(settings: Settings) -> AsyncIterator[Any]:
     await conn.close()
 
 
-@pytest.fixture
-async def stack(settings: Settings) -> AsyncIterator[dict[str, Any]]:
-    """The three services in-process on the test's nats-server, plus a client and JetStream."""
-    from contextlib import AsyncExitStack
-
+async def services_in(exits: Any, settings: Settings, *, serve_metrics: bool = False) -> dict[str, Any]:
+    """The three services in-process on `settings`, until `exits` (an AsyncExitStack) closes; with a client
+    on a connection of its own, that connection and JetStream."""
     import nats
 
     from bus.app import running
@@ -105,13 +103,41 @@ async def stack(settings: Settings) -> AsyncIterator[dict[str, Any]]:
     from order_svc.service import SPEC as ORDERS
     from payment_svc.service import SPEC as PAYMENT
 
+    kernels = {}
+    for spec in (INVENTORY, PAYMENT, ORDERS):
+        kernels[spec.name] = await exits.enter_async_context(running(spec, settings, serve_metrics=serve_metrics))
+    conn = await nats.connect(settings.nats_url)
+    exits.push_async_callback(conn.close)
+    return {"client": Client(conn, timeout_s=15), "nc": conn, "js": conn.jetstream(), **kernels}
+
+
+@pytest.fixture
+async def stack(settings: Settings) -> AsyncIterator[dict[str, Any]]:
+    """The three services in-process on the test's nats-server, plus a client and JetStream."""
+    from contextlib import AsyncExitStack
+
     async with AsyncExitStack() as exits:
-        kernels = {}
-        for spec in (INVENTORY, PAYMENT, ORDERS):
-            kernels[spec.name] = await exits.enter_async_context(running(spec, settings, serve_metrics=False))
-        conn = await nats.connect(settings.nats_url)
-        exits.push_async_callback(conn.close)
-        yield {"client": Client(conn, timeout_s=15), "nc": conn, "js": conn.jetstream(), **kernels}
+        yield await services_in(exits, settings)
+
+
+async def place(
+    stack: dict[str, Any],
+    customer: str = "c1",
+    items: tuple[tuple[str, int], ...] = (("KB-101", 1),),
+    method: str = "card",
+    key: str | None = None,
+    wait_ms: int = 10_000,
+) -> dict[str, Any]:
+    """`orders.place` through the stack's client: the order as it is once its saga ended (or `wait_ms`)."""
+    from bus import subjects as s
+
+    body = {
+        "customer_id": customer,
+        "items": [{"sku": k, "qty": q} for k, q in items],
+        "payment_method": method,
+        "wait_ms": wait_ms,
+    }
+    return await stack["client"].call(s.ORDERS_PLACE, body, idempotency_key=key)
 
 
 async def ask(nc: Any, subject: str, body: Any, key: str | None = None) -> tuple[dict, dict]:
@@ -173,3 +199,13 @@ def client(nc: Any) -> Any:
     from bus.client import Client
 
     return Client(nc, timeout_s=5)
+
+
+@pytest.fixture
+async def orders_db(tmp_path: Path) -> AsyncIterator[Any]:
+    """An order service's database on a temporary file, with no relay: nothing waits for the stream."""
+    from bus.db import Database
+    from order_svc.service import SPEC as ORDERS
+
+    async with Database(tmp_path / "orders.db", "orders", ORDERS.schema) as database:
+        yield database

@@ -463,7 +463,7 @@ async def test_a_service_looks_its_outbox_up_in_the_stream_as_its_own_user(secur
     nc = await connect(secured.as_user("payment"), "payment-relay", persistent=False)
     try:
         js, stream = nc.jetstream(), secured.settings.stream_name
-        async with Database(tmp_path / "payment.db", "payment", PAYMENT.migrations) as db:
+        async with Database(tmp_path / "payment.db", "payment", PAYMENT.schema) as db:
             _, rows = await db.commit(lambda tx: [tx.emit("lookup_probe", f"p{i}", {}) for i in range(2)])
             # The first one is in the stream already (its relay was killed before deleting it).
             await js.publish(rows[0].subject, rows[0].body, stream=stream, headers={"Nats-Msg-Id": rows[0].event_id})

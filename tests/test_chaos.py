@@ -10,7 +10,7 @@ import pytest
 from bus import subjects as s
 from bus.audit import run_audit
 from bus.settings import BreakerSettings, SagaSettings, Settings
-from tests.conftest import wait_for
+from tests.conftest import place, wait_for
 
 pytestmark = pytest.mark.chaos
 
@@ -30,16 +30,6 @@ async def settings(settings: Settings) -> Settings:
             "breaker": BreakerSettings(threshold=3, ttl_ms=400),
         }
     )
-
-
-async def place(stack, customer="c1", items=(("KB-101", 1),), method="card", wait_ms=10_000, key=None):
-    body = {
-        "customer_id": customer,
-        "items": [{"sku": k, "qty": q} for k, q in items],
-        "payment_method": method,
-        "wait_ms": wait_ms,
-    }
-    return await stack["client"].call(s.ORDERS_PLACE, body, idempotency_key=key)
 
 
 async def chaos(stack, service, **config):

@@ -347,7 +347,7 @@ async def test_a_rebuild_by_replay_goes_on_when_the_stream_leader_dies_midway(
     """Small windows, so the rebuild opens many consumers; the stream's leader is killed after the first."""
     import sqlite3
 
-    from bus import replay
+    from bus import reader, replay
 
     nc = await admin(three)
     buyer = Client(await connect(auth.login(three.settings, "cli"), "buyer", persistent=False), timeout_s=15)
@@ -359,7 +359,7 @@ async def test_a_rebuild_by_replay_goes_on_when_the_stream_leader_dies_midway(
             )
         await wait_for(lambda: all_current(nc, three.settings), timeout=30, what="every replica current")
         leader = (await stream_info(nc, three.settings)).cluster.leader
-        monkeypatch.setattr(replay, "WINDOW", 25)
+        monkeypatch.setattr(reader, "WINDOW", 25)
         killed: list[str] = []
 
         def progress(applied: int, total: int) -> None:

@@ -20,19 +20,24 @@ from bus import contract as c
 from bus import loop
 from bus.app import running
 from bus.audit import run_audit
-from bus.db import SQLITE_NEEDED, Database, DatabaseInUse, Holder, hold_lock, release_lock, require_sqlite
+from bus.db import Acked, Database
 from bus.errors import Conflict, OutOfStock
+from bus.filelock import DatabaseInUse, Holder, hold_lock, release_lock
 from bus.idempotency import once, request_hash
+from bus.migrations import Migrations, Schema, versions
 from bus.outbox import Relay
 from bus.settings import Settings
+from bus.sqlite import SQLITE_NEEDED, require_sqlite
 from bus.stream import ensure_stream
+from bus.unit import Rejected
 from tests.conftest import outlast_duplicate_window, repeated_ids, stream_events, wait_for
 
 MIGRATION = "CREATE TABLE counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+COUNTER = Schema(Migrations("counter", (MIGRATION,)))
 
 
 async def test_units_of_work_commit_together_and_fail_alone(tmp_path):
-    async with Database(tmp_path / "k.db", "test", (MIGRATION,)) as db:
+    async with Database(tmp_path / "k.db", "test", COUNTER) as db:
 
         def bump(tx):
             tx.execute("INSERT INTO counter VALUES ('n', 1) ON CONFLICT(name) DO UPDATE SET value = value + 1")
@@ -42,23 +47,108 @@ async def test_units_of_work_commit_together_and_fail_alone(tmp_path):
             tx.execute("INSERT INTO counter VALUES ('x', 1)")
             raise RuntimeError("boom")
 
-        results = await asyncio.gather(*(db.write(bump) for _ in range(200)), db.write(broken), return_exceptions=True)
+        results = await asyncio.gather(*(db.run(bump) for _ in range(200)), db.run(broken), return_exceptions=True)
         assert sorted(r for r in results if isinstance(r, int)) == list(range(1, 201))
         assert isinstance(results[-1], RuntimeError)
         assert await db.read(lambda tx: tx.one("SELECT count(*) FROM counter WHERE name='x'")[0]) == 0
         assert db.commits < 200  # concurrent units shared commits
 
 
-async def test_a_returned_error_keeps_the_changes_and_is_raised(tmp_path):
-    async with Database(tmp_path / "k.db", "test", (MIGRATION,)) as db:
+async def test_a_rejected_unit_keeps_its_changes_and_its_error_is_raised(tmp_path):
+    async with Database(tmp_path / "k.db", "test", COUNTER) as db:
 
         def declined(tx):
             tx.execute("INSERT INTO counter VALUES ('d', 1)")
-            return OutOfStock("none left")
+            return Rejected(OutOfStock("none left"))
 
         with pytest.raises(OutOfStock):
-            await db.write(declined)
+            await db.run(declined)
         assert await db.read(lambda tx: tx.one("SELECT value FROM counter WHERE name='d'")[0]) == 1
+
+
+async def test_after_commit_hooks_run_once_their_unit_committed_and_never_for_one_undone_or_failed(tmp_path):
+    async with Database(tmp_path / "k.db", "test", COUNTER) as db:
+        heard: list[str] = []
+
+        def unit(name: str, *, undo: bool = False, fail: bool = False) -> Any:
+            def fn(tx: Any) -> str:
+                tx.execute("INSERT INTO counter VALUES (?, 1)", (name,))
+                tx.after_commit(lambda: heard.append(name))
+                if undo:
+                    tx.undo()
+                if fail:
+                    raise RuntimeError(name)
+                return name
+
+            return fn
+
+        kept, undone, failed = await asyncio.gather(
+            db.run(unit("kept")),
+            db.run(unit("undone", undo=True)),
+            db.run(unit("failed", fail=True)),
+            return_exceptions=True,
+        )
+        assert (kept, undone) == ("kept", "undone") and isinstance(failed, RuntimeError)
+        assert heard == ["kept"]  # before its caller resumed
+
+        def broken_hook(tx: Any) -> None:
+            tx.execute("INSERT INTO counter VALUES ('hooked', 1)")
+            tx.after_commit(lambda: 1 / 0)
+
+        with pytest.raises(ZeroDivisionError):  # its caller hears of it, as of a crash after the commit ...
+            await db.run(broken_hook)
+        rows = await db.read(lambda tx: [r[0] for r in tx.all("SELECT name FROM counter ORDER BY name")])
+        assert rows == ["hooked", "kept"]  # ... and the writes stay
+
+
+async def test_run_waits_for_the_stream_as_its_level_says(tmp_path):
+    class Acks:
+        """A publisher that hears what is committed and remembers what it was asked to wait for."""
+
+        enqueued_seq = 0
+
+        def __init__(self) -> None:
+            self.waited: list[int] = []
+
+        def enqueue(self, rows: Any) -> None:
+            self.enqueued_seq = rows[-1].seq
+
+        async def published(self, seq: int) -> None:
+            self.waited.append(seq)
+
+    async with Database(tmp_path / "k.db", "test", COUNTER) as db:
+        acks = Acks()
+        db.publish_with(acks)
+
+        def emits(tx: Any) -> None:
+            tx.emit("counted", "k", {})
+
+        def quiet(tx: Any) -> None:
+            tx.execute("INSERT INTO counter VALUES ('q', 1) ON CONFLICT DO NOTHING")
+
+        await db.run(emits, wait=Acked.NONE)
+        await db.run(quiet, wait=Acked.OWN)
+        assert acks.waited == []  # nothing, and nothing of its own
+        await db.run(emits, wait=Acked.OWN)
+        await db.run(quiet, wait=Acked.ALL)  # everything committed before it
+        await db.run(emits)  # ALL, the default: its own, and so everything before
+        assert acks.waited == [2, 2, 3]
+
+
+def test_a_reply_is_read_as_its_routes_model_and_one_that_does_not_fit_is_a_bad_reply():
+    from bus.client import decode_reply_as
+    from bus.errors import BadReply, OmsError
+
+    released = json.dumps({"ok": True, "result": {"order_id": "o1", "status": "RELEASED", "extra": 1}}).encode()
+    assert decode_reply_as("inventory.release", released, c.Released) == c.Released(order_id="o1")
+    with pytest.raises(BadReply, match="does not fit Reservation"):
+        decode_reply_as("inventory.reserve", released, c.Reservation)
+    refused = json.dumps({"ok": False, "error": {"code": "OUT_OF_STOCK", "message": "none"}}).encode()
+    with pytest.raises(OutOfStock):
+        decode_reply_as("inventory.reserve", refused, c.Reservation)
+    with pytest.raises(OmsError, match="not JSON") as raised:
+        decode_reply_as("inventory.reserve", b"\xff", c.Reservation)
+    assert not isinstance(raised.value, BadReply)
 
 
 def test_an_sqlite_too_old_for_the_statements_is_refused_with_the_reason():
@@ -87,25 +177,25 @@ def test_a_service_started_while_its_database_is_rebuilt_exits_with_the_reason_a
 
 async def test_a_database_open_in_one_place_is_refused_everywhere_else_naming_its_holder(tmp_path):
     path = tmp_path / "k.db"
-    async with Database(path, "inventory", (MIGRATION,)):
+    async with Database(path, "inventory", COUNTER):
         with pytest.raises(DatabaseInUse, match=rf"in use by another inventory instance \(pid {os.getpid()}\)"):
-            await Database(path, "inventory", (MIGRATION,)).open()
+            await Database(path, "inventory", COUNTER).open()
         with pytest.raises(DatabaseInUse, match=rf"open in a running inventory service \(pid {os.getpid()}\)"):
             hold_lock(path, "inventory", Holder.REBUILD)
-    async with Database(path, "inventory", (MIGRATION,)):  # closed: free again, for anyone
+    async with Database(path, "inventory", COUNTER):  # closed: free again, for anyone
         pass
     release_lock(hold_lock(path, "inventory", Holder.REBUILD))
 
 
 async def test_migrations_run_once(tmp_path):
-    async with Database(tmp_path / "k.db", "test", (MIGRATION,)):
+    async with Database(tmp_path / "k.db", "test", COUNTER):
         pass
-    async with Database(tmp_path / "k.db", "test", (MIGRATION,)) as db:
-        assert await db.read(lambda tx: tx.one("PRAGMA user_version")[0]) == 2
+    async with Database(tmp_path / "k.db", "test", COUNTER) as db:
+        assert await db.read(lambda tx: versions(tx._conn)) == {"kernel": 1, "counter": 1}
 
 
 async def test_idempotency_key_replays_the_stored_reply_and_refuses_a_different_request(tmp_path):
-    async with Database(tmp_path / "k.db", "test", (MIGRATION,)) as db:
+    async with Database(tmp_path / "k.db", "test", COUNTER) as db:
         cmd = c.Release(order_id="o1")
         other = c.Release(order_id="o2")
         calls = []
@@ -116,17 +206,17 @@ async def test_idempotency_key_replays_the_stored_reply_and_refuses_a_different_
             return c.Released(order_id="o1")
 
         first, second = await asyncio.gather(
-            db.write(once("k1", "inventory.release", request_hash(cmd), effect)),
-            db.write(once("k1", "inventory.release", request_hash(cmd), effect)),
+            db.run(once("k1", "inventory.release", request_hash(cmd), effect)),
+            db.run(once("k1", "inventory.release", request_hash(cmd), effect)),
         )
         assert len(calls) == 1
         assert first.order_id == "o1" and second["order_id"] == "o1"
         with pytest.raises(Conflict):
-            await db.write(once("k1", "inventory.release", request_hash(other), effect))
+            await db.run(once("k1", "inventory.release", request_hash(other), effect))
 
 
 async def test_a_business_error_raised_after_an_emit_takes_its_event_back_with_its_rows(tmp_path):
-    async with Database(tmp_path / "k.db", "test", (MIGRATION,)) as db:
+    async with Database(tmp_path / "k.db", "test", COUNTER) as db:
         cmd = c.Release(order_id="o1")
 
         def effect(tx):
@@ -135,7 +225,7 @@ async def test_a_business_error_raised_after_an_emit_takes_its_event_back_with_i
             raise Conflict("changed its mind after the event")
 
         outcome, events = await db.commit(once("k1", "inventory.release", request_hash(cmd), effect))
-        assert isinstance(outcome, Conflict)  # stored as the key's reply and answered
+        assert isinstance(outcome, Rejected) and isinstance(outcome.error, Conflict)  # stored as the reply, answered
         assert events == []  # nothing for the relay to publish: the change it recorded was rolled back
         assert await db.read(lambda tx: tx.one("SELECT count(*) FROM outbox")[0]) == 0
         assert await db.read(lambda tx: tx.one("SELECT count(*) FROM counter")[0]) == 0
@@ -149,7 +239,7 @@ async def relayed(settings: Settings, tmp_path) -> AsyncIterator[tuple[Database,
     js = nc.jetstream()
     await ensure_stream(nc, js, settings)
     try:
-        async with Database(tmp_path / "k.db", "inventory", (MIGRATION,)) as db:
+        async with Database(tmp_path / "k.db", "inventory", COUNTER) as db:
             relay = Relay(js, db, settings.stream_name)
             await relay.start()
             try:
@@ -166,7 +256,7 @@ async def test_relay_publishes_each_event_once_and_answers_after_the_ack(setting
         def emit(i):
             return lambda tx: tx.emit("stock_restocked", f"SKU{i}", {"i": i})
 
-        await asyncio.gather(*(db.write(emit(i)) for i in range(50)))
+        await asyncio.gather(*(db.run(emit(i)) for i in range(50)))
         info = await js.stream_info(settings.stream_name)
         assert info.state.messages == 50  # every write returned only after its ack
         await relay.stop()
@@ -186,7 +276,7 @@ async def test_relay_publishes_each_event_once_and_answers_after_the_ack(setting
 
 async def test_acknowledged_events_leave_the_outbox_also_when_no_write_follows(settings: Settings, tmp_path):
     async with relayed(settings, tmp_path) as (db, relay, _):
-        await asyncio.gather(*(db.write(lambda tx, i=i: tx.emit("stock_restocked", f"S{i}", {})) for i in range(20)))
+        await asyncio.gather(*(db.run(lambda tx, i=i: tx.emit("stock_restocked", f"S{i}", {})) for i in range(20)))
         assert relay.backlog == 0
         # the delete rides on the next batch; with none coming, an empty one carries it
 
@@ -209,10 +299,10 @@ async def test_events_a_crash_left_in_the_outbox_after_their_ack_are_stored_once
     def emit(i: int):
         return lambda tx: tx.emit("stock_restocked", f"S{i}", {"i": i})
 
-    async with Database(path, "inventory", (MIGRATION,), forget_after_s=0.05) as db:
+    async with Database(path, "inventory", COUNTER, forget_after_s=0.05) as db:
         relay = Relay(js, db, short.stream_name)
         await relay.start()
-        await asyncio.gather(*(db.write(emit(i)) for i in range(5)))  # sent, acknowledged and forgotten
+        await asyncio.gather(*(db.run(emit(i)) for i in range(5)))  # sent, acknowledged and forgotten
 
         async def forgotten() -> bool:
             return await db.unsent_events() == []
@@ -229,7 +319,7 @@ async def test_events_a_crash_left_in_the_outbox_after_their_ack_are_stored_once
         await js.publish(row.subject, row.body, stream=short.stream_name, headers={"Nats-Msg-Id": row.event_id})
     await outlast_duplicate_window(js, short.stream_name)
 
-    async with Database(path, "inventory", (MIGRATION,), forget_after_s=3600) as db:
+    async with Database(path, "inventory", COUNTER, forget_after_s=3600) as db:
         relay = Relay(js, db, short.stream_name)
         await relay.start()
         assert await relay.drain(10)
@@ -263,14 +353,14 @@ def test_now_iso_is_the_current_utc_time_to_the_millisecond():
 async def test_a_key_stored_under_the_earlier_request_hash_still_replays(tmp_path):
     import hashlib
 
-    async with Database(tmp_path / "k.db", "test", (MIGRATION,)) as db:
+    async with Database(tmp_path / "k.db", "test", COUNTER) as db:
         cmd = c.Authorize(order_id="o1", customer_id="c1", amount_cents=100, currency="USD", method="card")
         earlier = hashlib.sha256(
             json.dumps(cmd.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
         ).hexdigest()
         assert earlier != request_hash(cmd)
         stored = json.dumps({"ok": True, "result": {"order_id": "o1"}}).encode()
-        await db.write(
+        await db.run(
             lambda tx: tx.execute(
                 "INSERT INTO idempotency VALUES ('k1', 'payment.authorize', ?, ?, '2026-01-01T00:00:00.000Z')",
                 (earlier, stored),
@@ -281,11 +371,11 @@ async def test_a_key_stored_under_the_earlier_request_hash_still_replays(tmp_pat
             raise AssertionError("a repeat must not run the effect again")
 
         digest = request_hash(cmd)
-        again = await db.write(once("k1", "payment.authorize", digest, effect, cmd=cmd))
+        again = await db.run(once("k1", "payment.authorize", digest, effect, cmd=cmd))
         assert again == {"order_id": "o1"}
         other = cmd.model_copy(update={"amount_cents": 200})
         with pytest.raises(Conflict):
-            await db.write(once("k1", "payment.authorize", request_hash(other), effect, cmd=other))
+            await db.run(once("k1", "payment.authorize", request_hash(other), effect, cmd=other))
 
 
 async def test_a_graceful_stop_publishes_what_was_committed(settings: Settings):
@@ -305,7 +395,7 @@ async def test_a_graceful_stop_publishes_what_was_committed(settings: Settings):
     assert json.loads(msg.data)["event_id"] == events[-1].event_id
     await nc.close()
     # ... and deleted from the outbox: the next start has nothing to look up in the stream.
-    async with Database(settings.db_path("inventory"), "inventory", INVENTORY.migrations) as db:
+    async with Database(settings.db_path("inventory"), "inventory", INVENTORY.schema) as db:
         assert await db.unsent_events() == []
 
 
@@ -336,7 +426,7 @@ async def test_events_committed_while_the_stream_is_missing_go_out_once_and_in_o
 ):
     nc = await nats.connect(settings.nats_url)
     js = nc.jetstream()
-    async with Database(tmp_path / "k.db", "inventory", (MIGRATION,)) as db:
+    async with Database(tmp_path / "k.db", "inventory", COUNTER) as db:
         relay = Relay(js, db, settings.stream_name)
         await relay.start()
         # several batches' worth, committed together: they are published, refused, and kept
@@ -367,14 +457,14 @@ async def test_a_repeated_key_is_answered_only_once_the_first_requests_events_ar
         tx.emit("stock_released", "o1", {"order_id": "o1"}, order_id="o1")
         return c.Released(order_id="o1")
 
-    async with Database(tmp_path / "k.db", "inventory", (MIGRATION,)) as db:
+    async with Database(tmp_path / "k.db", "inventory", COUNTER) as db:
         relay = Relay(js, db, settings.stream_name)
         await relay.start()
         try:
             # No stream yet: the first request's event is committed but cannot be acknowledged.
-            first = asyncio.create_task(db.write(once("k1", "inventory.release", request_hash(cmd), effect)))
+            first = asyncio.create_task(db.run(once("k1", "inventory.release", request_hash(cmd), effect)))
             await wait_for(lambda: relay.failures >= 1, what="the first publish to be refused")
-            repeat = asyncio.create_task(db.write(once("k1", "inventory.release", request_hash(cmd), effect)))
+            repeat = asyncio.create_task(db.run(once("k1", "inventory.release", request_hash(cmd), effect)))
             # The repeat finds the stored reply at once, and still waits for the first request's event.
             await wait_for(lambda: db.units >= 2 and len(relay._waiters) == 2, what="the repeat to wait")
             assert not first.done() and not repeat.done()
@@ -397,8 +487,9 @@ async def test_a_new_orders_saga_sends_nothing_before_its_creation_is_in_the_str
     )
     await wait_for(lambda: orders.relay.failures >= 1, what="the creation's publish to be refused")
     order_id = (await orders.db.read(lambda tx: tx.one("SELECT order_id FROM orders")))["order_id"]
-    recorded = await orders.db.read(lambda tx: tx.one("SELECT steps FROM sagas")[0])
-    assert [r["status"] for r in json.loads(recorded)] == ["RUNNING"]  # recorded, unsent
+    engine = orders.extras["engine"]
+    saga = await orders.db.read(lambda tx: engine.view(tx, "saga_" + order_id.removeprefix("ord_")))
+    assert [r.status for r in saga.steps] == ["RUNNING"]  # recorded, unsent
     reservations = await stack["client"].call(s.INVENTORY_RESERVATIONS, {})
     assert all(r["order_id"] != order_id for r in reservations["reservations"])  # nothing reserved for it
     await ensure_stream(stack["nc"], stack["js"], settings)
@@ -430,7 +521,7 @@ async def test_a_service_process_freezes_its_start_out_of_the_collector_before_i
     before, frozen = gc.get_threshold(), gc.get_freeze_count()
     nc = await nats.connect(settings.nats_url)
     try:
-        async with running(PAYMENT, settings, serve_metrics=False, settle_gc=True):
+        async with running(PAYMENT, settings, serve_metrics=False, freeze_gc=True):
             assert gc.get_threshold() == loop.GC_THRESHOLDS != before
             assert gc.get_freeze_count() > frozen
             # It serves as it did: the freeze happened before its endpoints existed.
@@ -460,7 +551,7 @@ async def test_the_durability_setting_syncs_every_commit_and_every_jetstream_wri
 
     for durability, synchronous in (("fsync", 2), ("nosync", 1)):  # PRAGMA synchronous: FULL=2, NORMAL=1
         settings = Settings(home=tmp_path / durability, durability=durability)
-        async with Database(tmp_path / f"{durability}.db", "test", (MIGRATION,), fsync=durability == "fsync") as db:
+        async with Database(tmp_path / f"{durability}.db", "test", COUNTER, fsync=durability == "fsync") as db:
             assert await db.read(lambda tx: tx.one("PRAGMA synchronous")[0]) == synchronous
             assert db._wconn is not None and db._wconn.execute("PRAGMA synchronous").fetchone()[0] == synchronous
         config = auth.prepare(settings).read_text()

@@ -13,22 +13,17 @@ from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bus import logs
 from bus import subjects as s
-from bus.app import running
 from bus.client import Client
 from bus.natsserver import free_port
 from bus.settings import SERVICES, Settings
 from cli import stack
 from cli.session import request
-from inventory_svc.service import SPEC as INVENTORY
-from order_svc.service import SPEC as ORDERS
-from payment_svc.service import SPEC as PAYMENT
-from tests.conftest import wait_for
+from tests.conftest import services_in, wait_for
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -58,12 +53,7 @@ async def metered(settings: Settings) -> AsyncIterator[dict[str, Any]]:
     ports = {f"metrics_port_{name}": free_port() for name in SERVICES}
     metered_settings = settings.model_copy(update=ports)
     async with AsyncExitStack() as exits:
-        kernels = {}
-        for spec in (INVENTORY, PAYMENT, ORDERS):
-            kernels[spec.name] = await exits.enter_async_context(running(spec, metered_settings, serve_metrics=True))
-        conn = await nats.connect(settings.nats_url)
-        exits.push_async_callback(conn.close)
-        yield {"client": Client(conn, timeout_s=15), "js": conn.jetstream(), "settings": metered_settings, **kernels}
+        yield await services_in(exits, metered_settings, serve_metrics=True) | {"settings": metered_settings}
     for name in SERVICES:  # the HTTP servers stopped with their services
         with pytest.raises(OSError):  # connection refused
             socket.create_connection((metered_settings.metrics_host, metered_settings.metrics_port(name)), 1).close()

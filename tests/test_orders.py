@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 
 import pytest
@@ -10,16 +11,9 @@ import pytest
 from bus import subjects as s
 from bus.audit import run_audit
 from bus.errors import Conflict, InvalidRequest, NotFound
+from tests import conftest
 
-
-async def place(stack, customer="c1", items=(("KB-101", 2),), method="card", key=None, wait_ms=10_000):
-    body = {
-        "customer_id": customer,
-        "items": [{"sku": k, "qty": q} for k, q in items],
-        "payment_method": method,
-        "wait_ms": wait_ms,
-    }
-    return await stack["client"].call(s.ORDERS_PLACE, body, idempotency_key=key)
+place = functools.partial(conftest.place, items=(("KB-101", 2),))  # two units, unless a test says other lines
 
 
 async def stock_of(stack, sku):
@@ -198,11 +192,11 @@ async def test_each_service_reports_its_health(stack):
 
 async def test_the_audit_flags_an_open_order_that_no_saga_will_finish(stack, settings):
     from bus import contract as c
-    from order_svc import store
+    from order_svc import orders
 
     cmd = c.PlaceOrder(customer_id="orphan", items=[c.Line(sku="KB-101", qty=1)])
     # An order row with no saga row (a bug, or a hand-edited database): it would stay PENDING forever.
-    await stack["orders"].db.write(lambda tx: store.create(tx, "ord_orphan", "saga_orphan", cmd))
+    await stack["orders"].db.run(lambda tx: orders.create(tx, "ord_orphan", "saga_orphan", cmd))
     report = await run_audit(stack["client"], stack["js"], settings.stream_name, settings.saga)
     deadline_check = next(check for check in report.checks if check.number == 4)
     assert len(deadline_check.violations) == 1
@@ -212,7 +206,7 @@ async def test_the_audit_flags_an_open_order_that_no_saga_will_finish(stack, set
 async def test_the_audit_flags_stock_that_changed_without_a_restock(stack, settings):
     # Units that appear (or vanish) without a restock event: on_hand moved by something else.
     more = "UPDATE products SET on_hand = on_hand + 5 WHERE sku = 'KB-101'"
-    await stack["inventory"].db.write(lambda tx: tx.execute(more))
+    await stack["inventory"].db.run(lambda tx: tx.execute(more))
     report = await run_audit(stack["client"], stack["js"], settings.stream_name, settings.saga)
     stock_check = next(check for check in report.checks if check.number == 1)
     assert [v for v in stock_check.violations if v.startswith("KB-101")] == [
@@ -226,10 +220,10 @@ async def test_the_audit_flags_a_confirmed_order_whose_total_is_not_its_lines(st
     assert order["status"] == "CONFIRMED"
     # Charged and recorded alike, but not what the lines at their unit prices come to.
     oid = (order["order_id"],)
-    await stack["orders"].db.write(
+    await stack["orders"].db.run(
         lambda tx: tx.execute("UPDATE orders SET total_cents = total_cents + 1 WHERE order_id = ?", oid)
     )
-    await stack["payment"].db.write(
+    await stack["payment"].db.run(
         lambda tx: tx.execute("UPDATE payments SET amount_cents = amount_cents + 1 WHERE order_id = ?", oid)
     )
     report = await run_audit(stack["client"], stack["js"], settings.stream_name, settings.saga)

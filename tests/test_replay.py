@@ -236,7 +236,7 @@ async def test_reading_in_many_small_windows_gives_the_same_database(services, m
     whole = await rebuild(services.settings, ORDERS, services.js)
     expected = tables(path)
 
-    monkeypatch.setattr("bus.replay.WINDOW", 3)
+    monkeypatch.setattr("bus.reader.WINDOW", 3)
     windowed = await rebuild(services.settings, ORDERS, services.js)
 
     assert tables(path) == expected and windowed.applied == whole.applied > 3 * 3
@@ -431,8 +431,8 @@ async def test_a_rebuild_keeps_what_the_old_file_committed_and_never_published(s
     await services.stop(INVENTORY)
     path = services.settings.db_path(INVENTORY.name)
     # As a service killed between a commit and its publish leaves it: the change, its event in the outbox.
-    async with Database(path, INVENTORY.name, INVENTORY.migrations) as db:
-        product, events = await db.commit(lambda tx: inventory_store.restock(tx, c.Restock(sku="KB-101", qty=11), {}))
+    async with Database(path, INVENTORY.name, INVENTORY.schema) as db:
+        product, events = await db.commit(lambda tx: inventory_store.restock(tx, c.Restock(sku="KB-101", qty=11)))
         outbox = await db.read(lambda tx: [r[0] for r in tx.all("SELECT event_id FROM outbox")])
         assert events[0].event_id in outbox
     await rebuild(services.settings, INVENTORY, services.js)
@@ -454,9 +454,9 @@ async def test_a_rebuild_after_a_long_outage_publishes_only_the_old_outbox_the_s
     path = settings.db_path(INVENTORY.name)
     # As a service killed with two restocks in its outbox leaves it: the first acknowledged (not yet
     # deleted), the second never sent.
-    async with Database(path, INVENTORY.name, INVENTORY.migrations) as db:
+    async with Database(path, INVENTORY.name, INVENTORY.schema) as db:
         for qty in (11, 13):
-            await db.commit(lambda tx, qty=qty: inventory_store.restock(tx, c.Restock(sku="KB-101", qty=qty), {}))
+            await db.commit(lambda tx, qty=qty: inventory_store.restock(tx, c.Restock(sku="KB-101", qty=qty)))
         acked, unsent = (await db.unsent_events())[-2:]
     await services.js.publish(
         acked.subject, acked.body, stream=settings.stream_name, headers={"Nats-Msg-Id": acked.event_id}

@@ -21,11 +21,12 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from bus import contract as c
 from bus.db import Database
 from bus.errors import Conflict, OutOfStock, PaymentDeclined, RequestTimeout, Unavailable
-from bus.saga import SagaEngine
+from bus.saga.definition import StepCall
+from bus.saga.engine import SagaEngine
 from bus.settings import SagaSettings
-from order_svc import store
 from order_svc.saga import PLACE_ORDER
 from order_svc.service import SPEC as ORDERS_SPEC
+from tests.sagas import WHEN, placing
 
 FAST = SagaSettings(
     step_timeout_ms=50, deadline_ms=60_000, retry_initial_ms=1, retry_max_interval_ms=2, retry_max_attempts=5
@@ -44,22 +45,21 @@ class World:
         self.reservations: dict[str, str] = {}
         self.payments: dict[str, str] = {}
 
-    def apply(self, subject: str, body: dict[str, Any]) -> dict[str, Any]:
+    def apply(self, subject: str, body: dict[str, Any]) -> Any:
         oid = body["order_id"]
         if subject == "inventory.reserve":
             if self.reservations.get(oid) == "RELEASED":
                 raise Conflict("released")
             self.reservations[oid] = "ACTIVE"
-            return {
-                "order_id": oid,
-                "status": "ACTIVE",
-                "items": [{**i, "unit_price_cents": 100} for i in body["items"]],
-                "total_cents": 100 * sum(i["qty"] for i in body["items"]),
-                "currency": "USD",
-            }
+            items = [c.PricedLine(sku=i["sku"], qty=i["qty"], unit_price_cents=100) for i in body["items"]]
+            total = 100 * sum(i["qty"] for i in body["items"])
+            held = c.Reservation(
+                order_id=oid, status="ACTIVE", items=items, total_cents=total, currency="USD", created_at=WHEN
+            )
+            return held
         if subject == "inventory.release":
             self.reservations[oid] = "RELEASED"
-            return {"order_id": oid, "status": "RELEASED"}
+            return c.Released(order_id=oid)
         if subject == "payment.authorize":
             state = self.payments.get(oid)
             if state in ("REFUNDED", "VOIDED"):
@@ -68,12 +68,15 @@ class World:
                 self.payments[oid] = "DECLINED"
                 raise PaymentDeclined("declined")
             self.payments[oid] = "AUTHORIZED"
-            return {
-                "order_id": oid,
-                "status": "AUTHORIZED",
-                "amount_cents": body["amount_cents"],
-                "currency": body["currency"],
-            }
+            payment = c.Payment(
+                order_id=oid,
+                status="AUTHORIZED",
+                amount_cents=body["amount_cents"],
+                currency=body["currency"],
+                created_at=WHEN,
+                updated_at=WHEN,
+            )
+            return payment
         assert subject == "payment.refund"
         state = self.payments.get(oid)
         self.payments[oid] = "REFUNDED" if state == "AUTHORIZED" else ("VOIDED" if state != "REFUNDED" else state)
@@ -85,7 +88,7 @@ class SagaMachine(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.dir = tempfile.TemporaryDirectory()
-        self.db = Database(Path(self.dir.name) / "orders.db", "orders", ORDERS_SPEC.migrations)
+        self.db = Database(Path(self.dir.name) / "orders.db", "orders", ORDERS_SPEC.schema)
         self.loop.run_until_complete(self.db.open())
         self.world = World()
         self.faults: deque[str] = deque()
@@ -96,8 +99,8 @@ class SagaMachine(RuleBasedStateMachine):
     def _engine(self) -> SagaEngine:
         return SagaEngine(self.db, PLACE_ORDER, self.send, FAST)
 
-    async def send(self, route, payload, *, timeout_s: float, idempotency_key: str) -> dict[str, Any]:
-        body = payload if isinstance(payload, dict) else payload.model_dump(mode="json")
+    async def send(self, call: StepCall) -> Any:
+        route, body = call.route, call.command.model_dump(mode="json")
         fault = self.faults.popleft() if self.faults else "ok"
         if fault == "timeout":
             raise RequestTimeout("no reply")
@@ -125,17 +128,8 @@ class SagaMachine(RuleBasedStateMachine):
     @rule(method=st.sampled_from(["card", "card", "card_declined"]))
     def place(self, method: str) -> None:
         order_id = f"ord_{len(self.orders)}"
-        cmd = c.PlaceOrder(customer_id="c", items=[c.Line(sku="A", qty=1)], payment_method=method)
-        data = {"order_id": order_id, "customer_id": "c", "items": [{"sku": "A", "qty": 1}], "payment_method": method}
-
-        def unit(tx):
-            store.create(tx, order_id, f"saga_{order_id}", cmd)
-            return self.engine.create(tx, f"saga_{order_id}", order_id, data)
-
-        async def create_and_start() -> None:
-            self.engine.start(await self.db.write(unit))
-
-        self.loop.run_until_complete(create_and_start())
+        unit = placing(self.engine, order_id, saga_id=f"saga_{order_id}", qty=1, method=method, customer="c", sku="A")
+        self.loop.run_until_complete(self.db.run(unit))  # the saga starts once the order is in
         self.orders.append(order_id)
 
     @rule(faults=st.lists(st.sampled_from(FAULTS), max_size=6))

@@ -1,4 +1,5 @@
-"""Orders in SQLite: rows, the units of work that change them, and their events."""
+"""Orders in SQLite: their rows, the changes of them and their events, and the hooks through which an
+order's status follows its saga (`order_svc.saga`)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,20 @@ from typing import Any
 
 from bus import contract as c
 from bus import jsonb
-from bus.db import Tx
 from bus.errors import Conflict, NotFound
 from bus.idempotency import request_hash
 from bus.ids import now_iso
-from bus.saga import SagaRun
+from bus.migrations import Migrations
+from bus.saga.state import Reason, SagaRun, SagaStatus
+from bus.unit import Tx, in_window, where
 
 # What `orders.place` leaves out of its idempotency hash: how long to wait is not part of the order.
 PLACE_HASH_EXCLUDES = frozenset({"wait_ms"})
 
-MIGRATIONS: tuple[str, ...] = (
-    """
+MIGRATIONS = Migrations(
+    "orders",
+    (
+        """
     CREATE TABLE orders (
         order_id TEXT PRIMARY KEY,
         customer_id TEXT NOT NULL,
@@ -35,24 +39,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX orders_status ON orders (status, order_id);
     CREATE INDEX orders_customer ON orders (customer_id, order_id);
     """,
+    ),
 )
 
 
 def to_order(row: Any) -> c.Order:
-    return c.Order(
-        order_id=row["order_id"],
-        customer_id=row["customer_id"],
-        status=row["status"],
-        items=jsonb.loads(row["items"]),
-        payment_method=row["payment_method"],
-        total_cents=row["total_cents"],
-        currency=row["currency"],
-        failure_reason=row["failure_reason"],
-        cancel_reason=row["cancel_reason"],
-        idempotency_key=row["idempotency_key"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+    """An order's row as the contract's order (the row's saga id is left out: `saga` is the saga's view)."""
+    return c.Order.model_validate({**dict(row), "items": jsonb.loads(row["items"])})
 
 
 def create(
@@ -95,92 +88,64 @@ def get(tx: Tx, order_id: str) -> Any:
 
 
 def listing(tx: Tx, q: c.ListOrders) -> list[c.Order]:
-    clauses, params = [], []
-    if q.status:
-        clauses.append("status = ?")
-        params.append(q.status.value)
-    if q.customer_id:
-        clauses.append("customer_id = ?")
-        params.append(q.customer_id)
-    low, high = q.key_range("ord")  # order ids begin with their creation time: since/until bound them
-    bounds = (("order_id < ?", q.before), ("order_id > ?", q.after), ("order_id >= ?", low), ("order_id < ?", high))
-    for clause, value in bounds:
-        if value is not None:
-            clauses.append(clause)
-            params.append(value)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    clause, params = where(
+        ("status = ?", q.status.value if q.status else None),
+        ("customer_id = ?", q.customer_id or None),
+        *in_window(q, "order_id", prefix="ord"),
+    )
     # Order ids begin with their creation time, so id order is creation order.
-    rows = tx.all(f"SELECT * FROM orders {where} ORDER BY order_id DESC LIMIT ?", (*params, q.limit))
+    rows = tx.all(f"SELECT * FROM orders{clause} ORDER BY order_id DESC LIMIT ?", (*params, q.limit))
     return [to_order(r) for r in rows]
 
 
-def priced(tx: Tx, run: SagaRun, reservation: dict[str, Any]) -> None:
-    """The reservation fixed the unit prices: the order's lines get them, and its total comes from them.
-
-    The lines stay the ones the customer asked for (the saga's check refuses a reservation of other lines
-    before this runs), so the audit's invariant 2 compares the reservation with what was asked."""
-    run.data["total_cents"] = reservation["total_cents"]
-    run.data["currency"] = reservation["currency"]
-    prices = {line["sku"]: line.get("unit_price_cents") for line in reservation["items"]}
-    items = [{**line, "unit_price_cents": prices.get(line["sku"])} for line in run.data["items"]]
+def priced(tx: Tx, order_id: str, items: list[dict[str, Any]], total_cents: int, currency: str) -> None:
+    """The reservation fixed the unit prices: the order's lines get them, and its total comes from them."""
     tx.execute(
         "UPDATE orders SET items = ?, total_cents = ?, currency = ?, updated_at = ? WHERE order_id = ?",
-        (
-            jsonb.text(items),
-            reservation["total_cents"],
-            reservation["currency"],
-            now_iso(),
-            run.ref,
-        ),
+        (jsonb.text(items), total_cents, currency, now_iso(), order_id),
     )
 
 
-def confirm(tx: Tx, run: SagaRun) -> None:
+def confirm(
+    tx: Tx,
+    run: SagaRun[Any],
+    total_cents: int | None,
+    currency: str | None,
+    steps: list[dict[str, Any]],
+) -> None:
+    """The order is CONFIRMED; its event carries its pricing and how each step went."""
     now = now_iso()
     row = tx.one(
         "UPDATE orders SET status = 'CONFIRMED', updated_at = ? WHERE order_id = ? RETURNING *", (now, run.ref)
     )
-    invoked = sorted((r for (_, action), r in run.steps.items() if action == "invoke"), key=_started)
-    steps = [
-        {"step": r["step"], "attempts": r["attempts"], "duration_ms": round(r["duration_ms"] or 0, 2)} for r in invoked
-    ]
-    tx.emit(
-        "order_confirmed",
-        run.ref,
-        {
-            "total_cents": run.data.get("total_cents"),
-            "currency": run.data.get("currency"),
-            "items": jsonb.loads(row["items"]) if row else None,  # priced: no order event records the pricing
-            "steps": steps,
-            "updated_at": now,
-        },
-        order_id=run.ref,
-        saga_id=run.saga_id,
-    )
+    confirmed = {
+        "total_cents": total_cents,
+        "currency": currency,
+        "items": jsonb.loads(row["items"]) if row else None,  # priced: no order event records the pricing
+        "steps": steps,
+        "updated_at": now,
+    }
+    tx.emit("order_confirmed", run.ref, confirmed, order_id=run.ref, saga_id=run.saga_id)
     if row is not None:
         run.result = to_order(row)  # the placing request answers with it, without reading again
-
-
-def _started(record: dict[str, Any]) -> float:
-    return record["started_at"] or 0.0
 
 
 class OrderHooks:
     """The order's status follows its saga."""
 
-    def on_stop_requested(self, tx: Tx, run: SagaRun, reason: str, note: str | None) -> None:
+    def on_stop_requested(self, tx: Tx, run: SagaRun[Any], reason: str, note: str | None) -> None:
         """An operator's abort has its event here, with the operator's note; a cancel has its own
         (`cancel_requested`), written in the same unit of work."""
-        if reason != "CANCELLED":
+        if reason != Reason.CANCELLED:
             data = {"reason": reason, "note": note}
             tx.emit("abort_requested", run.ref, data, order_id=run.ref, saga_id=run.saga_id)
 
-    def on_compensating(self, tx: Tx, run: SagaRun, reason: str) -> None:
+    def on_compensating(self, tx: Tx, run: SagaRun[Any], reason: str) -> None:
         now = now_iso()
         row = tx.one(
             "UPDATE orders SET status = 'COMPENSATING', failure_reason = ?, updated_at = ? WHERE order_id = ?"
             " RETURNING items, total_cents, currency, cancel_reason",
-            (None if reason == "CANCELLED" else reason, now, run.ref),
+            (None if reason == Reason.CANCELLED else reason, now, run.ref),
         )
         data: dict[str, Any] = {"reason": reason, "updated_at": now}
         if row is not None:
@@ -193,9 +158,9 @@ class OrderHooks:
             }
         tx.emit("order_compensating", run.ref, data, order_id=run.ref, saga_id=run.saga_id)
 
-    def on_finished(self, tx: Tx, run: SagaRun, status: str, reason: str | None) -> None:
+    def on_finished(self, tx: Tx, run: SagaRun[Any], status: str, reason: str | None) -> None:
         now = now_iso()
-        if status == "CANCELLED":
+        if status == SagaStatus.CANCELLED:
             row = tx.one(
                 "UPDATE orders SET status = 'CANCELLED', updated_at = ? WHERE order_id = ? RETURNING *", (now, run.ref)
             )
@@ -218,14 +183,14 @@ def request_cancel(tx: Tx, cmd: c.CancelOrder) -> c.Order:
     """Check that the order can be cancelled and note why; the saga then turns back (see `wants_cancel`)."""
     row = get(tx, cmd.order_id)
     status = row["status"]
-    if status == "CANCELLED" or row["cancel_reason"] is not None:
+    if status == c.OrderStatus.CANCELLED or row["cancel_reason"] is not None:
         return to_order(row)
-    if status == "FAILED":
+    if status == c.OrderStatus.FAILED:
         raise Conflict(
             f"order {cmd.order_id} already FAILED ({row['failure_reason']}); nothing to cancel",
             {"status": status},
         )
-    if status == "COMPENSATING":
+    if status == c.OrderStatus.COMPENSATING:
         raise Conflict(
             f"order {cmd.order_id} is being compensated after {row['failure_reason']}; it will end FAILED",
             {"status": status},
