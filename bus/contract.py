@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from bus.money import MONEY_LIMIT_CENTS
 from bus.settings import Limits
@@ -21,6 +21,10 @@ OrderId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 Cents = Annotated[int, Field(ge=0, le=MONEY_LIMIT_CENTS)]
 Reason = Annotated[str, Field(max_length=200)]
+# A caller's id for one fulfilment act (a capture, a refund, a commit, a return): what makes a repeat of it
+# a repeat. Saga-derived ids (`{saga_id}:{step}`) fit, hence `:` and `.`.
+ActId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
+PositiveCents = Annotated[int, Field(ge=1, le=MONEY_LIMIT_CENTS)]
 PaymentMethod = Literal["card", "card_declined", "card_insufficient_funds"]
 
 
@@ -213,16 +217,56 @@ class StockQuery(Command):
     sku: Sku | None = None
 
 
+ProductName = Annotated[str, Field(min_length=1, max_length=100)]
+ReservationStatus = Literal["ACTIVE", "RELEASED", "COMMITTED"]
+
+
 class Restock(Command):
     sku: Sku
     qty: int = Field(ge=1, le=1_000_000)
-    name: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    name: ProductName | None = None
     price_cents: Cents | None = None
+    resellable: bool | None = Field(None, description="whether returned units go back on hand (default: as it is)")
+
+
+class UpdateProduct(Command):
+    """A product's attributes, its stock untouched; at least one of them."""
+
+    sku: Sku
+    name: ProductName | None = None
+    price_cents: Cents | None = None
+    resellable: bool | None = Field(None, validate_default=True)
+
+    @field_validator("resellable")
+    @classmethod
+    def _something_to_change(cls, resellable: bool | None, info: ValidationInfo) -> bool | None:
+        if resellable is None and info.data.get("name") is None and info.data.get("price_cents") is None:
+            if {"name", "price_cents"} <= info.data.keys():  # (when a field failed, its own error says so)
+                raise ValueError("give at least one of name, price_cents, resellable")
+        return resellable
+
+
+class Commit(Command):
+    """Ship the order's reservation: its units leave on_hand and reserved."""
+
+    order_id: OrderId
+    commit_id: ActId
+
+
+class Uncommit(Command):
+    order_id: OrderId
+    commit_id: ActId
+    reason: Reason | None = None
+
+
+class ReceiveReturn(LinesCommand):
+    order_id: OrderId
+    return_id: ActId
 
 
 class ReservationQuery(Command):
     order_id: OrderId | None = None
-    status: Literal["ACTIVE", "RELEASED"] | None = None
+    status: ReservationStatus | None = None
     limit: int = Field(1000, ge=1, le=1000)
     after: OrderId | None = Field(None, description="page on: order ids after this one, ascending")
 
@@ -238,14 +282,48 @@ class Availability(Result):
     lines: list[CheckLine]
 
 
+class ReservedLine(PricedLine):
+    returned_qty: int = 0  # units of the line received back (a COMMITTED reservation's)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_a_priced_line(cls, value: Any) -> Any:
+        # A reservation's lines were PricedLines before returns were counted: those still make one.
+        return value.model_dump() if isinstance(value, PricedLine) and not isinstance(value, cls) else value
+
+
 class Reservation(Result):
     order_id: str
-    status: Literal["ACTIVE", "RELEASED"]
-    items: list[PricedLine]
+    status: ReservationStatus
+    items: list[ReservedLine]
     total_cents: int
     currency: str
     created_at: str
     released_at: str | None = None
+    commit_id: str | None = None  # what committed it, while it is COMMITTED
+    committed_at: str | None = None
+
+
+class Uncommitted(Result):
+    """A commit undone, or a tombstone for one that had not happened (a late commit with its id is refused)."""
+
+    order_id: str
+    commit_id: str
+    tombstone: bool = False
+    reservation: Reservation | None = None  # None when inventory knows no reservation of the order
+
+
+class ReturnedLine(Result):
+    sku: str
+    qty: int
+    restocked: bool  # back on hand (a resellable SKU), or not
+
+
+class ReturnReceipt(Result):
+    order_id: str
+    return_id: str
+    items: list[ReturnedLine]
+    received_at: str
 
 
 class Released(Result):
@@ -261,6 +339,7 @@ class Product(Result):
     on_hand: int
     reserved: int
     available: int
+    resellable: bool = True
 
 
 class Stock(Result):
@@ -282,7 +361,45 @@ class Authorize(Command):
     method: PaymentMethod
 
 
+PaymentStatus = Literal["AUTHORIZED", "DECLINED", "CAPTURED", "PARTIALLY_REFUNDED", "REFUNDED", "VOIDED"]
+
+
+class Capture(Command):
+    """Take the money: all of the authorization, or `amount_cents` of it."""
+
+    order_id: OrderId
+    capture_id: ActId
+    amount_cents: PositiveCents | None = None
+
+
+class ReverseCapture(Command):
+    order_id: OrderId
+    capture_id: ActId
+    reason: Reason | None = None
+
+
 class Refund(Command):
+    """Without an amount: void the authorization (as `payment.void`). With `refund_id` and `amount_cents`:
+    give back that much of what was captured."""
+
+    order_id: OrderId
+    reason: Reason | None = None
+    refund_id: ActId | None = None
+    amount_cents: PositiveCents | None = Field(None, validate_default=True)
+
+    @field_validator("amount_cents")
+    @classmethod
+    def _with_its_refund_id(cls, amount: int | None, info: ValidationInfo) -> int | None:
+        if "refund_id" not in info.data:
+            return amount  # refund_id failed: its own error says so
+        if amount is None and info.data["refund_id"] is not None:
+            raise ValueError("a refund with a refund_id needs its amount_cents")
+        if amount is not None and info.data["refund_id"] is None:
+            raise ValueError("a refund of an amount needs its refund_id (what makes a repeat a repeat)")
+        return amount
+
+
+class Void(Command):
     order_id: OrderId
     reason: Reason | None = None
 
@@ -292,7 +409,7 @@ class GetPayment(Command):
 
 
 class PaymentQuery(Command):
-    status: Literal["AUTHORIZED", "DECLINED", "REFUNDED", "VOIDED"] | None = None
+    status: PaymentStatus | None = None
     limit: int = Field(1000, ge=1, le=1000)
     after: OrderId | None = Field(None, description="page on: order ids after this one, ascending")
 
@@ -303,10 +420,13 @@ class Payment(Result):
     amount_cents: int
     currency: str
     method: str | None = None
-    status: Literal["AUTHORIZED", "DECLINED", "REFUNDED", "VOIDED"]
+    status: PaymentStatus
     decline_reason: str | None = None
     created_at: str
     updated_at: str
+    captured_cents: int = 0
+    refunded_cents: int = 0
+    capture_id: str | None = None  # what captured it, while something is captured
 
 
 class PaymentList(Result):
