@@ -286,3 +286,24 @@ async def test_hostile_payloads_answer_validation_error_and_change_nothing(inven
     body, _ = await ask(nc, "inventory.product", {"sku": "KB-101"})
     assert "give at least one of name, price_cents, resellable" in body["error"]["message"]
     assert await stream_events(nc, settings) == before and await levels(client) == stock
+
+
+def test_every_fulfilment_route_declares_its_models_and_is_in_the_schema_and_the_fuzz_targets():
+    from bus.contract import schemas
+    from tests.test_fuzz import TARGETS
+
+    routes = (
+        s.PAYMENT_CAPTURE,
+        s.PAYMENT_REVERSE_CAPTURE,
+        s.PAYMENT_REFUND,
+        s.PAYMENT_VOID,
+        s.INVENTORY_COMMIT,
+        s.INVENTORY_UNCOMMIT,
+        s.INVENTORY_RECEIVE_RETURN,
+        s.INVENTORY_PRODUCT,
+    )
+    exported, fuzzed = schemas(), {t.subject for t in TARGETS}
+    for route in routes:
+        assert route.mutating and route.reply is not None and route in s.ROUTES, route.subject
+        assert {route.request.__name__, route.reply.__name__} <= exported.keys(), route.subject
+        assert route.subject in fuzzed, route.subject
