@@ -20,7 +20,7 @@ from payment_svc import store
 def capture(tx: Tx, cmd: c.Capture) -> c.Payment:
     """AUTHORIZED -> CAPTURED, of the whole authorization or `amount_cents` of it. Idempotent per capture_id;
     raises NotFound, Conflict (captured by another id, reversed, void, declined or refunded, above the
-    authorization)."""
+    authorization, an authorization of nothing)."""
     row = store.row_of(tx, cmd.order_id)
     if row is None:
         raise NotFound(f"no payment for order {cmd.order_id}", {"order_id": cmd.order_id})
@@ -35,6 +35,8 @@ def capture(tx: Tx, cmd: c.Capture) -> c.Payment:
             f"payment for order {cmd.order_id} is {what}; only an authorized payment is captured",
             {"order_id": cmd.order_id, "capture_id": cmd.capture_id, "status": row["status"]},
         )
+    if amount == 0:  # an authorization of nothing (a total of 0): there is nothing to take
+        raise _refused(cmd, "nothing was authorized to capture", authorized_cents=0)
     if amount > row["amount_cents"]:
         raise _refused(
             cmd,

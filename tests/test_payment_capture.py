@@ -99,8 +99,11 @@ async def test_a_capture_is_refused_where_nothing_authorized_is_left_to_take(pay
     await client.call(s.PAYMENT_VOID, {"order_id": "o-7"})
     with pytest.raises(Conflict, match="is voided"):
         await client.call(s.PAYMENT_CAPTURE, capture_body("o-7"))
+    await authorized(client, "o-8", amount=0)
+    with pytest.raises(Conflict, match="nothing was authorized to capture"):
+        await client.call(s.PAYMENT_CAPTURE, capture_body("o-8"))
     assert Counter(await kinds(nc, settings)) == {
-        "payment_authorized": 2,
+        "payment_authorized": 3,
         "payment_captured": 1,
         "payment_declined": 1,
         "payment_voided": 1,
