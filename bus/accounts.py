@@ -26,7 +26,7 @@ Inside OMS each service keeps least privilege (`permissions`): it subscribes
 to its own request subjects and `chaos.<service>.>` only in its queue group,
 to `$SRV.>` and its private inbox `_INBOX_<service>.>`; it publishes its own
 events, the JetStream API calls it makes on the stream, the subjects it calls
-(orders: reserve, release, authorize, refund), and answers through
+(orders: the participants' commands of its sagas), and answers through
 `allow_responses`.
 """
 
@@ -45,9 +45,21 @@ ACCOUNT_OF: dict[str, str] = {**dict.fromkeys(SERVICES, OMS), "cli": CLIENTS, "a
 JS_PREFIX = "JS.OMS.API"  # the stream's API as the client accounts see it
 JSZ_SUBJECT = "OMS.SYS.JSZ"  # every server's JetStream report (meta leader, peers), as OPS asks for it
 
-# Who calls whom: the participants the order service's saga invokes and compensates.
+# Who calls whom: the participants the order service's sagas invoke and compensate (placing an order, and
+# its fulfilment: shipment with capture, returns with refunds).
 CALLS: dict[str, tuple[s.Route, ...]] = {
-    "orders": (s.INVENTORY_RESERVE, s.INVENTORY_RELEASE, s.PAYMENT_AUTHORIZE, s.PAYMENT_REFUND),
+    "orders": (
+        s.INVENTORY_RESERVE,
+        s.INVENTORY_RELEASE,
+        s.INVENTORY_COMMIT,
+        s.INVENTORY_UNCOMMIT,
+        s.INVENTORY_RECEIVE_RETURN,
+        s.PAYMENT_AUTHORIZE,
+        s.PAYMENT_REFUND,
+        s.PAYMENT_VOID,
+        s.PAYMENT_CAPTURE,
+        s.PAYMENT_REVERSE_CAPTURE,
+    ),
 }
 # What a client may ask: place, read and cancel orders; check and read stock; read a payment; health.
 CLI_ROUTES: tuple[s.Route, ...] = (

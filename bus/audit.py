@@ -41,6 +41,30 @@ ONCE_PER_KEY = frozenset(
 )
 
 
+# Payments that hold the customer's money, or a hold on it (a partly refunded one still holds the rest).
+CHARGED = frozenset({"AUTHORIZED", "CAPTURED", "PARTIALLY_REFUNDED"})
+
+
+def _authorized_once(p: dict[str, Any]) -> bool:
+    """Whether the payment was authorized (has its payment_authorized event): all but declined payments and
+    tombstones (VOIDED rows of nothing, made by a void or a capture's reversal that came first)."""
+    return p["status"] != "DECLINED" and p.get("decline_reason") is None and p.get("customer_id") is not None
+
+
+def _payment_events(p: dict[str, Any]) -> list[str]:
+    """The events a payment in its state must have in the stream."""
+    if p["status"] == "DECLINED":
+        return ["payment_declined"]
+    if p["status"] == "VOIDED":
+        return ["payment_voided"]
+    kinds = ["payment_authorized"]
+    if p.get("captured_cents"):
+        kinds.append("payment_captured")
+    if p["status"] == "REFUNDED" or p.get("refunded_cents"):  # (REFUNDED with nothing captured: a void before)
+        kinds.append("payment_refunded")
+    return kinds
+
+
 @dataclass
 class Check:
     number: int
@@ -188,7 +212,7 @@ async def run_audit(client: Client, js: JetStreamContext, stream: str, saga: Sag
     by_order = {o["order_id"]: o for o in orders}
     active = {r["order_id"]: r for r in reservations if r["status"] == "ACTIVE"}
     pay = {p["order_id"]: p for p in payments}
-    charged = {oid for oid, p in pay.items() if p["status"] == "AUTHORIZED"}
+    charged = {oid for oid, p in pay.items() if p["status"] in CHARGED}
 
     # 1. no SKU is oversold
     oversold = Check(1, "no SKU is oversold")
@@ -259,7 +283,7 @@ async def run_audit(client: Client, js: JetStreamContext, stream: str, saga: Sag
     for key, n in keys.items():
         if n > 1:
             once.fail(f"key {key}: {n} orders")
-    for oid in charged | {p["order_id"] for p in payments if p["status"] == "REFUNDED"}:
+    for oid in charged | {p["order_id"] for p in payments if _authorized_once(p)}:
         if oid not in by_order:
             once.fail(f"{oid}: payment without an order")
     for oid in active:
@@ -279,14 +303,12 @@ async def run_audit(client: Client, js: JetStreamContext, stream: str, saga: Sag
             expected.append(s.event_subject("inventory", "stock_reserved", r["order_id"]))
         if r["status"] == "RELEASED":
             expected.append(s.event_subject("inventory", "stock_released", r["order_id"]))
-    payment_events = {
-        "AUTHORIZED": ["payment_authorized"],
-        "DECLINED": ["payment_declined"],
-        "REFUNDED": ["payment_authorized", "payment_refunded"],
-        "VOIDED": ["payment_voided"],
-    }
+        if r["status"] == "COMMITTED":
+            expected.append(s.event_subject("inventory", "stock_committed", r["order_id"]))
+        if any(line.get("returned_qty") for line in r["items"]):
+            expected.append(s.event_subject("inventory", "stock_returned", r["order_id"]))
     for p in payments:
-        expected += [s.event_subject("payment", t, p["order_id"]) for t in payment_events[p["status"]]]
+        expected += [s.event_subject("payment", t, p["order_id"]) for t in _payment_events(p)]
     for p in products["products"]:
         expected.append(s.event_subject("inventory", "stock_restocked", p["sku"]))
     evented.checked = len(expected)
@@ -298,7 +320,7 @@ async def run_audit(client: Client, js: JetStreamContext, stream: str, saga: Sag
         _, _service, kind, key = subject.split(".", 3)
         if kind == "stock_reserved" and key not in reserved_ids:
             evented.fail(f"{subject} but inventory has no such reservation")
-        elif kind == "payment_authorized" and pay.get(key, {}).get("status") not in ("AUTHORIZED", "REFUNDED"):
+        elif kind == "payment_authorized" and not (key in pay and _authorized_once(pay[key])):
             evented.fail(f"{subject} but payment has no such authorization")
         elif kind == "order_created" and key not in by_order:
             evented.fail(f"{subject} but orders has no such order")

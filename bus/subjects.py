@@ -44,9 +44,16 @@ INVENTORY_RELEASE = Route("inventory", "release", c.Release, mutating=True, repl
 INVENTORY_STOCK = Route("inventory", "stock", c.StockQuery, reply=c.Stock)
 INVENTORY_RESTOCK = Route("inventory", "restock", c.Restock, mutating=True, reply=c.Product)
 INVENTORY_RESERVATIONS = Route("inventory", "reservations", c.ReservationQuery, reply=c.ReservationList)
+INVENTORY_PRODUCT = Route("inventory", "product", c.UpdateProduct, mutating=True, reply=c.Product)
+INVENTORY_COMMIT = Route("inventory", "commit", c.Commit, mutating=True, reply=c.Reservation)
+INVENTORY_UNCOMMIT = Route("inventory", "uncommit", c.Uncommit, mutating=True, reply=c.Uncommitted)
+INVENTORY_RECEIVE_RETURN = Route("inventory", "receive_return", c.ReceiveReturn, mutating=True, reply=c.ReturnReceipt)
 
 PAYMENT_AUTHORIZE = Route("payment", "authorize", c.Authorize, mutating=True, reply=c.Payment)
+PAYMENT_CAPTURE = Route("payment", "capture", c.Capture, mutating=True, reply=c.Payment)
+PAYMENT_REVERSE_CAPTURE = Route("payment", "reverse_capture", c.ReverseCapture, mutating=True, reply=c.Payment)
 PAYMENT_REFUND = Route("payment", "refund", c.Refund, mutating=True, reply=c.Payment)
+PAYMENT_VOID = Route("payment", "void", c.Void, mutating=True, reply=c.Payment)
 PAYMENT_GET = Route("payment", "get", c.GetPayment, reply=c.Payment)
 PAYMENT_LIST = Route("payment", "list", c.PaymentQuery, reply=c.PaymentList)
 
@@ -71,8 +78,15 @@ ROUTES: tuple[Route, ...] = (
     INVENTORY_STOCK,
     INVENTORY_RESTOCK,
     INVENTORY_RESERVATIONS,
+    INVENTORY_PRODUCT,
+    INVENTORY_COMMIT,
+    INVENTORY_UNCOMMIT,
+    INVENTORY_RECEIVE_RETURN,
     PAYMENT_AUTHORIZE,
+    PAYMENT_CAPTURE,
+    PAYMENT_REVERSE_CAPTURE,
     PAYMENT_REFUND,
+    PAYMENT_VOID,
     PAYMENT_GET,
     PAYMENT_LIST,
     ORDERS_HEALTH,

@@ -1,4 +1,5 @@
-"""Rebuilding the inventory tables from its events: products, reservations and their tombstones.
+"""Rebuilding the inventory tables from its events: products, reservations and their tombstones, commits and
+their reversals, returns.
 
 Stream order is commit order, so applying each event's change in turn gives
 back the same counts; `products.reserved` moves only when a reservation changes
@@ -6,11 +7,14 @@ state. A copy of an event stored again later (after an outage longer than the
 duplicate window) never gets here: the rebuild applies each event id once
 (bus.replay). It has to: a copy of an older restock would set `on_hand` back.
 The catalog is marked as seeded, so the first start after a rebuild does not
-restock it a second time.
+restock it a second time. A commit moves its lines out of `on_hand` and `reserved`, an uncommit back in, a
+return puts its restocked lines back on hand and counts each line's returned units, with the same
+statements the service ran (inventory_svc.fulfilment, inventory_svc.returns).
 
 Of the idempotency table, only the restock keys are rebuilt (from the key and
 hash each restock event carries): reserve and release are idempotent by order id,
-which is what a resumed saga relies on when it re-sends a step, but a restock
+commit and uncommit by commit id, returns by return id, which is what a resumed saga relies on when it
+re-sends a step, but a restock
 repeated after a rebuild would add its units a second time.
 """
 
@@ -24,7 +28,7 @@ from bus import idempotency, jsonb
 from bus.contract import Event
 from bus.subjects import INVENTORY_RESTOCK
 from bus.unit import Tx
-from inventory_svc import catalog, store
+from inventory_svc import catalog, fulfilment, returns, store
 
 
 def apply(tx: Tx, event: Event) -> None:
@@ -42,10 +46,13 @@ def _restocked(tx: Tx, d: dict[str, Any]) -> None:
         " on_hand = excluded.on_hand",
         (d["sku"], d["name"], d["price_cents"], d["on_hand"]),
     )
+    if "resellable" in d:  # (a restock that did not set the flag does not name it)
+        tx.execute("UPDATE products SET resellable = ? WHERE sku = ?", (int(d["resellable"]), d["sku"]))
     tx.execute("INSERT INTO meta (name, value) VALUES (?, 'replay') ON CONFLICT DO NOTHING", (catalog.SEEDED,))
     key, digest = d.get("idempotency_key"), d.get("request_hash")
     if key and digest:
         reserved = d.get("reserved", 0)
+        flag = tx.one("SELECT resellable FROM products WHERE sku = ?", (d["sku"],))
         answered = c.Product(
             sku=d["sku"],
             name=d["name"],
@@ -53,6 +60,7 @@ def _restocked(tx: Tx, d: dict[str, Any]) -> None:
             on_hand=d["on_hand"],
             reserved=reserved,
             available=d["on_hand"] - reserved,
+            resellable=bool(flag["resellable"]) if flag else True,
         )
         idempotency.restore(tx, key, INVENTORY_RESTOCK.subject, digest, answered, d.get("restocked_at") or "")
 
@@ -100,8 +108,50 @@ def _released(tx: Tx, d: dict[str, Any]) -> None:
     )
 
 
+def _product_updated(tx: Tx, d: dict[str, Any]) -> None:
+    tx.execute(
+        "UPDATE products SET name = ?, price_cents = ?, resellable = ? WHERE sku = ?",
+        (d["name"], d["price_cents"], int(d["resellable"]), d["sku"]),
+    )
+
+
+# A commit's and an uncommit's events carry the reservation's lines: the stock moves by them.
+
+
+def _committed(tx: Tx, d: dict[str, Any]) -> None:
+    fulfilment.move(tx, d["items"], -1)
+    tx.execute(
+        "UPDATE reservations SET status = 'COMMITTED', commit_id = ?, committed_at = ? WHERE order_id = ?",
+        (d["commit_id"], d["committed_at"], d["order_id"]),
+    )
+
+
+def _uncommitted(tx: Tx, d: dict[str, Any]) -> None:
+    if not d["tombstone"]:
+        fulfilment.move(tx, d["reservation"]["items"], +1)
+        tx.execute(
+            "UPDATE reservations SET status = 'ACTIVE', commit_id = NULL, committed_at = NULL WHERE order_id = ?",
+            (d["order_id"],),
+        )
+    tx.execute(
+        "INSERT INTO commit_reversals (order_id, commit_id, tombstone, reason, reversed_at) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
+        (d["order_id"], d["commit_id"], int(d["tombstone"]), d.get("reason"), d["reversed_at"]),
+    )
+
+
+def _returned(tx: Tx, d: dict[str, Any]) -> None:
+    row = tx.one("SELECT items FROM reservations WHERE order_id = ?", (d["order_id"],))
+    items = jsonb.loads(row["items"]) if row is not None else []  # (none: a reservation the stream lost)
+    returns.record(tx, c.ReturnReceipt.model_validate(d), items)
+
+
 PROJECTIONS: dict[str, Callable[[Tx, dict[str, Any]], None]] = {
     store.STOCK_RESTOCKED: _restocked,
     store.STOCK_RESERVED: _reserved,
     store.STOCK_RELEASED: _released,
+    store.PRODUCT_UPDATED: _product_updated,
+    store.STOCK_COMMITTED: _committed,
+    store.STOCK_UNCOMMITTED: _uncommitted,
+    store.STOCK_RETURNED: _returned,
 }

@@ -1,4 +1,5 @@
-"""Inventory endpoints: check, reserve, release, stock, restock and the reservations audit."""
+"""Inventory endpoints: check, reserve, release, commit and uncommit, returns, stock, restock, product updates
+and the reservations audit."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from bus.db import Acked
 from bus.migrations import Schema
 from bus.service import Call
 from bus.spec import Kernel, ServiceSpec
-from inventory_svc import catalog, replay, store
+from inventory_svc import catalog, fulfilment, replay, returns, schema, store
 
 
 async def build(k: Kernel) -> None:
@@ -37,9 +38,28 @@ async def build(k: Kernel) -> None:
 
     async def restock(cmd: c.Restock, call: Call) -> c.Product:
         """Adds units; raises InvalidRequest when a new SKU lacks its name or price."""
+        # `resellable` came later: left out of the hash while unset, a key stored before is the same request.
+        exclude = frozenset({"resellable"}) if cmd.resellable is None else frozenset()
         return await db.run(
-            call.once(cmd, lambda tx: store.restock(tx, cmd, show, call.idempotency_key, call.request_hash))
+            call.once(cmd, lambda tx: store.restock(tx, cmd, show, call.idempotency_key, call.request_hash), exclude)
         )
+
+    async def product(cmd: c.UpdateProduct, call: Call) -> c.Product:
+        """Changes a product's name, price or resellable flag, not its stock; raises NotFound."""
+        return await db.run(call.once(cmd, lambda tx: store.update_product(tx, cmd)))
+
+    async def commit(cmd: c.Commit, call: Call) -> c.Reservation:
+        """Idempotent per commit_id; raises NotFound and Conflict."""
+        return await db.run(call.once(cmd, lambda tx: fulfilment.commit(tx, cmd, show)))
+
+    async def uncommit(cmd: c.Uncommit, call: Call) -> c.Uncommitted:
+        """Idempotent and order-tolerant (a tombstone refuses a late commit); raises Conflict once returned."""
+        return await db.run(call.once(cmd, lambda tx: fulfilment.uncommit(tx, cmd, show)))
+
+    async def receive_return(cmd: c.ReceiveReturn, call: Call) -> c.ReturnReceipt:
+        """All lines or none, never past what was committed. Idempotent per return_id; raises NotFound,
+        InvalidRequest, Conflict."""
+        return await db.run(call.once(cmd, lambda tx: returns.receive_return(tx, cmd, show)))
 
     async def reservations(cmd: c.ReservationQuery, call: Call) -> c.ReservationList:
         """Read-only, for the audit."""
@@ -54,13 +74,17 @@ async def build(k: Kernel) -> None:
         (s.INVENTORY_STOCK, stock),
         (s.INVENTORY_RESTOCK, restock),
         (s.INVENTORY_RESERVATIONS, reservations),
+        (s.INVENTORY_PRODUCT, product),
+        (s.INVENTORY_COMMIT, commit),
+        (s.INVENTORY_UNCOMMIT, uncommit),
+        (s.INVENTORY_RECEIVE_RETURN, receive_return),
     )
 
 
 SPEC = ServiceSpec(
     name="inventory",
-    description="Catalog and stock; reserves and releases stock per order, never oversells",
-    schema=Schema(store.MIGRATIONS),
+    description="Catalog and stock; reserves, releases, commits and takes back stock per order, never oversells",
+    schema=Schema(schema.MIGRATIONS),
     build=build,
     apply=replay.apply,
 )

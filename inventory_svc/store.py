@@ -10,51 +10,25 @@ from bus import contract as c
 from bus import jsonb
 from bus.errors import Conflict, InvalidRequest, NotFound, OutOfStock
 from bus.ids import now_iso
-from bus.migrations import Migrations
 from bus.money import MONEY_LIMIT_CENTS
 from bus.unit import Rejected, Tx, in_window, where
-
-# The CHECKs are the last line of defence against overselling: a unit that got the arithmetic
-# wrong fails with an IntegrityError and is rolled back instead of committing a bad count.
-MIGRATIONS = Migrations(
-    "inventory",
-    (
-        """
-    CREATE TABLE products (
-        sku TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        price_cents INTEGER NOT NULL CHECK (price_cents >= 0),
-        on_hand INTEGER NOT NULL CHECK (on_hand >= 0),
-        reserved INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0),
-        CHECK (on_hand >= reserved)
-    );
-    CREATE TABLE reservations (
-        order_id TEXT PRIMARY KEY,
-        status TEXT NOT NULL CHECK (status IN ('ACTIVE', 'RELEASED')),
-        items TEXT NOT NULL,
-        total_cents INTEGER NOT NULL CHECK (total_cents >= 0),
-        currency TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        released_at TEXT,
-        tombstone INTEGER NOT NULL DEFAULT 0 CHECK (tombstone IN (0, 1))
-    );
-    CREATE INDEX reservations_by_status ON reservations (status, order_id);
-    """,
-    ),
-)
 
 # Event types this service emits (subject `events.inventory.<type>.<key>`).
 STOCK_RESTOCKED = "stock_restocked"  # key: sku
 STOCK_RESERVED = "stock_reserved"  # key: order id
 STOCK_RELEASED = "stock_released"  # key: order id
 RESERVATION_REJECTED = "reservation_rejected"  # key: order id
+PRODUCT_UPDATED = "product_updated"  # key: sku
+STOCK_COMMITTED = "stock_committed"  # key: order id
+STOCK_UNCOMMITTED = "stock_uncommitted"  # key: order id
+STOCK_RETURNED = "stock_returned"  # key: order id
 
 # What a unit changed, sku -> (on_hand, reserved), shown (the stock gauges) once it has committed.
 Levels = dict[str, tuple[int, int]]
 Show = Callable[[Levels], None]
 
 
-def _show_after_commit(tx: Tx, show: Show | None, levels: Levels) -> None:
+def show_after_commit(tx: Tx, show: Show | None, levels: Levels) -> None:
     if show is not None and levels:
         tx.after_commit(lambda: show(levels))
 
@@ -79,9 +53,9 @@ def reserve(tx: Tx, cmd: c.Reserve, currency: str, show: Show | None = None) -> 
                 f"order {cmd.order_id} already holds a reservation for different items",
                 {"order_id": cmd.order_id, "items": [{"sku": s, "qty": q} for s, q in held.items()]},
             )
-        return _reservation(row)
+        return reservation_of(row)
 
-    products = _products(tx, list(wanted))
+    products = products_of(tx, list(wanted))
     total = sum(qty * products[sku]["price_cents"] for sku, qty in wanted.items())
     if total > MONEY_LIMIT_CENTS:
         # No payment could take this total: refused here, where prices meet quantities, before anything is
@@ -138,15 +112,21 @@ def reserve(tx: Tx, cmd: c.Reserve, currency: str, show: Show | None = None) -> 
     }
     tx.emit(STOCK_RESERVED, cmd.order_id, data, order_id=cmd.order_id)
     levels = {sku: (products[sku]["on_hand"], products[sku]["reserved"] + qty) for sku, qty in wanted.items()}
-    _show_after_commit(tx, show, levels)
+    show_after_commit(tx, show, levels)
     return c.Reservation.model_validate(data)
 
 
 def release(tx: Tx, cmd: c.Release, currency: str, show: Show | None = None) -> c.Released:
-    """Give the order's stock back; for an unknown order leave a tombstone. Idempotent."""
+    """Give the order's stock back; for an unknown order leave a tombstone. Idempotent; raises Conflict for a
+    committed (shipped) reservation, whose units left with the order."""
     row = tx.one("SELECT * FROM reservations WHERE order_id = ?", (cmd.order_id,))
     if row is not None and row["status"] == "RELEASED":
         return c.Released(order_id=cmd.order_id, tombstone=bool(row["tombstone"]))
+    if row is not None and row["status"] == "COMMITTED":
+        raise Conflict(
+            f"order {cmd.order_id} is committed (shipped): its stock is not released; uncommit it or return it",
+            {"order_id": cmd.order_id, "status": "COMMITTED", "commit_id": row["commit_id"]},
+        )
     now = now_iso()
     if row is None:
         # The release overtook (or replaced) the reserve: remember it, so a late reserve is refused.
@@ -173,14 +153,15 @@ def release(tx: Tx, cmd: c.Release, currency: str, show: Show | None = None) -> 
     tx.executemany("UPDATE products SET reserved = reserved - ? WHERE sku = ?", [(i["qty"], i["sku"]) for i in items])
     tx.execute("UPDATE reservations SET status = 'RELEASED', released_at = ? WHERE order_id = ?", (now, cmd.order_id))
     data = {
-        **_reservation(row).model_dump(mode="json"),
+        **reservation_of(row).model_dump(mode="json"),
+        "items": items,  # as reserved (nothing of an ACTIVE reservation was returned)
         "status": "RELEASED",
         "released_at": now,
         "tombstone": False,
         "reason": cmd.reason,
     }
     tx.emit(STOCK_RELEASED, cmd.order_id, data, order_id=cmd.order_id)
-    _show_after_commit(tx, show, _levels(tx, [i["sku"] for i in items]))
+    show_after_commit(tx, show, levels_of(tx, [i["sku"] for i in items]))
     return c.Released(order_id=cmd.order_id, tombstone=False)
 
 
@@ -197,16 +178,16 @@ def restock(
             if getattr(cmd, field) is None:
                 raise InvalidRequest(f"{cmd.sku} is a new SKU: {field} is required", {"field": field})
         tx.execute(
-            "INSERT INTO products (sku, name, price_cents, on_hand, reserved) VALUES (?, ?, ?, ?, 0)",
-            (cmd.sku, cmd.name, cmd.price_cents, cmd.qty),
+            "INSERT INTO products (sku, name, price_cents, on_hand, reserved, resellable) VALUES (?, ?, ?, ?, 0, ?)",
+            (cmd.sku, cmd.name, cmd.price_cents, cmd.qty, int(cmd.resellable is not False)),
         )
     else:
         tx.execute(
             "UPDATE products SET on_hand = on_hand + ?, name = coalesce(?, name),"
-            " price_cents = coalesce(?, price_cents) WHERE sku = ?",
-            (cmd.qty, cmd.name, cmd.price_cents, cmd.sku),
+            " price_cents = coalesce(?, price_cents), resellable = coalesce(?, resellable) WHERE sku = ?",
+            (cmd.qty, cmd.name, cmd.price_cents, None if cmd.resellable is None else int(cmd.resellable), cmd.sku),
         )
-    product = _product(_products(tx, [cmd.sku])[cmd.sku])
+    product = _product(products_of(tx, [cmd.sku])[cmd.sku])
     data: dict[str, Any] = {
         "sku": product.sku,
         "name": product.name,
@@ -216,10 +197,26 @@ def restock(
         "reserved": product.reserved,
         "restocked_at": now_iso(),
     }
+    if cmd.resellable is not None:  # (only then: a restock's event is as it was before the flag)
+        data["resellable"] = product.resellable
     if key is not None and digest is not None:
         data |= {"idempotency_key": key, "request_hash": digest}
     tx.emit(STOCK_RESTOCKED, cmd.sku, data)
-    _show_after_commit(tx, show, {product.sku: (product.on_hand, product.reserved)})
+    show_after_commit(tx, show, {product.sku: (product.on_hand, product.reserved)})
+    return product
+
+
+def update_product(tx: Tx, cmd: c.UpdateProduct) -> c.Product:
+    """Change a product's name, price or whether returned units are resold; its stock stays. Raises NotFound."""
+    products_of(tx, [cmd.sku])
+    resellable = None if cmd.resellable is None else int(cmd.resellable)
+    tx.execute(
+        "UPDATE products SET name = coalesce(?, name), price_cents = coalesce(?, price_cents),"
+        " resellable = coalesce(?, resellable) WHERE sku = ?",
+        (cmd.name, cmd.price_cents, resellable, cmd.sku),
+    )
+    product = _product(products_of(tx, [cmd.sku])[cmd.sku])
+    tx.emit(PRODUCT_UPDATED, cmd.sku, product.model_dump(mode="json") | {"updated_at": now_iso()})
     return product
 
 
@@ -228,7 +225,7 @@ def restock(
 
 def check(tx: Tx, cmd: c.CheckStock) -> c.Availability:
     """Would these lines fit right now? Read-only; raises NotFound for an unknown SKU."""
-    products = _products(tx, [line.sku for line in cmd.items])
+    products = products_of(tx, [line.sku for line in cmd.items])
     lines = [
         c.CheckLine(
             sku=line.sku,
@@ -242,7 +239,7 @@ def check(tx: Tx, cmd: c.CheckStock) -> c.Availability:
 
 def stock(tx: Tx, cmd: c.StockQuery) -> c.Stock:
     if cmd.sku is not None:
-        return c.Stock(products=[_product(_products(tx, [cmd.sku])[cmd.sku])])
+        return c.Stock(products=[_product(products_of(tx, [cmd.sku])[cmd.sku])])
     return c.Stock(products=[_product(row) for row in tx.all("SELECT * FROM products ORDER BY sku")])
 
 
@@ -257,7 +254,7 @@ def reservations(tx: Tx, cmd: c.ReservationQuery) -> c.ReservationList:
     )
     direction = "DESC" if cmd.order == "desc" else "ASC"
     rows = tx.all(f"SELECT * FROM reservations{clause} ORDER BY order_id {direction} LIMIT ?", (*params, cmd.limit))
-    return c.ReservationList(reservations=[_reservation(row) for row in rows])
+    return c.ReservationList(reservations=[reservation_of(row) for row in rows])
 
 
 def all_levels(tx: Tx) -> Levels:
@@ -267,7 +264,7 @@ def all_levels(tx: Tx) -> Levels:
 # -- rows -----------------------------------------------------------------
 
 
-def _products(tx: Tx, skus: list[str]) -> dict[str, sqlite3.Row]:
+def products_of(tx: Tx, skus: list[str]) -> dict[str, sqlite3.Row]:
     """The rows for these SKUs; raises NotFound naming the first unknown one."""
     marks = ",".join("?" * len(skus))
     rows = {row["sku"]: row for row in tx.all(f"SELECT * FROM products WHERE sku IN ({marks})", skus)}
@@ -277,8 +274,8 @@ def _products(tx: Tx, skus: list[str]) -> dict[str, sqlite3.Row]:
     return rows
 
 
-def _levels(tx: Tx, skus: list[str]) -> Levels:
-    return {sku: (row["on_hand"], row["reserved"]) for sku, row in _products(tx, skus).items()}
+def levels_of(tx: Tx, skus: list[str]) -> Levels:
+    return {sku: (row["on_hand"], row["reserved"]) for sku, row in products_of(tx, skus).items()}
 
 
 def _product(row: sqlite3.Row) -> c.Product:
@@ -289,16 +286,19 @@ def _product(row: sqlite3.Row) -> c.Product:
         on_hand=row["on_hand"],
         reserved=row["reserved"],
         available=row["on_hand"] - row["reserved"],
+        resellable=bool(row["resellable"]),
     )
 
 
-def _reservation(row: sqlite3.Row) -> c.Reservation:
+def reservation_of(row: sqlite3.Row) -> c.Reservation:
     return c.Reservation(
         order_id=row["order_id"],
         status=row["status"],
-        items=[c.PricedLine.model_validate(item) for item in jsonb.loads(row["items"])],
+        items=[c.ReservedLine.model_validate(item) for item in jsonb.loads(row["items"])],
         total_cents=row["total_cents"],
         currency=row["currency"],
         created_at=row["created_at"],
         released_at=row["released_at"],
+        commit_id=row["commit_id"],
+        committed_at=row["committed_at"],
     )

@@ -1,13 +1,23 @@
-"""Payment endpoints: authorize, refund, get and the payments audit."""
+"""Payment endpoints: authorize, capture and its reversal, refund and void, get and the payments audit."""
 
 from __future__ import annotations
+
+from pydantic import BaseModel
 
 from bus import contract as c
 from bus import subjects as s
 from bus.migrations import Schema
 from bus.service import Call
 from bus.spec import Kernel, ServiceSpec
-from payment_svc import replay, store
+from payment_svc import capture, refunds, replay, store
+
+# Fields a request gained after keys were stored for it: left out of its hash while unset, so that a repeat of
+# a key stored before (a resumed saga's refund, say) is still the same request.
+REFUND_ADDED = ("refund_id", "amount_cents")
+
+
+def unset(cmd: BaseModel, fields: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(name for name in fields if getattr(cmd, name) is None)
 
 
 async def build(k: Kernel) -> None:
@@ -17,9 +27,22 @@ async def build(k: Kernel) -> None:
         """One payment per order_id, idempotent; raises PaymentDeclined (recorded) and Conflict."""
         return await db.run(call.once(cmd, lambda tx: store.authorize(tx, cmd, limit_cents)))
 
+    async def capture_(cmd: c.Capture, call: Call) -> c.Payment:
+        """Idempotent per capture_id; raises NotFound and Conflict."""
+        return await db.run(call.once(cmd, lambda tx: capture.capture(tx, cmd)))
+
+    async def reverse_capture(cmd: c.ReverseCapture, call: Call) -> c.Payment:
+        """Idempotent and order-tolerant (a tombstone refuses a late capture); raises Conflict once refunded."""
+        return await db.run(call.once(cmd, lambda tx: capture.reverse_capture(tx, cmd, currency)))
+
     async def refund(cmd: c.Refund, call: Call) -> c.Payment:
-        """Idempotent and order-tolerant: an unknown order gets a VOIDED tombstone."""
-        return await db.run(call.once(cmd, lambda tx: store.refund(tx, cmd, currency)))
+        """Of an amount: idempotent per refund_id, never past what was captured. Without: a void."""
+        exclude = unset(cmd, REFUND_ADDED)
+        return await db.run(call.once(cmd, lambda tx: refunds.refund(tx, cmd, currency), exclude))
+
+    async def void(cmd: c.Void, call: Call) -> c.Payment:
+        """Idempotent and order-tolerant: an unknown order gets a VOIDED tombstone; raises Conflict once captured."""
+        return await db.run(call.once(cmd, lambda tx: store.void(tx, cmd, currency)))
 
     async def get(cmd: c.GetPayment, call: Call) -> c.Payment:
         """Read-only; raises NotFound."""
@@ -30,13 +53,19 @@ async def build(k: Kernel) -> None:
         return await db.read(lambda tx: store.payments(tx, cmd))
 
     k.runner.add_all(
-        (s.PAYMENT_AUTHORIZE, authorize), (s.PAYMENT_REFUND, refund), (s.PAYMENT_GET, get), (s.PAYMENT_LIST, payments)
+        (s.PAYMENT_AUTHORIZE, authorize),
+        (s.PAYMENT_CAPTURE, capture_),
+        (s.PAYMENT_REVERSE_CAPTURE, reverse_capture),
+        (s.PAYMENT_REFUND, refund),
+        (s.PAYMENT_VOID, void),
+        (s.PAYMENT_GET, get),
+        (s.PAYMENT_LIST, payments),
     )
 
 
 SPEC = ServiceSpec(
     name="payment",
-    description="Authorizes and refunds payments per order, with deterministic decline rules",
+    description="Authorizes, captures, refunds and voids payments per order, with deterministic decline rules",
     schema=Schema(store.MIGRATIONS),
     build=build,
     apply=replay.apply,

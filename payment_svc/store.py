@@ -1,9 +1,9 @@
-"""Payment storage: the schema and the units of work that authorize and refund, each with its event."""
+"""Payment storage: the schema, the payment rows, and the units of work that authorize and void, each with its
+event. Capture and its reversal live in payment_svc.capture, refunds of an amount in payment_svc.refunds."""
 
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
 
 from bus import contract as c
 from bus.errors import Conflict, NotFound, PaymentDeclined
@@ -28,14 +28,64 @@ MIGRATIONS = Migrations(
     );
     CREATE INDEX payments_by_status ON payments (status, order_id);
     """,
+        # Fulfilment: capture, capture reversals and refunds of an amount. SQLite cannot alter a CHECK, so the
+        # table is made again. A REFUNDED row from before (an authorization given back: nothing was captured)
+        # keeps its status with nothing captured or refunded; such a row is what VOIDED is now.
+        """
+    CREATE TABLE payments_v2 (
+        order_id TEXT PRIMARY KEY,
+        customer_id TEXT,
+        amount_cents INTEGER NOT NULL CHECK (amount_cents >= 0),
+        currency TEXT NOT NULL,
+        method TEXT,
+        status TEXT NOT NULL CHECK (
+            status IN ('AUTHORIZED', 'DECLINED', 'CAPTURED', 'PARTIALLY_REFUNDED', 'REFUNDED', 'VOIDED')
+        ),
+        decline_reason TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        captured_cents INTEGER NOT NULL DEFAULT 0 CHECK (captured_cents BETWEEN 0 AND amount_cents),
+        refunded_cents INTEGER NOT NULL DEFAULT 0 CHECK (refunded_cents BETWEEN 0 AND captured_cents),
+        capture_id TEXT,
+        CHECK ((capture_id IS NULL) = (captured_cents = 0)),
+        CHECK (status NOT IN ('CAPTURED', 'PARTIALLY_REFUNDED') OR captured_cents > 0)
+    );
+    INSERT INTO payments_v2 (order_id, customer_id, amount_cents, currency, method, status, decline_reason,
+        created_at, updated_at)
+        SELECT order_id, customer_id, amount_cents, currency, method, status, decline_reason, created_at, updated_at
+        FROM payments;
+    DROP TABLE payments;
+    ALTER TABLE payments_v2 RENAME TO payments;
+    CREATE INDEX payments_by_status ON payments (status, order_id);
+    CREATE TABLE refunds (
+        refund_id TEXT PRIMARY KEY,
+        order_id TEXT NOT NULL,
+        amount_cents INTEGER NOT NULL CHECK (amount_cents >= 1),
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX refunds_by_order ON refunds (order_id);
+    CREATE TABLE capture_reversals (
+        order_id TEXT NOT NULL,
+        capture_id TEXT NOT NULL,
+        tombstone INTEGER NOT NULL CHECK (tombstone IN (0, 1)),
+        reason TEXT,
+        reversed_at TEXT NOT NULL,
+        PRIMARY KEY (order_id, capture_id)
+    ) WITHOUT ROWID;
+    """,
     ),
 )
 
 # Event types this service emits (subject `events.payment.<type>.<order_id>`); data is the full row.
 PAYMENT_AUTHORIZED = "payment_authorized"
 PAYMENT_DECLINED = "payment_declined"
-PAYMENT_REFUNDED = "payment_refunded"
 PAYMENT_VOIDED = "payment_voided"
+PAYMENT_CAPTURED = "payment_captured"
+PAYMENT_CAPTURE_REVERSED = "payment_capture_reversed"  # data also: `reversal` {capture_id, tombstone, ...}
+PAYMENT_REFUNDED = "payment_refunded"  # data also: `refund` {refund_id, amount_cents}
+
+SETTLED = frozenset({"VOIDED", "REFUNDED"})  # what a void answers as it is
+CAPTURED = frozenset({"CAPTURED", "PARTIALLY_REFUNDED"})
 
 # Deterministic decline rules: the method names the outcome, so demos and tests can pick it.
 DECLINING_METHODS = {"card_declined": "card_declined", "card_insufficient_funds": "insufficient_funds"}
@@ -51,6 +101,9 @@ _COLUMNS = (
     "decline_reason",
     "created_at",
     "updated_at",
+    "captured_cents",
+    "refunded_cents",
+    "capture_id",
 )
 
 
@@ -65,7 +118,7 @@ def decline_reason(cmd: c.Authorize, limit_cents: int) -> str | None:
 
 def authorize(tx: Tx, cmd: c.Authorize, limit_cents: int) -> c.Payment | Rejected:
     """At most one payment per order: a repeat answers as the first did; refused after a refund."""
-    row = tx.one("SELECT * FROM payments WHERE order_id = ?", (cmd.order_id,))
+    row = row_of(tx, cmd.order_id)
     if row is not None:
         return _repeat(row, cmd)
     now = now_iso()
@@ -91,39 +144,55 @@ def authorize(tx: Tx, cmd: c.Authorize, limit_cents: int) -> c.Payment | Rejecte
     return payment
 
 
-def refund(tx: Tx, cmd: c.Refund, currency: str) -> c.Payment:
-    """Undo whatever was done for the order, if anything: idempotent and order-tolerant."""
-    row = tx.one("SELECT * FROM payments WHERE order_id = ?", (cmd.order_id,))
-    now = now_iso()
-    extra: dict[str, Any] = {"reason": cmd.reason, "tombstone": False}
-    if row is None:
-        # The refund overtook (or replaced) the authorize: a VOIDED tombstone refuses a late one.
-        payment = c.Payment(
-            order_id=cmd.order_id,
-            amount_cents=0,
-            currency=currency,
-            status="VOIDED",
-            created_at=now,
-            updated_at=now,
+def void(tx: Tx, cmd: c.Void | c.Refund, currency: str) -> c.Payment:
+    """Give the authorization back, if there was one: idempotent and order-tolerant; refused (CONFLICT) once
+    money was captured, which only a refund of an amount gives back."""
+    row = row_of(tx, cmd.order_id)
+    if row is not None and row["status"] in SETTLED:
+        return payment_of(row)
+    if row is not None and row["status"] in CAPTURED:
+        raise Conflict(
+            f"payment for order {cmd.order_id} is {row['status'].lower()}: captured: refund an amount",
+            {"order_id": cmd.order_id, "status": row["status"], **money_left(row)},
         )
-        _insert(tx, payment)
-        event, extra["tombstone"] = PAYMENT_VOIDED, True
-    elif row["status"] in ("REFUNDED", "VOIDED"):
-        return _payment(row)
-    else:
-        # A declined payment charged nothing, so it is voided rather than refunded.
-        status, event = ("REFUNDED", PAYMENT_REFUNDED) if row["status"] == "AUTHORIZED" else ("VOIDED", PAYMENT_VOIDED)
-        tx.execute("UPDATE payments SET status = ?, updated_at = ? WHERE order_id = ?", (status, now, cmd.order_id))
-        payment = _payment(row).model_copy(update={"status": status, "updated_at": now})
-    tx.emit(event, cmd.order_id, payment.model_dump(mode="json") | extra, order_id=cmd.order_id)
+    payment = voided_tombstone(tx, cmd.order_id, currency) if row is None else _voided(tx, row)
+    extra = {"reason": cmd.reason, "tombstone": row is None}
+    tx.emit(PAYMENT_VOIDED, cmd.order_id, payment.model_dump(mode="json") | extra, order_id=cmd.order_id)
     return payment
 
 
+def voided_tombstone(tx: Tx, order_id: str, currency: str) -> c.Payment:
+    """The void (or a capture's reversal) overtook, or replaced, the authorize: a VOIDED row of nothing
+    refuses a late one. The caller emits its event."""
+    now = now_iso()
+    payment = c.Payment(
+        order_id=order_id, amount_cents=0, currency=currency, status="VOIDED", created_at=now, updated_at=now
+    )
+    _insert(tx, payment)
+    return payment
+
+
+def _voided(tx: Tx, row: sqlite3.Row) -> c.Payment:
+    # Nothing was taken (AUTHORIZED) or nothing was charged (DECLINED): either way the payment is void.
+    now = now_iso()
+    tx.execute("UPDATE payments SET status = 'VOIDED', updated_at = ? WHERE order_id = ?", (now, row["order_id"]))
+    return payment_of(row).model_copy(update={"status": "VOIDED", "updated_at": now})
+
+
+def money_left(row: sqlite3.Row) -> dict[str, int]:
+    """What a payment has captured, refunded, and may still refund (for error details)."""
+    return {
+        "captured_cents": row["captured_cents"],
+        "refunded_cents": row["refunded_cents"],
+        "refundable_cents": row["captured_cents"] - row["refunded_cents"],
+    }
+
+
 def get(tx: Tx, cmd: c.GetPayment) -> c.Payment:
-    row = tx.one("SELECT * FROM payments WHERE order_id = ?", (cmd.order_id,))
+    row = row_of(tx, cmd.order_id)
     if row is None:
         raise NotFound(f"no payment for order {cmd.order_id}", {"order_id": cmd.order_id})
-    return _payment(row)
+    return payment_of(row)
 
 
 def payments(tx: Tx, cmd: c.PaymentQuery) -> c.PaymentList:
@@ -137,7 +206,27 @@ def payments(tx: Tx, cmd: c.PaymentQuery) -> c.PaymentList:
     )
     direction = "DESC" if cmd.order == "desc" else "ASC"
     rows = tx.all(f"SELECT * FROM payments{clause} ORDER BY order_id {direction} LIMIT ?", (*params, cmd.limit))
-    return c.PaymentList(payments=[_payment(row) for row in rows])
+    return c.PaymentList(payments=[payment_of(row) for row in rows])
+
+
+def row_of(tx: Tx, order_id: str) -> sqlite3.Row | None:
+    return tx.one("SELECT * FROM payments WHERE order_id = ?", (order_id,))
+
+
+def update(tx: Tx, payment: c.Payment) -> None:
+    """Write a payment's row as `payment` has it (its money, status, capture and time)."""
+    tx.execute(
+        "UPDATE payments SET status = ?, captured_cents = ?, refunded_cents = ?, capture_id = ?, updated_at = ?"
+        " WHERE order_id = ?",
+        (
+            payment.status,
+            payment.captured_cents,
+            payment.refunded_cents,
+            payment.capture_id,
+            payment.updated_at,
+            payment.order_id,
+        ),
+    )
 
 
 def _repeat(row: sqlite3.Row, cmd: c.Authorize) -> c.Payment | Rejected:
@@ -146,7 +235,7 @@ def _repeat(row: sqlite3.Row, cmd: c.Authorize) -> c.Payment | Rejected:
     status = row["status"]
     if status == "DECLINED":
         return Rejected(_declined(cmd.order_id, row["decline_reason"]))
-    if status in ("REFUNDED", "VOIDED"):
+    if status in SETTLED:
         return Rejected(
             Conflict(
                 f"payment for order {cmd.order_id} was {status.lower()}; a late authorize is refused",
@@ -160,7 +249,7 @@ def _repeat(row: sqlite3.Row, cmd: c.Authorize) -> c.Payment | Rejected:
                 {"order_id": cmd.order_id, "amount_cents": row["amount_cents"], "currency": row["currency"]},
             )
         )
-    return _payment(row)
+    return payment_of(row)
 
 
 def _declined(order_id: str, reason: str) -> PaymentDeclined:
@@ -174,5 +263,5 @@ def _insert(tx: Tx, payment: c.Payment) -> None:
     )
 
 
-def _payment(row: sqlite3.Row) -> c.Payment:
+def payment_of(row: sqlite3.Row) -> c.Payment:
     return c.Payment(**{col: row[col] for col in _COLUMNS})

@@ -413,6 +413,17 @@ LIMIT_CASES = [
     ("chaos.orders.set", {"latency_ms": float("inf")}, None, "latency_ms"),
     ("inventory.restock", {"sku": "KB-101", "qty": 1, "price_cents": 10**400}, None, "price_cents"),
     ("orders.place", {"customer_id": "c1", "items": [LINE | {"qty": 10**25}]}, None, "items[0].qty"),
+    # Fulfilment: money and units past their limits, ids past theirs.
+    ("payment.capture", {"order_id": "o1", "capture_id": "c1", "amount_cents": 10**400}, None, "amount_cents"),
+    ("payment.refund", {"order_id": "o1", "refund_id": "r1", "amount_cents": 10**25}, None, "amount_cents"),
+    ("payment.reverse_capture", {"order_id": "o1", "capture_id": "c" * 129}, None, "capture_id"),
+    (
+        "inventory.receive_return",
+        {"order_id": "o1", "return_id": "r1", "items": [LINE | {"qty": LIMITS.max_qty_per_line + 1}]},
+        None,
+        "items[0].qty",
+    ),
+    ("inventory.commit", {"order_id": "o1", "commit_id": "has space"}, None, "commit_id"),
 ]
 
 

@@ -85,24 +85,22 @@ async def test_authorize_is_idempotent_by_order_id_and_refuses_a_different_amoun
     assert await timeline(nc, settings) == ["events.payment.payment_authorized.o-4"]
 
 
-async def test_refund_of_an_authorized_payment_refunds_it_once_and_refuses_a_late_authorize(
+async def test_refund_of_an_authorized_payment_voids_it_once_and_refuses_a_late_authorize(
     payment, client, nc, settings
 ):
     await client.call(s.PAYMENT_AUTHORIZE, auth("o-5"), c.Payment)
-    refunded = await client.call(s.PAYMENT_REFUND, {"order_id": "o-5", "reason": "cancelled"}, c.Payment)
-    assert (refunded.status, refunded.amount_cents, refunded.method) == ("REFUNDED", 12_300, "card")
-    assert await client.call(s.PAYMENT_REFUND, {"order_id": "o-5"}, c.Payment) == refunded
+    voided = await client.call(s.PAYMENT_REFUND, {"order_id": "o-5", "reason": "cancelled"}, c.Payment)
+    assert (voided.status, voided.amount_cents, voided.method) == ("VOIDED", 12_300, "card")
+    assert await client.call(s.PAYMENT_REFUND, {"order_id": "o-5"}, c.Payment) == voided
     body, headers = await ask(nc, "payment.authorize", auth("o-5"))
-    assert (
-        body["error"]["code"] == "CONFLICT" and "was refunded; a late authorize is refused" in body["error"]["message"]
-    )
+    assert body["error"]["code"] == "CONFLICT" and "was voided; a late authorize is refused" in body["error"]["message"]
     assert headers["Nats-Service-Error-Code"] == "409"
     events = await stream_events(nc, settings)
     assert [e["subject"] for e in events] == [
         "events.payment.payment_authorized.o-5",
-        "events.payment.payment_refunded.o-5",
+        "events.payment.payment_voided.o-5",
     ]
-    assert events[1]["data"] == refunded.model_dump() | {"reason": "cancelled", "tombstone": False}
+    assert events[1]["data"] == voided.model_dump() | {"reason": "cancelled", "tombstone": False}
 
 
 async def test_refund_of_a_declined_payment_voids_it(payment, client, nc, settings):

@@ -20,6 +20,10 @@ Instant = Annotated[AwareDatetime, Field(description="RFC 3339 with a time zone,
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 Cents = Annotated[int, Field(ge=0, le=MONEY_LIMIT_CENTS)]
 Reason = Annotated[str, Field(max_length=200)]
+# A caller's id for one fulfilment act (a capture, a refund, a commit, a return): what makes a repeat of it
+# a repeat. Saga-derived ids (`{saga_id}:{step}`) fit, hence `:` and `.`.
+ActId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
+PositiveCents = Annotated[int, Field(ge=1, le=MONEY_LIMIT_CENTS)]
 PaymentMethod = Literal["card", "card_declined", "card_insufficient_funds"]
 
 
@@ -29,11 +33,18 @@ class OrderStatus(StrEnum):
     COMPENSATING = "COMPENSATING"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    # Past confirmation: the order's fulfilment (`orders.ship`, `orders.return`).
+    SHIPPING = "SHIPPING"
+    SHIPPED = "SHIPPED"
+    PARTIALLY_RETURNED = "PARTIALLY_RETURNED"
+    RETURNED = "RETURNED"
 
 
-TERMINAL = frozenset({OrderStatus.CONFIRMED, OrderStatus.FAILED, OrderStatus.CANCELLED})
-
-TERMINAL = frozenset({OrderStatus.CONFIRMED, OrderStatus.FAILED, OrderStatus.CANCELLED})
+# What a shipped order may be: it is returned, never cancelled.
+SHIPPED_STATUSES = frozenset({OrderStatus.SHIPPED, OrderStatus.PARTIALLY_RETURNED, OrderStatus.RETURNED})
+# The statuses an order's placement ends in (and those it goes on to, which it reaches only once confirmed).
+TERMINAL = frozenset({OrderStatus.CONFIRMED, OrderStatus.FAILED, OrderStatus.CANCELLED, OrderStatus.SHIPPING})
+TERMINAL |= SHIPPED_STATUSES
 
 
 class Command(BaseModel):

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from bus.contract.base import (
     Command,
     CustomerId,
+    Line,
     LinesCommand,
     OrderId,
     OrderStatus,
@@ -50,6 +51,32 @@ class CancelOrder(Command):
 
 class OrderEventsQuery(Command):
     order_id: OrderId
+
+
+class ShipOrder(Command):
+    """Ship a CONFIRMED order: its reservation is committed (the stock leaves) and its payment captured."""
+
+    order_id: OrderId
+    wait_ms: int = Field(10_000, ge=0, le=60_000)
+
+
+class ReturnOrder(Command):
+    """Take back some or all of a shipped order's units (`items` left out: all not yet returned); their value
+    at the unit prices paid is refunded."""
+
+    order_id: OrderId
+    items: list[Line] | None = Field(None, min_length=1)
+    reason: Reason | None = None
+    wait_ms: int = Field(10_000, ge=0, le=60_000)
+
+    @field_validator("items")
+    @classmethod
+    def _one_line_per_sku(cls, items: list[Line] | None) -> list[Line] | None:
+        if items is not None:
+            skus = [line.sku for line in items]
+            if len(set(skus)) != len(skus):
+                raise ValueError("each SKU may appear once")
+        return items
 
 
 class SagaQuery(Window):
@@ -109,6 +136,19 @@ class SagaView(Result):
         return self
 
 
+class OrderReturn(Result):
+    """One return of a shipped order's units; RETURNING while its saga runs."""
+
+    return_id: str
+    items: list[PricedLine]
+    amount_cents: int
+    status: Literal["RETURNING", "RETURNED", "FAILED"]
+    reason: str | None = None
+    failure_reason: str | None = None
+    created_at: str
+    updated_at: str
+
+
 class Order(Result):
     order_id: str
     customer_id: str
@@ -123,6 +163,12 @@ class Order(Result):
     created_at: str
     updated_at: str
     saga: SagaView | None = None
+    # Fulfilment: the shipment's saga, when it shipped, why the last attempt to ship did not; the returns.
+    ship_saga_id: str | None = None
+    shipped_at: str | None = None
+    ship_failure: str | None = None
+    refunded_cents: int = 0
+    returns: list[OrderReturn] = []
 
 
 class SagaList(Result):
