@@ -47,7 +47,17 @@ JSZ_SUBJECT = "OMS.SYS.JSZ"  # every server's JetStream report (meta leader, pee
 
 # Who calls whom: the participants the order service's saga invokes and compensates.
 CALLS: dict[str, tuple[s.Route, ...]] = {
-    "orders": (s.INVENTORY_RESERVE, s.INVENTORY_RELEASE, s.PAYMENT_AUTHORIZE, s.PAYMENT_REFUND),
+    "orders": (
+        s.INVENTORY_RESERVE,
+        s.INVENTORY_RELEASE,
+        s.INVENTORY_COMMIT,
+        s.INVENTORY_UNCOMMIT,
+        s.INVENTORY_RECEIVE_RETURN,
+        s.PAYMENT_AUTHORIZE,
+        s.PAYMENT_REFUND,
+        s.PAYMENT_CAPTURE,
+        s.PAYMENT_REVERSE_CAPTURE,
+    ),
 }
 # What a client may ask: place, read and cancel orders; check and read stock; read a payment; health.
 CLI_ROUTES: tuple[s.Route, ...] = (

@@ -38,9 +38,27 @@ class OrderStatus(StrEnum):
     COMPENSATING = "COMPENSATING"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    # Past confirmation: the order's fulfilment (`orders.ship`, `orders.return`).
+    SHIPPING = "SHIPPING"
+    SHIPPED = "SHIPPED"
+    PARTIALLY_RETURNED = "PARTIALLY_RETURNED"
+    RETURNED = "RETURNED"
 
 
-TERMINAL = frozenset({OrderStatus.CONFIRMED, OrderStatus.FAILED, OrderStatus.CANCELLED})
+# The statuses an order's placement ends in (and those it goes on to, which it reaches only once confirmed).
+TERMINAL = frozenset(
+    {
+        OrderStatus.CONFIRMED,
+        OrderStatus.FAILED,
+        OrderStatus.CANCELLED,
+        OrderStatus.SHIPPING,
+        OrderStatus.SHIPPED,
+        OrderStatus.PARTIALLY_RETURNED,
+        OrderStatus.RETURNED,
+    }
+)
+# What a shipped order may be: it is returned, never cancelled.
+SHIPPED_STATUSES = frozenset({OrderStatus.SHIPPED, OrderStatus.PARTIALLY_RETURNED, OrderStatus.RETURNED})
 
 
 class Command(BaseModel):
@@ -159,6 +177,32 @@ class OrderEventsQuery(Command):
     order_id: OrderId
 
 
+class ShipOrder(Command):
+    """Ship a CONFIRMED order: its reservation is committed (the stock leaves) and its payment captured."""
+
+    order_id: OrderId
+    wait_ms: int = Field(10_000, ge=0, le=60_000)
+
+
+class ReturnOrder(Command):
+    """Take back some or all of a shipped order's units (`items` left out: all not yet returned); their value
+    at the unit prices paid is refunded."""
+
+    order_id: OrderId
+    items: list[Line] | None = Field(None, min_length=1)
+    reason: Reason | None = None
+    wait_ms: int = Field(10_000, ge=0, le=60_000)
+
+    @field_validator("items")
+    @classmethod
+    def _one_line_per_sku(cls, items: list[Line] | None) -> list[Line] | None:
+        if items is not None:
+            skus = [line.sku for line in items]
+            if len(set(skus)) != len(skus):
+                raise ValueError("each SKU may appear once")
+        return items
+
+
 class SagaQuery(Window):
     """Newest first; `before`/`after` are saga ids, `customer_id` the customer of the saga's order."""
 
@@ -222,6 +266,19 @@ class SagaView(Result):
         return self
 
 
+class OrderReturn(Result):
+    """One return of a shipped order's units; RETURNING while its saga runs."""
+
+    return_id: str
+    items: list[PricedLine]
+    amount_cents: int
+    status: Literal["RETURNING", "RETURNED", "FAILED"]
+    reason: str | None = None
+    failure_reason: str | None = None
+    created_at: str
+    updated_at: str
+
+
 class Order(Result):
     order_id: str
     customer_id: str
@@ -236,6 +293,12 @@ class Order(Result):
     created_at: str
     updated_at: str
     saga: SagaView | None = None
+    # Fulfilment: the shipment's saga, when it shipped, why the last attempt to ship did not; the returns.
+    ship_saga_id: str | None = None
+    shipped_at: str | None = None
+    ship_failure: str | None = None
+    refunded_cents: int = 0
+    returns: list[OrderReturn] = []
 
 
 class SagaList(Result):
@@ -300,12 +363,41 @@ class Availability(Result):
 
 class Reservation(Result):
     order_id: str
-    status: Literal["ACTIVE", "RELEASED"]
+    status: Literal["ACTIVE", "RELEASED", "COMMITTED"]
     items: list[PricedLine]
     total_cents: int
     currency: str
     created_at: str
     released_at: str | None = None
+    commit_id: str | None = None
+
+
+class Commit(Command):
+    order_id: OrderId
+    commit_id: OrderId
+
+
+class Uncommit(Command):
+    order_id: OrderId
+    commit_id: OrderId
+    reason: Reason | None = None
+
+
+class ReceiveReturn(LinesCommand):
+    order_id: OrderId
+    return_id: OrderId
+
+
+class ReturnedLine(Result):
+    sku: str
+    qty: int
+    restocked: bool
+
+
+class ReturnReceipt(Result):
+    order_id: str
+    return_id: str
+    items: list[ReturnedLine]
 
 
 class Released(Result):
@@ -345,6 +437,20 @@ class Authorize(Command):
 class Refund(Command):
     order_id: OrderId
     reason: Reason | None = None
+    refund_id: OrderId | None = None
+    amount_cents: Cents | None = None
+
+
+class Capture(Command):
+    order_id: OrderId
+    capture_id: OrderId
+    amount_cents: Cents | None = None
+
+
+class ReverseCapture(Command):
+    order_id: OrderId
+    capture_id: OrderId
+    reason: Reason | None = None
 
 
 class GetPayment(Command):
@@ -366,8 +472,11 @@ class Payment(Result):
     amount_cents: int
     currency: str
     method: str | None = None
-    status: Literal["AUTHORIZED", "DECLINED", "REFUNDED", "VOIDED"]
+    status: Literal["AUTHORIZED", "DECLINED", "CAPTURED", "PARTIALLY_REFUNDED", "REFUNDED", "VOIDED"]
     decline_reason: str | None = None
+    captured_cents: int = 0
+    refunded_cents: int = 0
+    capture_id: str | None = None
     created_at: str
     updated_at: str
 

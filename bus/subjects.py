@@ -33,6 +33,8 @@ ORDERS_GET = Route("orders", "get", c.GetOrder, reply=c.Order)
 ORDERS_LIST = Route("orders", "list", c.ListOrders, reply=c.OrderList)
 ORDERS_CANCEL = Route("orders", "cancel", c.CancelOrder, mutating=True, reply=c.Order)
 ORDERS_EVENTS = Route("orders", "events", c.OrderEventsQuery, reply=c.EventList)
+ORDERS_SHIP = Route("orders", "ship", c.ShipOrder, mutating=True, reply=c.Order)
+ORDERS_RETURN = Route("orders", "return", c.ReturnOrder, mutating=True, reply=c.Order)
 SAGA_LIST = Route("orders", "saga_list", c.SagaQuery, path="saga.list", reply=c.SagaList)
 SAGA_GET = Route("orders", "saga_get", c.SagaRef, path="saga.get", reply=c.SagaView)
 SAGA_RETRY = Route("orders", "saga_retry", c.SagaRef, mutating=True, path="saga.retry", reply=c.SagaView)
@@ -44,9 +46,18 @@ INVENTORY_RELEASE = Route("inventory", "release", c.Release, mutating=True, repl
 INVENTORY_STOCK = Route("inventory", "stock", c.StockQuery, reply=c.Stock)
 INVENTORY_RESTOCK = Route("inventory", "restock", c.Restock, mutating=True, reply=c.Product)
 INVENTORY_RESERVATIONS = Route("inventory", "reservations", c.ReservationQuery, reply=c.ReservationList)
+INVENTORY_COMMIT = Route("inventory", "commit", c.Commit, mutating=True, reply=c.Reservation)
+INVENTORY_UNCOMMIT = Route("inventory", "uncommit", c.Uncommit, mutating=True, reply=c.Reservation)
+INVENTORY_RECEIVE_RETURN = Route(
+    "inventory", "receive_return", c.ReceiveReturn, mutating=True, reply=c.ReturnReceipt, path="receive_return"
+)
 
 PAYMENT_AUTHORIZE = Route("payment", "authorize", c.Authorize, mutating=True, reply=c.Payment)
 PAYMENT_REFUND = Route("payment", "refund", c.Refund, mutating=True, reply=c.Payment)
+PAYMENT_CAPTURE = Route("payment", "capture", c.Capture, mutating=True, reply=c.Payment)
+PAYMENT_REVERSE_CAPTURE = Route(
+    "payment", "reverse_capture", c.ReverseCapture, mutating=True, reply=c.Payment, path="reverse_capture"
+)
 PAYMENT_GET = Route("payment", "get", c.GetPayment, reply=c.Payment)
 PAYMENT_LIST = Route("payment", "list", c.PaymentQuery, reply=c.PaymentList)
 
@@ -61,6 +72,8 @@ ROUTES: tuple[Route, ...] = (
     ORDERS_LIST,
     ORDERS_CANCEL,
     ORDERS_EVENTS,
+    ORDERS_SHIP,
+    ORDERS_RETURN,
     SAGA_LIST,
     SAGA_GET,
     SAGA_RETRY,
