@@ -1,4 +1,5 @@
-"""A soak under faults: orders flow while every service errors, drops replies, lags and is killed.
+"""A soak under faults: orders flow (some shipped, some shipped and returned) while every service errors,
+drops replies, lags and is killed.
 
     python benchmarks/chaos_soak.py [--orders N] [--concurrency C] [--kill-every S] [--max-seconds T]
 
@@ -68,12 +69,16 @@ async def killer(settings, every_s: float, stop: asyncio.Event, client: Client) 
 
 
 async def quiesce(client: Client, timeout_s: float) -> float:
+    """Until no order is being placed or shipped and no saga (a return's included) runs or compensates."""
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
         unfinished = 0
-        for status in ("PENDING", "COMPENSATING"):
+        for status in ("PENDING", "COMPENSATING", "SHIPPING"):
             found = await client.call(s.ORDERS_LIST, {"status": status, "limit": 1000})
             unfinished += len(found["orders"])
+        for status in ("RUNNING", "COMPENSATING"):
+            found = await client.call(s.SAGA_LIST, {"status": status, "limit": 1000})
+            unfinished += len(found["sagas"])
         if not unfinished:
             return time.monotonic() - started
         await asyncio.sleep(0.25)
@@ -90,7 +95,7 @@ async def soak(orders: int, concurrency: int, kill_every_s: float, max_seconds: 
         plan = LoadPlan(
             orders=orders,
             concurrency=concurrency,
-            mix=Mix(declined=0.1, out_of_stock=0.05),
+            mix=Mix(declined=0.1, out_of_stock=0.05, shipped=0.2, returned=0.1),
             max_seconds=max_seconds,
             wait_ms=2000,
         )
@@ -104,7 +109,7 @@ async def soak(orders: int, concurrency: int, kill_every_s: float, max_seconds: 
         report = await run_audit(client, js, settings.stream_name, settings.saga)
         health = await client.call(s.ORDERS_HEALTH, {})
         by_status = {}
-        for status in ("CONFIRMED", "FAILED", "CANCELLED"):
+        for status in ("CONFIRMED", "FAILED", "CANCELLED", "SHIPPED", "PARTIALLY_RETURNED", "RETURNED"):
             found = await client.call(s.ORDERS_LIST, {"status": status, "limit": 1000})
             by_status[status] = len(found["orders"])
         await nc.close()

@@ -18,6 +18,7 @@ from nats.js.errors import NotFoundError
 from bus import subjects as s
 from bus.client import Client
 from bus.errors import Unavailable
+from bus.holdings import SHIPPED, holds_what_it_should
 from bus.ids import parse_iso
 from bus.settings import SagaSettings
 
@@ -37,6 +38,7 @@ ONCE_PER_KEY = frozenset(
         "payment_authorized",
         "payment_declined",
         "payment_voided",
+        "order_shipped",
     }
 )
 
@@ -192,13 +194,16 @@ def _twice(subject: str, found: list[tuple[str | None, int]]) -> list[str]:
     return findings
 
 
-async def _last_restock_on_hand(js: JetStreamContext, stream: str, sku: str) -> int | None:
+async def _last_restocked_units(js: JetStreamContext, stream: str, sku: str) -> int | None:
+    """Every unit of `sku` restocked, as its last restock event says (on_hand, for an event from before
+    fulfilment: until then on_hand moved by restocks alone)."""
     try:
         msg = await js.get_last_msg(stream, s.event_subject("inventory", "stock_restocked", sku))
     except NotFoundError:
         return None
-    on_hand = json.loads(msg.data or b"{}").get("data", {}).get("on_hand")
-    return on_hand if isinstance(on_hand, int) else None
+    data = json.loads(msg.data or b"{}").get("data", {})
+    units = data.get("restocked_units", data.get("on_hand"))
+    return units if isinstance(units, int) else None
 
 
 async def run_audit(client: Client, js: JetStreamContext, stream: str, saga: SagaSettings) -> Report:
@@ -214,52 +219,53 @@ async def run_audit(client: Client, js: JetStreamContext, stream: str, saga: Sag
     pay = {p["order_id"]: p for p in payments}
     charged = {oid for oid, p in pay.items() if p["status"] in CHARGED}
 
-    # 1. no SKU is oversold
-    oversold = Check(1, "no SKU is oversold")
+    # 1. no SKU is oversold; on_hand moves only by restocks, commits and resellable returns
+    oversold = Check(1, "no SKU is oversold; on_hand moves only by restocks, commits and returns")
     held: Counter[str] = Counter()
     for r in active.values():
         for line in r["items"]:
             held[line["sku"]] += line["qty"]
+    shipped_units: Counter[str] = Counter()  # units of committed reservations, less the ones put back
+    for r in reservations:
+        if r["status"] == "COMMITTED":
+            for line in r["items"]:
+                shipped_units[line["sku"]] += line["qty"] - line.get("restocked_qty", 0)
     for p in products["products"]:
+        sku = p["sku"]
         oversold.checked += 1
-        if p["reserved"] != held[p["sku"]]:
-            oversold.fail(f"{p['sku']}: reserved {p['reserved']} but active reservations hold {held[p['sku']]}")
+        if p["reserved"] != held[sku]:
+            oversold.fail(f"{sku}: reserved {p['reserved']} but active reservations hold {held[sku]}")
         if p["available"] != p["on_hand"] - p["reserved"] or p["available"] < 0:
-            oversold.fail(f"{p['sku']}: on_hand {p['on_hand']} reserved {p['reserved']} available {p['available']}")
-        # on_hand changes only by restocks: each restock event carries on_hand after it, so the last one
-        # must still be right (a SKU without one is invariant 6's business).
-        left = await _last_restock_on_hand(js, stream, p["sku"])
-        if left is not None and left != p["on_hand"]:
-            oversold.fail(f"{p['sku']}: on_hand {p['on_hand']} but its last restock left {left}")
+            oversold.fail(f"{sku}: on_hand {p['on_hand']} reserved {p['reserved']} available {p['available']}")
+        # Each restock event carries every unit restocked so far (on_hand, before fulfilment): less what
+        # committed reservations took and returns did not put back, that is on_hand (a SKU without a restock
+        # is invariant 6's business).
+        restocked = await _last_restocked_units(js, stream, sku)
+        if restocked is not None and restocked - shipped_units[sku] != p["on_hand"]:
+            oversold.fail(
+                f"{sku}: on_hand {p['on_hand']}, but {restocked} restocked less {shipped_units[sku]} shipped and"
+                f" not put back is {restocked - shipped_units[sku]}"
+            )
 
-    # 2. a CONFIRMED order holds one matching reservation and one exact authorization
-    confirmed = Check(2, "confirmed orders are reserved and charged exactly")
+    # 2. a CONFIRMED order holds its reservation and its authorization; a shipped one its committed
+    # reservation and its capture, and what it refunded is what its returns are worth
+    confirmed = Check(2, "confirmed and shipped orders are reserved and charged exactly")
     # 3. FAILED and CANCELLED orders hold nothing
-    settled = Check(3, "failed and cancelled orders hold nothing")
+    settled = Check(3, "failed and cancelled orders hold nothing and owe nothing")
+    reservation_of = {r["order_id"]: r for r in reservations}
     for o in orders:
-        oid = o["order_id"]
-        if o["status"] == "CONFIRMED":
+        oid, status = o["order_id"], o["status"]
+        if status in ("CONFIRMED", "SHIPPING", *SHIPPED):
             confirmed.checked += 1
-            r = active.get(oid)
-            want = {line["sku"]: line["qty"] for line in o["items"]}
-            if r is None:
-                confirmed.fail(f"{oid}: no active reservation")
-            elif {line["sku"]: line["qty"] for line in r["items"]} != want:
-                confirmed.fail(f"{oid}: reservation items differ from the order")
-            priced = sum(line["qty"] * (line.get("unit_price_cents") or 0) for line in o["items"])
-            if o["total_cents"] != priced or (r is not None and r["total_cents"] != priced):
-                confirmed.fail(f"{oid}: total {o['total_cents']}, but its lines at their unit prices come to {priced}")
-            p = pay.get(oid)
-            if p is None or p["status"] != "AUTHORIZED":
-                confirmed.fail(f"{oid}: no authorized payment ({p['status'] if p else 'none'})")
-            elif p["amount_cents"] != o["total_cents"] or p["currency"] != o["currency"]:
-                confirmed.fail(f"{oid}: charged {p['amount_cents']} {p['currency']}, total {o['total_cents']}")
-        elif o["status"] in ("FAILED", "CANCELLED"):
+            for finding in await holds_what_it_should(client, o, reservation_of.get(oid), pay.get(oid)):
+                confirmed.fail(f"{oid}: {finding}")
+        elif status in ("FAILED", "CANCELLED"):
             settled.checked += 1
-            if oid in active:
-                settled.fail(f"{oid}: {o['status']} but still holds a reservation")
-            if oid in charged:
-                settled.fail(f"{oid}: {o['status']} but still charged")
+            r, p = reservation_of.get(oid), pay.get(oid)
+            if r is not None and r["status"] in ("ACTIVE", "COMMITTED"):
+                settled.fail(f"{oid}: {status} but still holds a reservation ({r['status']})")
+            if oid in charged or (p is not None and p.get("captured_cents", 0) > p.get("refunded_cents", 0)):
+                settled.fail(f"{oid}: {status} but still charged ({p['status'] if p else ''})")
 
     # 4. nothing stays PENDING or COMPENSATING past its deadline plus the retry cap
     quiet = Check(4, "no order outlives its deadline")
@@ -298,6 +304,9 @@ async def run_audit(client: Client, js: JetStreamContext, stream: str, saga: Sag
         final = {"CONFIRMED": "order_confirmed", "FAILED": "order_failed", "CANCELLED": "order_cancelled"}
         if o["status"] in final:
             expected.append(s.event_subject("orders", final[o["status"]], o["order_id"]))
+        if o["status"] in SHIPPED:  # confirmed first, then shipped, and returned (in part) by its refunds
+            kinds = ["order_confirmed", "order_shipped"] + (["order_returned"] if o.get("refunded_cents") else [])
+            expected += [s.event_subject("orders", kind, o["order_id"]) for kind in kinds]
     for r in reservations:
         if r["items"]:
             expected.append(s.event_subject("inventory", "stock_reserved", r["order_id"]))

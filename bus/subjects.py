@@ -33,6 +33,8 @@ ORDERS_GET = Route("orders", "get", c.GetOrder, reply=c.Order)
 ORDERS_LIST = Route("orders", "list", c.ListOrders, reply=c.OrderList)
 ORDERS_CANCEL = Route("orders", "cancel", c.CancelOrder, mutating=True, reply=c.Order)
 ORDERS_EVENTS = Route("orders", "events", c.OrderEventsQuery, reply=c.EventList)
+ORDERS_SHIP = Route("orders", "ship", c.ShipOrder, mutating=True, reply=c.Order)
+ORDERS_RETURN = Route("orders", "return", c.ReturnOrder, mutating=True, reply=c.Order)
 SAGA_LIST = Route("orders", "saga_list", c.SagaQuery, path="saga.list", reply=c.SagaList)
 SAGA_GET = Route("orders", "saga_get", c.SagaRef, path="saga.get", reply=c.SagaView)
 SAGA_RETRY = Route("orders", "saga_retry", c.SagaRef, mutating=True, path="saga.retry", reply=c.SagaView)
@@ -68,6 +70,8 @@ ROUTES: tuple[Route, ...] = (
     ORDERS_LIST,
     ORDERS_CANCEL,
     ORDERS_EVENTS,
+    ORDERS_SHIP,
+    ORDERS_RETURN,
     SAGA_LIST,
     SAGA_GET,
     SAGA_RETRY,

@@ -85,8 +85,11 @@ def view(report: Report) -> RenderableType:
 def audit(ctx: typer.Context, output: OutputOption = None, as_json: JsonFlag = False) -> None:
     """Check the system's invariants over the three services and the event stream; exit 1 when any is violated.
 
-    1. No SKU is oversold: reserved is the sum of its active reservations, and available never below 0.
-    2. A confirmed order has one active reservation of its lines and one authorized payment of its total.
+    1. No SKU is oversold: reserved is the sum of its active reservations, available never below 0, and on_hand
+    moves only by restocks, commits (shipments) and returns put back on hand.
+    2. A confirmed order has one active reservation of its lines and one authorized payment of its total; a
+    shipped one a committed reservation and a capture of its total, and captured minus refunded is the value
+    of its shipped lines not returned.
     3. A failed or cancelled order holds no reservation and no net charge.
     4. Once quiet, no order stays PENDING or COMPENSATING past its deadline and the retry cap.
     5. One idempotency key makes one order and at most one charge.

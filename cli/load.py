@@ -44,7 +44,13 @@ def load(
     rate: Annotated[
         float | None, typer.Option("--rate", "-r", min=0.1, help="Place at this many orders/s instead.")
     ] = None,
-    mix: Annotated[str, typer.Option("--mix", help="Shares, e.g. declined=0.1,out_of_stock=0.05.")] = "",
+    mix: Annotated[
+        str,
+        typer.Option(
+            "--mix",
+            help="Shares, e.g. declined=0.1,out_of_stock=0.05,shipped=0.2,returned=0.05 (ships and returns as admin).",
+        ),
+    ] = "",
     max_seconds: Annotated[
         float, typer.Option("--max-seconds", min=1, help="Stop sending after this long, whatever is left.")
     ] = 600.0,

@@ -23,24 +23,33 @@ from bus.settings import Settings
 
 SCARCE_SKU = "LAMP-1"  # the demo catalog keeps only a few: an order for more is out of stock
 DEFAULT_SKUS = ("KB-101", "MS-202", "MN-303", "HD-404", "CB-505", "DK-606", "WC-707")
-KINDS = ("ok", "declined", "out_of_stock")
+KINDS = ("ok", "declined", "out_of_stock", "shipped", "returned")
+SHARES = KINDS[1:]
 
 
 @dataclass(frozen=True)
 class Mix:
-    """Shares of declined and out-of-stock orders; the rest should confirm."""
+    """Shares of declined and out-of-stock orders, and of orders shipped once confirmed (`shipped`) or
+    shipped and then returned whole (`returned`); the rest should confirm."""
 
     declined: float = 0.0
     out_of_stock: float = 0.0
+    shipped: float = 0.0
+    returned: float = 0.0
+
+    @property
+    def fulfils(self) -> bool:
+        """Whether some orders go past confirmation (shipping and returning them is an admin's)."""
+        return bool(self.shipped or self.returned)
 
     @classmethod
     def parse(cls, text: str) -> Mix:
-        """`declined=0.1,out_of_stock=0.05` -> Mix; ValueError names what is wrong."""
+        """`declined=0.1,out_of_stock=0.05,shipped=0.2,returned=0.05` -> Mix; ValueError names what is wrong."""
         shares: dict[str, float] = {}
         for part in filter(None, (p.strip() for p in text.split(","))):
             name, sep, value = part.partition("=")
-            if not sep or name.strip() not in ("declined", "out_of_stock"):
-                raise ValueError(f"{part!r}: expected declined=F or out_of_stock=F")
+            if not sep or name.strip() not in SHARES:
+                raise ValueError(f"{part!r}: expected one of {', '.join(f'{k}=F' for k in SHARES)}")
             try:
                 share = float(value)
             except ValueError:
@@ -49,16 +58,17 @@ class Mix:
                 raise ValueError(f"{part!r}: a share is between 0 and 1")
             shares[name.strip()] = share
         mix = cls(**shares)
-        if mix.declined + mix.out_of_stock > 1.0:
-            raise ValueError("declined + out_of_stock must not exceed 1")
+        if sum(getattr(mix, k) for k in SHARES) > 1.0:
+            raise ValueError(f"{' + '.join(SHARES)} must not exceed 1")
         return mix
 
     def draw(self, rng: random.Random) -> str:
         x = rng.random()
-        if x < self.declined:
-            return "declined"
-        if x < self.declined + self.out_of_stock:
-            return "out_of_stock"
+        for kind in SHARES:
+            share = getattr(self, kind)
+            if x < share:
+                return kind
+            x -= share
         return "ok"
 
 
@@ -94,7 +104,7 @@ class LoadResult:
 
     @property
     def terminal(self) -> int:
-        return sum(n for status, n in self.outcomes.items() if status in ("CONFIRMED", "FAILED", "CANCELLED"))
+        return sum(n for status, n in self.outcomes.items() if status in TERMINAL)
 
     @property
     def rate(self) -> float:
@@ -190,6 +200,17 @@ async def place(client: Client, body: dict[str, Any], key: str, until: float) ->
             return order
 
 
+async def fulfil(admin: Client, order: dict[str, Any], kind: str, key: str, wait_ms: int) -> dict[str, Any]:
+    """Ship a confirmed order, and return it whole when its kind says so; the order as it ends."""
+    if kind not in ("shipped", "returned") or order["status"] != "CONFIRMED":
+        return order
+    body = {"order_id": order["order_id"], "wait_ms": wait_ms}
+    order = await admin.call(s.ORDERS_SHIP, body, idempotency_key=f"{key}-ship")
+    if kind == "returned" and order["status"] == "SHIPPED":
+        order = await admin.call(s.ORDERS_RETURN, body, idempotency_key=f"{key}-return")
+    return order
+
+
 async def run_load(
     settings: Settings,
     plan: LoadPlan,
@@ -208,6 +229,10 @@ async def run_load(
         # node (it times out once: its wait, and the patience the settings allow beyond it).
         timeout = min(plan.wait_ms, POLL_WAIT_MS) / 1000 + 2
         clients = [Client(nc, timeout_s=timeout, patience_s=timeout + settings.client_patience_s) for nc in conns]
+        admin: Client | None = None
+        if plan.mix.fulfils:  # shipping and returns are an operator's: one admin connection for them
+            conns.append(await connect(auth.login(settings, "admin"), "oms-load-admin", persistent=False))
+            admin = Client(conns[-1], timeout_s=timeout, patience_s=timeout + settings.client_patience_s)
         before = await saga_counts(clients[0])
         result = LoadResult(planned=plan.orders)
         kinds = [plan.mix.draw(rng) for _ in range(plan.orders)]
@@ -231,12 +256,16 @@ async def run_load(
                         await asyncio.sleep(delay)
                 result.sent += 1
                 t0 = time.perf_counter()
+                key = f"load-{run_id}-{index}"
                 try:
-                    order = await place(client, bodies[index], f"load-{run_id}-{index}", t0 + plan.wait_ms / 1000)
+                    order = await place(client, bodies[index], key, t0 + plan.wait_ms / 1000)
+                    placed_s = time.perf_counter() - t0  # the latency is the placement's; shipping comes after
+                    if admin is not None:
+                        order = await fulfil(admin, order, kinds[index], key, min(plan.wait_ms, POLL_WAIT_MS))
                 except OmsError as exc:
                     result.errors[exc.code] += 1
                 else:
-                    result.latencies_s.append(time.perf_counter() - t0)
+                    result.latencies_s.append(placed_s)
                     result.outcomes[order["status"]] += 1
                 if on_progress is not None:
                     on_progress(result)

@@ -12,7 +12,7 @@ import typer
 from bus import contract as c
 from bus.errors import RequestTimeout
 from bus.settings import Settings
-from bus.subjects import ORDERS_CANCEL, ORDERS_EVENTS, ORDERS_GET, ORDERS_LIST, ORDERS_PLACE
+from bus.subjects import ORDERS_CANCEL, ORDERS_EVENTS, ORDERS_GET, ORDERS_LIST, ORDERS_PLACE, ORDERS_RETURN, ORDERS_SHIP
 from cli import completion, listing, views
 from cli.events import timeline
 from cli.failures import order_outcome, reported
@@ -31,7 +31,7 @@ from cli.options import (
 from cli.output import Output
 from cli.session import call, client, command, parse, read_and_show, settings_of
 
-app = typer.Typer(help="Place, look up, list and cancel orders.", no_args_is_help=True)
+app = typer.Typer(help="Place, look up, list, cancel, ship and return orders.", no_args_is_help=True)
 
 # Choices come from the contract, so a new payment method needs no CLI change.
 Method = StrEnum("Method", [(m, m) for m in get_args(c.PaymentMethod)])
@@ -187,7 +187,8 @@ def cancel(
     output: OutputOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Cancel a PENDING or CONFIRMED order: its payment is refunded and its stock released."""
+    """Cancel a PENDING or CONFIRMED order: its payment is voided and its stock released (a shipped order is
+    returned instead: `oms order return`)."""
     settings = settings_of(ctx)
     cmd = command(c.CancelOrder, {"order_id": "ORDER_ID", "reason": "--reason"}, order_id=order_id, reason=reason)
     out = Output.of(output, as_json)
@@ -195,6 +196,80 @@ def cancel(
         raw = call(settings, ORDERS_CANCEL, cmd, key=key or str(uuid.uuid4()))
         order = parse(c.Order, raw, ORDERS_CANCEL)
     out.result(raw, views.order(order, with_saga=True))
+
+
+WaitOption = Annotated[
+    int | None,
+    typer.Option(
+        "--wait-ms",
+        min=0,
+        max=60_000,
+        help=f"How long to wait for the outcome (default {DEFAULT_WAIT_MS}); the saga goes on after.",
+    ),
+]
+
+
+@app.command()
+def ship(
+    ctx: typer.Context,
+    order_id: OrderIdArgument,
+    wait_ms: WaitOption = None,
+    key: KeyOption = None,
+    output: OutputOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Ship a CONFIRMED order (admin): its stock leaves and its payment is captured.
+
+    Exit 1 when the shipment turned back (the order stays CONFIRMED and says why)."""
+    settings = settings_of(ctx)
+    cmd = command(c.ShipOrder, {"order_id": "ORDER_ID", "wait_ms": "--wait-ms"}, order_id=order_id, wait_ms=wait_ms)
+    out = Output.of(output, as_json)
+    with reported(settings, as_json=out.as_json):
+        raw = call(settings, ORDERS_SHIP, cmd, key=key or str(uuid.uuid4()), timeout_s=_waited(wait_ms))
+        order = parse(c.Order, raw, ORDERS_SHIP)
+    out.result(raw, views.order(order))
+    if order.status == c.OrderStatus.SHIPPING:
+        out.note(f"still shipping: `oms order get {order.order_id}` shows how it ends")
+    raise typer.Exit(0 if order.status != c.OrderStatus.CONFIRMED else 1)
+
+
+@app.command("return")
+def return_(
+    ctx: typer.Context,
+    order_id: OrderIdArgument,
+    item: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--item",
+            "-i",
+            metavar="SKU:QTY",
+            help="Units to take back, e.g. KB-101:1; repeat for more lines (none: everything not yet returned).",
+            autocompletion=completion.items,
+        ),
+    ] = None,
+    reason: Annotated[str | None, typer.Option("--reason", "-r", help="Why; kept with the return.")] = None,
+    wait_ms: WaitOption = None,
+    key: KeyOption = None,
+    output: OutputOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Take back units of a shipped order (admin): they return to stock (when resellable) and their value,
+    at the unit prices paid, is refunded. Several returns add up to at most what shipped."""
+    settings = settings_of(ctx)
+    flags = {"order_id": "ORDER_ID", "items": "--item", "reason": "--reason", "wait_ms": "--wait-ms"}
+    items = parse_items(item) if item else None
+    cmd = command(c.ReturnOrder, flags, order_id=order_id, items=items, reason=reason, wait_ms=wait_ms)
+    out = Output.of(output, as_json)
+    with reported(settings, as_json=out.as_json):
+        raw = call(settings, ORDERS_RETURN, cmd, key=key or str(uuid.uuid4()), timeout_s=_waited(wait_ms))
+        order = parse(c.Order, raw, ORDERS_RETURN)
+    out.result(raw, views.order(order))
+    if any(r.status == "RETURNING" for r in order.returns):
+        out.note(f"a return is still under way: `oms order get {order.order_id}` shows how it ends")
+
+
+def _waited(wait_ms: int | None) -> float:
+    return (DEFAULT_WAIT_MS if wait_ms is None else wait_ms) / 1000 + PLACE_MARGIN_S
 
 
 @app.command()

@@ -92,6 +92,31 @@ async def idempotent(stage: Stage) -> None:
     stage.expect(len(listed["orders"]) == 1, "dave has one order, charged once")
 
 
+async def shipped_and_returned(stage: Stage) -> None:
+    before = (await stage.stock("MN-303", show=False))["MN-303"]
+    order = await stage.place("frank", {"MN-303": 2})
+    stage.say(f"the warehouse ships {order.order_id} ...")
+    shipped = await stage.fulfil(s.ORDERS_SHIP, {"order_id": order.order_id})
+    stage.expect(shipped.status is c.OrderStatus.SHIPPED, "the order is SHIPPED")
+    gone = (await stage.stock("MN-303", show=False))["MN-303"]
+    stage.expect(gone.on_hand == before.on_hand - 2, "2 monitors left the stock (on hand and reserved both drop)")
+    paid = await stage.client.call(s.PAYMENT_GET, {"order_id": order.order_id})
+    stage.expect(paid["captured_cents"] == order.total_cents, "the payment is CAPTURED: the money is taken")
+    try:
+        await stage.client.call(s.ORDERS_CANCEL, {"order_id": order.order_id})
+        refused = False
+    except Exception:
+        refused = True
+    stage.expect(refused, "a shipped order cannot be cancelled: it is returned")
+    stage.say("frank sends one monitor back ...")
+    back = await stage.fulfil(s.ORDERS_RETURN, {"order_id": order.order_id, "items": [{"sku": "MN-303", "qty": 1}]})
+    unit = next(line.unit_price_cents for line in order.items if line.sku == "MN-303")
+    stage.expect(back.status is c.OrderStatus.PARTIALLY_RETURNED, "the order is PARTIALLY_RETURNED")
+    stage.expect(back.refunded_cents == unit, "the monitor's price is refunded, at what frank paid for it")
+    again = (await stage.stock("MN-303", show=False))["MN-303"]
+    stage.expect(again.on_hand == gone.on_hand + 1, "and it is back on hand, to be sold again")
+
+
 async def breaker(stage: Stage) -> None:
     stage.say("payment fails every authorize; three orders keep trying ...")
     await stage.chaos("payment", error_rate=1.0, endpoints=["authorize"])
@@ -248,6 +273,11 @@ SCENES: list[Scene] = [
     Scene("out-of-stock", "more lamps than there are: the saga stops at the reservation", out_of_stock),
     Scene("declined", "a declined card: the reservation is compensated (released)", declined),
     Scene("idempotent", "the same Idempotency-Key twice: one order, one charge", idempotent),
+    Scene(
+        "ship-return",
+        "a monitor order shipped (stock leaves, money taken), one returned (refunded)",
+        shipped_and_returned,
+    ),
     Scene("breaker", "payment fails, then drops replies: the breaker opens, fails fast, closes", breaker),
     Scene("participant-killed", "payment killed -9 mid-saga: the saga finishes after restart", participant_killed),
     Scene("orders-killed", "the order service killed -9 mid-saga: it resumes the saga", orchestrator_killed),

@@ -28,6 +28,14 @@ STATUS_STYLE = {
     "DECLINED": "bold red",
     "REFUNDED": "cyan",
     "VOIDED": "dim",
+    "SHIPPING": "yellow",
+    "SHIPPED": "bold blue",
+    "PARTIALLY_RETURNED": "cyan",
+    "RETURNED": "cyan",
+    "RETURNING": "yellow",
+    "CAPTURED": "bold blue",
+    "PARTIALLY_REFUNDED": "cyan",
+    "COMMITTED": "blue",
     "ACTIVE": "green",
     "RELEASED": "dim",
     "RUNNING": "yellow",
@@ -106,12 +114,33 @@ def order(o: c.Order, *, with_saga: bool = False) -> RenderableType:
         detail = failure_detail(o.saga) if o.saga else None
         facts.append(f"failure [bold red]{o.failure_reason}[/]" + (f": {escape(detail)}" if detail else ""))
     if o.cancel_reason:
-        facts.append(f"cancelled: {o.cancel_reason}")
+        facts.append(f"cancelled: {escape(o.cancel_reason)}")
     facts.append(f"created {when(o.created_at)}")
+    if o.shipped_at:
+        facts.append(f"shipped {when(o.shipped_at)}")
+    if o.ship_failure and o.status == c.OrderStatus.CONFIRMED:
+        facts.append(f"last shipment turned back: [bold red]{escape(o.ship_failure)}[/]")
+    if o.refunded_cents:
+        facts.append(f"refunded [bold]{money(o.refunded_cents, o.currency)}[/]")
     parts.append(Text.from_markup("  ".join(facts)))
+    if o.returns:
+        parts.append(returns(o))
     if with_saga and o.saga is not None:
         parts.append(saga(o.saga))
     return Group(*parts)
+
+
+def returns(o: c.Order) -> RenderableType:
+    """An order's returns: each one's id (its saga's), status, units and value."""
+    table = FitTable(
+        [Col("Return"), Col("Status"), Col("Items", fold=True), Col("Value", justify="right"), Col("Why", drop=1)],
+        title=Text("returns", style="bold"),
+    )
+    for r in o.returns:
+        items = ", ".join(f"{line.sku}:{line.qty}" for line in r.items)
+        why = r.failure_reason or r.reason or ""
+        table.add_row(r.return_id, status(r.status), items, money(r.amount_cents, o.currency), why)
+    return table
 
 
 def failure_detail(s: c.SagaView) -> str | None:

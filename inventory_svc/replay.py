@@ -40,11 +40,12 @@ def apply(tx: Tx, event: Event) -> None:
 
 def _restocked(tx: Tx, d: dict[str, Any]) -> None:
     # The event carries on_hand after the restock: setting it (not adding qty) is exact and repeatable.
+    # Events from before fulfilment carry no restocked_units: on_hand then moved by restocks alone.
     tx.execute(
-        "INSERT INTO products (sku, name, price_cents, on_hand, reserved) VALUES (?, ?, ?, ?, 0)"
+        "INSERT INTO products (sku, name, price_cents, on_hand, reserved, restocked_units) VALUES (?, ?, ?, ?, 0, ?)"
         " ON CONFLICT (sku) DO UPDATE SET name = excluded.name, price_cents = excluded.price_cents,"
-        " on_hand = excluded.on_hand",
-        (d["sku"], d["name"], d["price_cents"], d["on_hand"]),
+        " on_hand = excluded.on_hand, restocked_units = excluded.restocked_units",
+        (d["sku"], d["name"], d["price_cents"], d["on_hand"], d.get("restocked_units", d["on_hand"])),
     )
     if "resellable" in d:  # (a restock that did not set the flag does not name it)
         tx.execute("UPDATE products SET resellable = ? WHERE sku = ?", (int(d["resellable"]), d["sku"]))
@@ -61,6 +62,7 @@ def _restocked(tx: Tx, d: dict[str, Any]) -> None:
             reserved=reserved,
             available=d["on_hand"] - reserved,
             resellable=bool(flag["resellable"]) if flag else True,
+            restocked_units=d.get("restocked_units", d["on_hand"]),
         )
         idempotency.restore(tx, key, INVENTORY_RESTOCK.subject, digest, answered, d.get("restocked_at") or "")
 

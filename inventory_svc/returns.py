@@ -40,8 +40,8 @@ def receive_return(tx: Tx, cmd: c.ReceiveReturn, show: store.Show | None = None)
     for index, line in enumerate(cmd.items):
         if line.sku not in held:
             raise InvalidRequest(
-                f"invalid request: items.{index}.sku: order {cmd.order_id} has no line of {line.sku}",
-                {"field": f"items.{index}.sku", "sku": line.sku, "order_id": cmd.order_id},
+                f"invalid request: items[{index}].sku: order {cmd.order_id} has no line of {line.sku}",
+                {"field": f"items[{index}].sku", "sku": line.sku, "order_id": cmd.order_id},
             )
     over = [
         {"sku": sku, "requested": qty, "left": held[sku]["qty"] - held[sku].get("returned_qty", 0)}
@@ -74,9 +74,11 @@ def record(tx: Tx, receipt: c.ReturnReceipt, items: list[dict[str, Any]]) -> Non
         "UPDATE products SET on_hand = on_hand + ? WHERE sku = ?",
         [(line.qty, line.sku) for line in receipt.items if line.restocked],
     )
+    back = {line.sku: line.qty for line in receipt.items}
+    kept = {line.sku: line.qty for line in receipt.items if line.restocked}
     tx.execute(
         "UPDATE reservations SET items = ? WHERE order_id = ?",
-        (jsonb.text(with_returned(items, {line.sku: line.qty for line in receipt.items})), receipt.order_id),
+        (jsonb.text(with_returned(items, back, kept)), receipt.order_id),
     )
     tx.execute(
         "INSERT INTO returns (return_id, order_id, items, received_at) VALUES (?, ?, ?, ?)",
@@ -89,9 +91,19 @@ def record(tx: Tx, receipt: c.ReturnReceipt, items: list[dict[str, Any]]) -> Non
     )
 
 
-def with_returned(items: list[dict[str, Any]], returned: dict[str, int]) -> list[dict[str, Any]]:
-    """A reservation's lines with `returned` units more received back (each line then names its returned_qty)."""
-    return [item | {"returned_qty": item.get("returned_qty", 0) + returned.get(item["sku"], 0)} for item in items]
+def with_returned(
+    items: list[dict[str, Any]], returned: dict[str, int], restocked: dict[str, int]
+) -> list[dict[str, Any]]:
+    """A reservation's lines with `returned` units more received back, `restocked` of them put back on hand
+    (each line then names its returned_qty and restocked_qty)."""
+    return [
+        item
+        | {
+            "returned_qty": item.get("returned_qty", 0) + returned.get(item["sku"], 0),
+            "restocked_qty": item.get("restocked_qty", 0) + restocked.get(item["sku"], 0),
+        }
+        for item in items
+    ]
 
 
 def receipt_of(row: sqlite3.Row) -> c.ReturnReceipt:

@@ -52,6 +52,9 @@ MIGRATIONS = Migrations(
     ALTER TABLE reservations_v2 RENAME TO reservations;
     CREATE INDEX reservations_by_status ON reservations (status, order_id);
     ALTER TABLE products ADD COLUMN resellable INTEGER NOT NULL DEFAULT 1 CHECK (resellable IN (0, 1));
+    -- Until now on_hand moved by restocks alone: it is every unit restocked.
+    ALTER TABLE products ADD COLUMN restocked_units INTEGER NOT NULL DEFAULT 0 CHECK (restocked_units >= 0);
+    UPDATE products SET restocked_units = on_hand;
     CREATE TABLE commit_reversals (
         order_id TEXT NOT NULL,
         commit_id TEXT NOT NULL,

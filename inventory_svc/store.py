@@ -178,14 +178,23 @@ def restock(
             if getattr(cmd, field) is None:
                 raise InvalidRequest(f"{cmd.sku} is a new SKU: {field} is required", {"field": field})
         tx.execute(
-            "INSERT INTO products (sku, name, price_cents, on_hand, reserved, resellable) VALUES (?, ?, ?, ?, 0, ?)",
-            (cmd.sku, cmd.name, cmd.price_cents, cmd.qty, int(cmd.resellable is not False)),
+            "INSERT INTO products (sku, name, price_cents, on_hand, reserved, resellable, restocked_units)"
+            " VALUES (?, ?, ?, ?, 0, ?, ?)",
+            (cmd.sku, cmd.name, cmd.price_cents, cmd.qty, int(cmd.resellable is not False), cmd.qty),
         )
     else:
         tx.execute(
-            "UPDATE products SET on_hand = on_hand + ?, name = coalesce(?, name),"
-            " price_cents = coalesce(?, price_cents), resellable = coalesce(?, resellable) WHERE sku = ?",
-            (cmd.qty, cmd.name, cmd.price_cents, None if cmd.resellable is None else int(cmd.resellable), cmd.sku),
+            "UPDATE products SET on_hand = on_hand + ?, restocked_units = restocked_units + ?,"
+            " name = coalesce(?, name), price_cents = coalesce(?, price_cents), resellable = coalesce(?, resellable)"
+            " WHERE sku = ?",
+            (
+                cmd.qty,
+                cmd.qty,
+                cmd.name,
+                cmd.price_cents,
+                None if cmd.resellable is None else int(cmd.resellable),
+                cmd.sku,
+            ),
         )
     product = _product(products_of(tx, [cmd.sku])[cmd.sku])
     data: dict[str, Any] = {
@@ -195,6 +204,7 @@ def restock(
         "qty": cmd.qty,
         "on_hand": product.on_hand,
         "reserved": product.reserved,
+        "restocked_units": product.restocked_units,
         "restocked_at": now_iso(),
     }
     if cmd.resellable is not None:  # (only then: a restock's event is as it was before the flag)
@@ -287,6 +297,7 @@ def _product(row: sqlite3.Row) -> c.Product:
         reserved=row["reserved"],
         available=row["on_hand"] - row["reserved"],
         resellable=bool(row["resellable"]),
+        restocked_units=row["restocked_units"],
     )
 
 

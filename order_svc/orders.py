@@ -39,6 +39,25 @@ MIGRATIONS = Migrations(
     CREATE INDEX orders_status ON orders (status, order_id);
     CREATE INDEX orders_customer ON orders (customer_id, order_id);
     """,
+        # Fulfilment (order_svc.shipments): the shipment's saga and outcome, the refunds, the returns.
+        """
+    ALTER TABLE orders ADD COLUMN ship_saga_id TEXT;
+    ALTER TABLE orders ADD COLUMN shipped_at TEXT;
+    ALTER TABLE orders ADD COLUMN ship_failure TEXT;
+    ALTER TABLE orders ADD COLUMN refunded_cents INTEGER NOT NULL DEFAULT 0 CHECK (refunded_cents >= 0);
+    CREATE TABLE order_returns (
+        return_id TEXT PRIMARY KEY,
+        order_id TEXT NOT NULL REFERENCES orders (order_id),
+        items TEXT NOT NULL,
+        amount_cents INTEGER NOT NULL CHECK (amount_cents >= 0),
+        status TEXT NOT NULL CHECK (status IN ('RETURNING', 'RETURNED', 'FAILED')),
+        reason TEXT,
+        failure_reason TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX order_returns_by_order ON order_returns (order_id, return_id);
+    """,
     ),
 )
 
@@ -188,6 +207,12 @@ def request_cancel(tx: Tx, cmd: c.CancelOrder) -> c.Order:
     if status == c.OrderStatus.FAILED:
         raise Conflict(
             f"order {cmd.order_id} already FAILED ({row['failure_reason']}); nothing to cancel",
+            {"status": status},
+        )
+    if status == c.OrderStatus.SHIPPING or status in c.SHIPPED_STATUSES:
+        raise Conflict(
+            f"order {cmd.order_id} is {status}: a shipped order is not cancelled, its units are returned "
+            f"(orders.return, `oms order return {cmd.order_id}`)",
             {"status": status},
         )
     if status == c.OrderStatus.COMPENSATING:

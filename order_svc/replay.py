@@ -22,21 +22,28 @@ from typing import Any
 from bus import contract as c
 from bus import idempotency, jsonb
 from bus.ids import parse_iso
+from bus.saga import replay as saga_replay
 from bus.saga.replay import SagaReplay
 from bus.saga.state import Reason, SagaStatus
 from bus.settings import Settings
 from bus.subjects import ORDERS_PLACE
 from bus.unit import Tx
+from order_svc import shipments as sh
+from order_svc.fulfil import RETURN_ORDER, SHIP_ORDER, ReturnData, ShipData
 from order_svc.saga import PLACE_ORDER, OrderLine, PlaceOrderData
 
 SAGA = SagaReplay(PLACE_ORDER)
+SHIP = SagaReplay(SHIP_ORDER)
+RETURN = SagaReplay(RETURN_ORDER)
 
 Project = Callable[[Tx, c.Event, float], None]
 
 
 def apply(tx: Tx, event: c.Event) -> None:
     """Replay one order-service event onto the orders, sagas and idempotency tables."""
-    if not (event.order_id and event.saga_id) or SAGA.apply(tx, event):
+    if not (event.order_id and event.saga_id):
+        return
+    if SAGA.apply(tx, event) | SHIP.apply(tx, event) | RETURN.apply(tx, event):  # each moves its own runs
         return
     project = PROJECTIONS.get(event.type)
     if project is not None:
@@ -45,7 +52,7 @@ def apply(tx: Tx, event: c.Event) -> None:
 
 def after_replay(tx: Tx, settings: Settings) -> None:
     """What the events cannot tell: the sagas' deadlines and the steps they send again (bus.saga.replay)."""
-    SAGA.after_replay(tx, settings.saga.deadline_ms / 1000)
+    saga_replay.after_replay(tx, settings.saga, SAGA, SHIP, RETURN)
 
 
 # -- one projection per event type ------------------------------------------
@@ -91,9 +98,120 @@ def _cancel_requested(tx: Tx, e: c.Event, at: float) -> None:
 
 
 def _abort_requested(tx: Tx, e: c.Event, at: float) -> None:
-    """An operator aborted the saga: it turns back at its next step boundary, as it would have."""
+    """An operator aborted the saga (any of the order's): it turns back at its next step boundary."""
     assert e.saga_id is not None
     SAGA.stop_asked(tx, e.saga_id, e.data["reason"])
+
+
+# -- fulfilment (order_svc.shipments) ----------------------------------------
+
+
+def _ship_requested(tx: Tx, e: c.Event, at: float) -> None:
+    assert e.order_id is not None and e.saga_id is not None
+    d = e.data
+    tx.execute(
+        "UPDATE orders SET status = 'SHIPPING', ship_saga_id = ?, ship_failure = NULL, updated_at = ?"
+        " WHERE order_id = ?",
+        (e.saga_id, d["updated_at"], e.order_id),
+    )
+    data = ShipData(
+        order_id=e.order_id, shipment_id=e.saga_id, total_cents=d["total_cents"] or 0, currency=d["currency"] or ""
+    )
+    SHIP.created(tx, e.saga_id, e.order_id, data, at)
+
+
+def _shipped(tx: Tx, e: c.Event, at: float) -> None:
+    assert e.saga_id is not None
+    if SHIP.status(tx, e.saga_id) != SagaStatus.RUNNING:
+        return
+    now = e.data["updated_at"]
+    tx.execute(
+        "UPDATE orders SET status = 'SHIPPED', shipped_at = ?, updated_at = ? WHERE order_id = ?",
+        (now, now, e.order_id),
+    )
+    SHIP.completed(tx, e.saga_id, {step["step"]: step for step in e.data.get("steps", [])}, None, at)
+
+
+def _ship_compensating(tx: Tx, e: c.Event, at: float) -> None:
+    assert e.saga_id is not None
+    if SHIP.status(tx, e.saga_id) != SagaStatus.RUNNING:
+        return
+    d = e.data
+    tx.execute(
+        "UPDATE orders SET ship_failure = ?, updated_at = ? WHERE order_id = ?",
+        (d["reason"], d["updated_at"], e.order_id),
+    )
+    SHIP.turned_back(tx, e.saga_id, d["reason"], None, at, reopened=False)
+
+
+def _ship_failed(tx: Tx, e: c.Event, at: float) -> None:
+    assert e.saga_id is not None
+    status = SHIP.status(tx, e.saga_id)
+    if status not in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+        return
+    d = e.data
+    tx.execute(
+        "UPDATE orders SET status = 'CONFIRMED', ship_failure = ?, updated_at = ? WHERE order_id = ?",
+        (d["reason"], d["updated_at"], e.order_id),
+    )
+    ended = SagaStatus.CANCELLED if d["reason"] == Reason.CANCELLED else SagaStatus.FAILED
+    SHIP.ended(tx, e.saga_id, ended, d["reason"], at)
+
+
+def _return_requested(tx: Tx, e: c.Event, at: float) -> None:
+    assert e.order_id is not None and e.saga_id is not None
+    d = e.data
+    cur = tx.execute(
+        "INSERT INTO order_returns (return_id, order_id, items, amount_cents, status, reason, created_at,"
+        " updated_at) VALUES (?, ?, ?, ?, 'RETURNING', ?, ?, ?) ON CONFLICT DO NOTHING",
+        (
+            e.saga_id,
+            e.order_id,
+            jsonb.text(d["items"]),
+            d["amount_cents"],
+            d.get("reason"),
+            d["created_at"],
+            d["created_at"],
+        ),
+    )
+    if cur.rowcount == 0:
+        return
+    lines = [OrderLine(sku=line["sku"], qty=line["qty"]) for line in d["items"]]
+    data = ReturnData(order_id=e.order_id, return_id=e.saga_id, items=lines, amount_cents=d["amount_cents"])
+    RETURN.created(tx, e.saga_id, e.order_id, data, at)
+
+
+def _returned(tx: Tx, e: c.Event, at: float) -> None:
+    assert e.saga_id is not None
+    if RETURN.status(tx, e.saga_id) != SagaStatus.RUNNING:
+        return
+    d = e.data
+    now = d["updated_at"]
+    tx.execute("UPDATE order_returns SET status = 'RETURNED', updated_at = ? WHERE return_id = ?", (now, e.saga_id))
+    tx.execute(
+        "UPDATE orders SET status = ?, refunded_cents = refunded_cents + ?, updated_at = ? WHERE order_id = ?",
+        (d["status"], d["amount_cents"], now, e.order_id),
+    )
+    RETURN.completed(tx, e.saga_id, {step["step"]: step for step in d.get("steps", [])}, None, at)
+
+
+def _return_compensating(tx: Tx, e: c.Event, at: float) -> None:
+    assert e.saga_id is not None
+    if RETURN.status(tx, e.saga_id) == SagaStatus.RUNNING:
+        RETURN.turned_back(tx, e.saga_id, e.data["reason"], None, at, reopened=False)
+
+
+def _return_failed(tx: Tx, e: c.Event, at: float) -> None:
+    assert e.saga_id is not None
+    if RETURN.status(tx, e.saga_id) not in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+        return
+    d = e.data
+    tx.execute(
+        "UPDATE order_returns SET status = 'FAILED', failure_reason = ?, updated_at = ? WHERE return_id = ?",
+        (d["reason"], d["updated_at"], e.saga_id),
+    )
+    ended = SagaStatus.CANCELLED if d["reason"] == Reason.CANCELLED else SagaStatus.FAILED
+    RETURN.ended(tx, e.saga_id, ended, d["reason"], at)
 
 
 def _compensating(tx: Tx, e: c.Event, at: float) -> None:
@@ -164,6 +282,14 @@ PROJECTIONS: dict[str, Project] = {
     "order_confirmed": _confirmed,
     "order_failed": _finished(SagaStatus.FAILED),
     "order_cancelled": _finished(SagaStatus.CANCELLED),
+    sh.SHIP_REQUESTED: _ship_requested,
+    sh.ORDER_SHIPPED: _shipped,
+    sh.SHIP_COMPENSATING: _ship_compensating,
+    sh.SHIP_FAILED: _ship_failed,
+    sh.RETURN_REQUESTED: _return_requested,
+    sh.ORDER_RETURNED: _returned,
+    sh.RETURN_COMPENSATING: _return_compensating,
+    sh.RETURN_FAILED: _return_failed,
 }
 
 

@@ -25,13 +25,15 @@ from bus.saga.state import ACTIVE, Reason, SagaStatus
 from bus.service import Call
 from bus.spec import Kernel, ServiceSpec
 from bus.unit import Tx
-from order_svc import orders, replay
-from order_svc.saga import PLACE_ORDER, PlaceOrderData, saga_of
+from order_svc import orders, replay, shipments
+from order_svc.fulfil import RETURN_ORDER, SHIP_ORDER, ReturnData, ShipData
+from order_svc.saga import PLACE_ORDER, OrderLine, PlaceOrderData, saga_of
 from order_svc.timeline import order_events
 
 log = logging.getLogger(__name__)
 
 CANCEL_WAIT_S = 10.0
+WAIT_EXCLUDES = frozenset({"wait_ms"})  # how long to wait is not part of what a key asks for
 BREAKER_STATE = {"closed": 0, "half_open": 1, "open": 2}
 
 
@@ -42,6 +44,18 @@ class Orders:
     db: Database
     engine: SagaEngine[PlaceOrderData]
     timeline: Callable[[str], Awaitable[list[dict[str, Any]]]] | None = None  # an order's events, from JetStream
+    shipping: SagaEngine[ShipData] | None = None
+    returning: SagaEngine[ReturnData] | None = None
+
+    def engines(self) -> tuple[SagaEngine[Any], ...]:
+        return tuple(e for e in (self.engine, self.shipping, self.returning) if e is not None)
+
+    def _engine_of(self, tx: Tx, saga_id: str) -> SagaEngine[Any]:
+        """The engine that runs this saga (an order's placement, its shipment, one of its returns)."""
+        view = self.engine.view(tx, saga_id)
+        if view is None:
+            raise NotFound(f"no saga {saga_id}", {"saga_id": saga_id})
+        return next((e for e in self.engines() if e.saga.name == view.name), self.engine)
 
     async def place(self, cmd: c.PlaceOrder, call: Call) -> c.Order:
         """A new order and its saga in one unit of work; the saga starts once it has committed and sends
@@ -65,7 +79,7 @@ class Orders:
     async def get(self, cmd: c.GetOrder, call: Call) -> c.Order:
         def read(tx: Tx) -> c.Order:
             row = orders.get(tx, cmd.order_id)
-            order = orders.to_order(row)
+            order = shipments.with_returns(tx, row)
             order.saga = self.engine.view(tx, row["saga_id"])
             return order
 
@@ -93,6 +107,59 @@ class Orders:
             await self.engine.wait(saga_id, CANCEL_WAIT_S)
             order = await self.db.read(lambda tx: orders.to_order(orders.get(tx, cmd.order_id)))
         return order
+
+    async def ship(self, cmd: c.ShipOrder, call: Call) -> c.Order:
+        """A CONFIRMED order turns SHIPPING and its shipment's saga starts, in one unit of work; answered once
+        it has shipped (or turned back), or when `wait_ms` runs out (the shipment goes on)."""
+        assert self.shipping is not None
+        shipping = self.shipping
+        shipment_id = new_id("saga")
+
+        def effect(tx: Tx) -> c.Order:
+            order, started = shipments.request_ship(tx, cmd, shipment_id)
+            if started:
+                data = ShipData(
+                    order_id=cmd.order_id,
+                    shipment_id=shipment_id,
+                    total_cents=order.total_cents or 0,
+                    currency=order.currency or "",
+                )
+                shipping.create(tx, shipment_id, cmd.order_id, data)
+            return order
+
+        asked = await self.db.run(call.once(cmd, effect, exclude=WAIT_EXCLUDES))
+        if cmd.wait_ms and asked.status == c.OrderStatus.SHIPPING and asked.ship_saga_id:
+            ended = await shipping.outcome(asked.ship_saga_id, cmd.wait_ms / 1000)
+            if isinstance(ended, c.Order):
+                return ended
+        return await self._order(cmd.order_id)
+
+    async def return_(self, cmd: c.ReturnOrder, call: Call) -> c.Order:
+        """Units of a shipped order come back and their value is refunded: counted against what shipped
+        in this unit of work, then received and refunded by the return's saga."""
+        assert self.returning is not None
+        returning = self.returning
+        return_id = new_id("saga")
+
+        def effect(tx: Tx) -> c.Order:
+            lines, amount = shipments.request_return(tx, cmd, return_id)
+            data = ReturnData(
+                order_id=cmd.order_id,
+                return_id=return_id,
+                items=[OrderLine(sku=line["sku"], qty=line["qty"]) for line in lines],
+                amount_cents=amount,
+            )
+            returning.create(tx, return_id, cmd.order_id, data)
+            return shipments.with_returns(tx, orders.get(tx, cmd.order_id))
+
+        asked = await self.db.run(call.once(cmd, effect, exclude=WAIT_EXCLUDES))
+        started = [r.return_id for r in asked.returns if r.status == "RETURNING"]
+        if cmd.wait_ms and started and not call.replayed:
+            await returning.wait(max(started), cmd.wait_ms / 1000)
+        return await self._order(cmd.order_id)
+
+    async def _order(self, order_id: str) -> c.Order:
+        return await self.db.read(lambda tx: shipments.with_returns(tx, orders.get(tx, order_id)))
 
     async def events(self, cmd: c.OrderEventsQuery, call: Call) -> c.EventList:
         await self.db.read(lambda tx: orders.get(tx, cmd.order_id))  # NOT_FOUND for an unknown order
@@ -127,9 +194,10 @@ class Orders:
             status = self._saga_status(tx, cmd.saga_id)
             if status not in ACTIVE:
                 raise Conflict(f"saga {cmd.saga_id} is {status}; only a running saga can be retried")
-            if not self.engine.driving(cmd.saga_id):  # its driver starts again shortly (a failure's backoff)
+            engine = self._engine_of(tx, cmd.saga_id)
+            if not engine.driving(cmd.saga_id):  # its driver starts again shortly (a failure's backoff)
                 raise Unavailable(f"saga {cmd.saga_id} is not being driven by this instance right now; try again")
-            tx.after_commit(lambda: self.engine.retry_now(cmd.saga_id))
+            tx.after_commit(lambda: engine.retry_now(cmd.saga_id))
             return c.SagaRef(saga_id=cmd.saga_id)
 
         # With a key, the retry is asked for once: a repeat answers with the saga as it is now (or the same refusal).
@@ -142,12 +210,20 @@ class Orders:
             status = self._saga_status(tx, cmd.saga_id)
             if status != SagaStatus.RUNNING:
                 raise Conflict(f"saga {cmd.saga_id} is {status}; only a running saga can be aborted")
-            self.engine.request_stop(tx, cmd.saga_id, Reason.ABORTED, reopen=False, note=cmd.reason)
+            engine = self._engine_of(tx, cmd.saga_id)
+            if engine is self.returning:
+                raise Conflict(
+                    f"saga {cmd.saga_id} is a return: it only goes forward (its units are counted as returned); "
+                    "retry it instead",
+                    {"saga_id": cmd.saga_id},
+                )
+            engine.request_stop(tx, cmd.saga_id, Reason.ABORTED, reopen=False, note=cmd.reason)
             return c.SagaRef(saga_id=cmd.saga_id)
 
         # With a key, a repeat does not abort again: it answers with the saga as it is now (or the same refusal).
         await self.db.run(call.once(cmd, effect, stored=c.SagaRef))
-        await self.engine.wait(cmd.saga_id, CANCEL_WAIT_S)
+        engine = await self.db.read(lambda tx: self._engine_of(tx, cmd.saga_id))
+        await engine.wait(cmd.saga_id, CANCEL_WAIT_S)
         return await self.saga_get(c.SagaRef(saga_id=cmd.saga_id), call)
 
 
@@ -166,7 +242,7 @@ def wire_breakers(k: Kernel) -> Breakers:
         task.add_done_callback(background.discard)
 
     breakers = Breakers(k.settings.breaker, on_change=on_breaker_change)
-    for step in PLACE_ORDER.steps:  # every breaker shows as closed from the start, not only once it moved
+    for step in (*PLACE_ORDER.steps, *SHIP_ORDER.steps, *RETURN_ORDER.steps):  # closed from the start
         if step.invoke is not None:
             k.metrics.breaker_state.labels(step.invoke.route.service).set(BREAKER_STATE["closed"])
     k.extras["breaker_transitions"] = transitions
@@ -195,29 +271,43 @@ async def build(k: Kernel) -> None:
                 k.metrics.child(k.metrics.step_duration, call.step, call.action).observe(time.perf_counter() - began)
 
     engine = SagaEngine(k.db, PLACE_ORDER, send, k.settings.saga, metrics=k.metrics)
+    shipping = SagaEngine(k.db, SHIP_ORDER, send, k.settings.saga, metrics=k.metrics)
+    returning = SagaEngine(k.db, RETURN_ORDER, send, k.settings.saga, metrics=k.metrics)
     k.extras.update(
         engine=engine,
         breakers=breakers,
         health=lambda: {
             "breakers": breakers.states(),
-            "sagas_in_flight": engine.in_flight,
+            "sagas_in_flight": engine.in_flight + shipping.in_flight + returning.in_flight,
             "counts": dict(engine.counts),
+            "shipments": dict(shipping.counts),
+            "returns": dict(returning.counts),
         },
     )
-    handlers = Orders(k.db, engine, lambda order_id: order_events(k.js, k.settings.stream_name, order_id))
+    handlers = Orders(
+        k.db,
+        engine,
+        lambda order_id: order_events(k.js, k.settings.stream_name, order_id),
+        shipping=shipping,
+        returning=returning,
+    )
     k.runner.add_all(
         (s.ORDERS_PLACE, handlers.place),
         (s.ORDERS_GET, handlers.get),
         (s.ORDERS_LIST, handlers.list),
         (s.ORDERS_CANCEL, handlers.cancel),
         (s.ORDERS_EVENTS, handlers.events),
+        (s.ORDERS_SHIP, handlers.ship),
+        (s.ORDERS_RETURN, handlers.return_),
         (s.SAGA_LIST, handlers.saga_list),
         (s.SAGA_GET, handlers.saga_get),
         (s.SAGA_RETRY, handlers.saga_retry),
         (s.SAGA_ABORT, handlers.saga_abort),
     )
-    k.stack.push_async_callback(engine.stop)
-    await engine.resume_all()
+    for each in (engine, shipping, returning):
+        k.stack.push_async_callback(each.stop)
+    for each in (engine, shipping, returning):
+        await each.resume_all()
 
 
 SPEC = ServiceSpec(

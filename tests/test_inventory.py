@@ -60,6 +60,7 @@ async def test_first_start_seeds_the_catalog_once_with_one_restock_event_per_sku
             "qty": 100,
             "on_hand": 100,
             "reserved": 0,
+            "restocked_units": 100,
         }
         assert gauge(inventory, "oms_stock_on_hand_units", "LAMP-1") == 3
     async with running(SPEC, settings, serve_metrics=False):  # started again on the same file
@@ -128,7 +129,15 @@ async def test_check_reports_each_line_and_changes_nothing(inventory, client, nc
     assert fits.available is True
     one = await client.call(s.INVENTORY_STOCK, {"sku": "MN-303"}, c.Stock)
     assert one.products == [
-        c.Product(sku="MN-303", name="27in monitor", price_cents=32900, on_hand=50, reserved=0, available=50)
+        c.Product(
+            sku="MN-303",
+            name="27in monitor",
+            price_cents=32900,
+            on_hand=50,
+            reserved=0,
+            available=50,
+            restocked_units=50,
+        )
     ]
     assert await order_events(nc, settings) == []
 
@@ -191,8 +200,24 @@ async def test_a_new_sku_needs_a_name_and_a_price(inventory, client, nc, setting
     events = (await stream_events(nc, settings))[len(CATALOG) :]
     assert all(e["data"].pop("restocked_at") for e in events)
     assert [e["data"] for e in events] == [
-        {"sku": "NEW-1", "name": "Gadget", "price_cents": 100, "qty": 5, "on_hand": 5, "reserved": 0},
-        {"sku": "NEW-1", "name": "Gadget", "price_cents": 150, "qty": 2, "on_hand": 7, "reserved": 0},
+        {
+            "sku": "NEW-1",
+            "name": "Gadget",
+            "price_cents": 100,
+            "qty": 5,
+            "on_hand": 5,
+            "reserved": 0,
+            "restocked_units": 5,
+        },
+        {
+            "sku": "NEW-1",
+            "name": "Gadget",
+            "price_cents": 150,
+            "qty": 2,
+            "on_hand": 7,
+            "reserved": 0,
+            "restocked_units": 7,
+        },
     ]
     assert all(e["subject"] == "events.inventory.stock_restocked.NEW-1" for e in events)
 

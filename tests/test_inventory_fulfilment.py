@@ -196,9 +196,9 @@ async def test_a_return_is_refused_for_what_the_order_does_not_hold(inventory, c
         await client.call(s.INVENTORY_RECEIVE_RETURN, return_body("r-5", "ret-1", KB_101=1))
     await client.call(s.INVENTORY_COMMIT, commit_body("r-5"))
     before, stock = await stream_events(nc, settings), await levels(client)
-    with pytest.raises(InvalidRequest, match=r"items\.1\.sku: order r-5 has no line of MS-202") as foreign:
+    with pytest.raises(InvalidRequest, match=r"items\[1\]\.sku: order r-5 has no line of MS-202") as foreign:
         await client.call(s.INVENTORY_RECEIVE_RETURN, return_body("r-5", "ret-1", KB_101=1, MS_202=1))
-    assert foreign.value.details["field"] == "items.1.sku"
+    assert foreign.value.details["field"] == "items[1].sku"
     assert await stream_events(nc, settings) == before and await levels(client) == stock
 
 
@@ -282,7 +282,7 @@ async def test_hostile_payloads_answer_validation_error_and_change_nothing(inven
         assert body["ok"] is False and body["error"]["code"] == "VALIDATION_ERROR", (subject, payload, body)
         assert headers["Nats-Service-Error-Code"] == "400"
     body, _ = await ask(nc, "inventory.receive_return", return_body("h", "ret", KB_101=0))
-    assert body["error"]["details"]["errors"][0]["field"] == "items.0.qty"
+    assert body["error"]["details"]["errors"][0]["field"] == "items[0].qty"
     body, _ = await ask(nc, "inventory.product", {"sku": "KB-101"})
     assert "give at least one of name, price_cents, resellable" in body["error"]["message"]
     assert await stream_events(nc, settings) == before and await levels(client) == stock

@@ -46,8 +46,8 @@ def test_any_mix_text_parses_or_is_refused_with_a_value_error(text: str):
         ("declined=2", "between 0 and 1"),
         ("declined=-0.1", "between 0 and 1"),
         ("declined=x", "'x' is not a number"),
-        ("refunded=0.1", "expected declined=F or out_of_stock=F"),
-        ("declined", "expected declined=F or out_of_stock=F"),
+        ("refunded=0.1", "expected one of declined=F, out_of_stock=F, shipped=F, returned=F"),
+        ("declined", "expected one of declined=F, out_of_stock=F, shipped=F, returned=F"),
         ("declined=0.7,out_of_stock=0.5", "must not exceed 1"),
     ],
 )

@@ -210,7 +210,7 @@ async def test_the_audit_flags_stock_that_changed_without_a_restock(stack, setti
     report = await run_audit(stack["client"], stack["js"], settings.stream_name, settings.saga)
     stock_check = next(check for check in report.checks if check.number == 1)
     assert [v for v in stock_check.violations if v.startswith("KB-101")] == [
-        "KB-101: on_hand 105 but its last restock left 100"
+        "KB-101: on_hand 105, but 100 restocked less 0 shipped and not put back is 100"
     ]
     assert all(check.violations == [] for check in report.checks if check.number != 1)
 

@@ -29,7 +29,7 @@ from order_svc.service import SPEC as ORDERS
 from payment_svc.service import SPEC as PAYMENT
 from tests.conftest import outlast_duplicate_window, stream_events, wait_for
 
-TERMINAL = ("CONFIRMED", "FAILED", "CANCELLED")
+TERMINAL = ("CONFIRMED", "FAILED", "CANCELLED", "SHIPPED", "PARTIALLY_RETURNED", "RETURNED")
 # What a rebuilt saga cannot know exactly: when its steps ran (the events carry their own times).
 SAGA_TIMINGS = {"created_at", "updated_at", "deadline_at", "next_retry_at"}
 STEP_TIMINGS = {"started_at", "finished_at", "duration_ms"}
@@ -124,7 +124,15 @@ async def some_history(svc: Services) -> list[dict[str, Any]]:
     ]
     cancelled = await svc.client.call(s.ORDERS_CANCEL, {"order_id": orders[-1]["order_id"], "reason": "changed mind"})
     assert [o["status"] for o in orders[:3]] + [cancelled["status"]] == ["CONFIRMED", "FAILED", "FAILED", "CANCELLED"]
-    return orders
+    # And past confirmation: one order shipped, one shipped and taken back in two returns.
+    shipped = await place(svc, items=(("KB-101", 1),))
+    returned = await place(svc, items=(("MS-202", 3), ("NEW-1", 1)))
+    for order in (shipped, returned):
+        assert (await svc.client.call(s.ORDERS_SHIP, {"order_id": order["order_id"]}))["status"] == "SHIPPED"
+    first_back = {"order_id": returned["order_id"], "items": [{"sku": "MS-202", "qty": 1}], "reason": "too many"}
+    assert (await svc.client.call(s.ORDERS_RETURN, first_back))["status"] == "PARTIALLY_RETURNED"
+    assert (await svc.client.call(s.ORDERS_RETURN, {"order_id": returned["order_id"]}))["status"] == "RETURNED"
+    return [*orders, shipped, returned]
 
 
 async def audit_clean(svc: Services) -> None:

@@ -113,14 +113,30 @@ class StepCall:
 Send = Callable[[StepCall], Awaitable[Any]]
 
 
+# Every definition's step names by saga name, so a view of any saga names its step (an owner runs several).
+_STEP_NAMES: dict[str, tuple[str, ...]] = {}
+
+
+def step_names(saga_name: str) -> tuple[str, ...] | None:
+    return _STEP_NAMES.get(saga_name)
+
+
 class Saga(Generic[D]):
     """A saga definition: its name, the model of its data, its steps in order, and its owner's hooks."""
 
-    def __init__(self, name: str, data: type[D], *steps: Step[D], hooks: SagaHooks) -> None:
+    def __init__(
+        self, name: str, data: type[D], *steps: Step[D], hooks: SagaHooks, deadline_s: float | None = None
+    ) -> None:
         self.name = name
         self.data = data
         self.steps = steps
         self.hooks = hooks
+        # How long a run may go forward before it turns back; None: the settings' (`OMS_SAGA__DEADLINE_MS`).
+        self.deadline_s = deadline_s
+        _STEP_NAMES[name] = tuple(step.name for step in steps)
+
+    def deadline(self, s: SagaSettings) -> float:
+        return self.deadline_s if self.deadline_s is not None else s.deadline_ms / 1000
 
     @cached_property
     def position(self) -> dict[str, int]:
@@ -133,4 +149,4 @@ class Saga(Generic[D]):
 
     def with_hooks(self, hooks: SagaHooks) -> Saga[D]:
         """The same saga followed by other hooks (a test's)."""
-        return Saga(self.name, self.data, *self.steps, hooks=hooks)
+        return Saga(self.name, self.data, *self.steps, hooks=hooks, deadline_s=self.deadline_s)

@@ -25,6 +25,7 @@ from bus.saga import repo
 from bus.saga.definition import Saga
 from bus.saga.events import CompensationRetried, StepCompensated, StepFailed, StepRetried
 from bus.saga.state import ActionKind, SagaStatus, StepStatus, error_text
+from bus.settings import SagaSettings
 from bus.unit import Tx
 
 D = TypeVar("D", bound=BaseModel)
@@ -49,11 +50,12 @@ class SagaReplay(Generic[D]):
         }
 
     def apply(self, tx: Tx, event: Event) -> bool:
-        """Replay the event if it is one of the engine's; False if it is not."""
+        """Replay the event if it is one of the engine's; False if it is not. Each definition's replay moves
+        its own runs only (an owner with several sagas hands every event to each)."""
         project = self._projections.get(event.type)
         if project is None:
             return False
-        if event.saga_id:
+        if event.saga_id and repo.name_of(tx, event.saga_id) == self.saga.name:
             project(tx, event, parse_iso(event.occurred_at))
         return True
 
@@ -122,11 +124,11 @@ class SagaReplay(Generic[D]):
             finished_at=at,
         )
 
-    def after_replay(self, tx: Tx, deadline_s: float) -> None:
-        """Deadlines from the creation time; every step an unfinished saga might have run counts as started.
-        Then each saga's step records move into its row."""
-        repo.deadlines_from_creation(tx, deadline_s)
-        for saga_id, status in repo.unfinished_ids(tx):
+    def prepare_resume(self, tx: Tx, settings: SagaSettings) -> None:
+        """Deadlines from the creation time; every step an unfinished run might have run counts as started
+        (the step records are then folded into their rows, once for every definition: `after_replay`)."""
+        repo.deadlines_from_creation(tx, self.saga.name, self.saga.deadline(settings))
+        for saga_id, status in repo.unfinished_ids(tx, self.saga.name):
             running = status == SagaStatus.RUNNING
             if running:
                 repo.restart_forward(tx, saga_id)
@@ -135,7 +137,6 @@ class SagaReplay(Generic[D]):
             # A RUNNING step is compensated if the saga has to turn back; a step that then fails with a
             # final answer is not. A compensating saga re-sends every compensation (they are idempotent).
             repo.maybe_started(tx, saga_id, self.compensable, uncertain=not running)
-        repo.fold_steps(tx)
 
     # -- the engine's events ------------------------------------------------------------
 
@@ -225,3 +226,11 @@ class SagaReplay(Generic[D]):
 
 def _data(data: BaseModel | None) -> dict[str, Any]:
     return {} if data is None else {"data": jsonb.text(data)}
+
+
+def after_replay(tx: Tx, settings: SagaSettings, *replays: SagaReplay[Any]) -> None:
+    """What the events cannot tell, for every saga definition of an owner (their deadlines, the steps an
+    unfinished run sends again); then each saga's step records move into its row."""
+    for replay in replays:
+        replay.prepare_resume(tx, settings)
+    repo.fold_steps(tx)

@@ -19,6 +19,7 @@ from bus import contract as c
 from bus import jsonb
 from bus.ids import iso
 from bus.migrations import statements
+from bus.saga.definition import step_names
 from bus.saga.schema import FOLD_STEPS
 from bus.saga.state import ACTIVE, ActionKind, SagaRun, SagaStatus, StepStatus, load_steps
 from bus.unit import Tx, in_window, where
@@ -158,6 +159,7 @@ def listing(
 
 def _view(found: sqlite3.Row, steps: tuple[str, ...], stuck_after: int, *, with_steps: bool) -> c.SagaView:
     records: list[c.StepRecord] = []
+    steps = step_names(found["name"]) or steps
     if with_steps:
         # By start; records without one (a rebuild's) or with the same one go in the saga's step order.
         position = {name: i for i, name in enumerate(steps)}
@@ -269,13 +271,19 @@ def put_record(
     )
 
 
-def deadlines_from_creation(tx: Tx, deadline_s: float) -> None:
-    tx.execute("UPDATE sagas SET deadline_at = created_at + ?", (deadline_s,))
+def deadlines_from_creation(tx: Tx, name: str, deadline_s: float) -> None:
+    tx.execute("UPDATE sagas SET deadline_at = created_at + ? WHERE name = ?", (deadline_s, name))
 
 
-def unfinished_ids(tx: Tx) -> list[tuple[str, SagaStatus]]:
+def name_of(tx: Tx, saga_id: str) -> str | None:
+    found = tx.one("SELECT name FROM sagas WHERE saga_id = ?", (saga_id,))
+    return None if found is None else found["name"]
+
+
+def unfinished_ids(tx: Tx, name: str) -> list[tuple[str, SagaStatus]]:
     rows = tx.all(
-        "SELECT saga_id, status FROM sagas WHERE status IN (?, ?)", (SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+        "SELECT saga_id, status FROM sagas WHERE status IN (?, ?) AND name = ?",
+        (SagaStatus.RUNNING, SagaStatus.COMPENSATING, name),
     )
     return [(found["saga_id"], SagaStatus(found["status"])) for found in rows]
 

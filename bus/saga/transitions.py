@@ -41,7 +41,8 @@ class Transitions(Generic[D]):
     def create(self, tx: Tx, saga_id: str, ref: str, data: D) -> SagaRun[D]:
         """A new run, its first request recorded as about to go out; inserted in the caller's unit."""
         now = self.clock()
-        run = SagaRun(saga_id, self.saga.name, ref, SagaStatus.RUNNING, 0, data, now + self.settings.deadline_ms / 1000)
+        deadline_at = now + self.saga.deadline(self.settings)
+        run = SagaRun(saga_id, self.saga.name, ref, SagaStatus.RUNNING, 0, data, deadline_at)
         run.created_at = now
         if self.saga.steps and self.saga.steps[0].invoke is not None:
             run.attempt_begins(self.saga.steps[0].name, ActionKind.INVOKE, 1, now)
