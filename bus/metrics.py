@@ -118,6 +118,18 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.saga_runs = Counter(
+            "oms_saga_runs_total",
+            "Sagas finished, by definition (place_order, ship_order: shipments, return_order: returns) and outcome",
+            ["saga", "outcome"],
+            registry=r,
+        )
+        self.money = Counter(
+            "oms_payment_cents_total",
+            "Money moved by the payment service, by kind: authorized, captured, refunded, capture_reversed",
+            ["kind"],
+            registry=r,
+        )
         self.compensations = Counter(
             "oms_compensations_total",
             "Compensations, by step and outcome",

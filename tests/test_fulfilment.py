@@ -263,3 +263,24 @@ async def test_the_audit_sees_a_shipment_without_its_capture(stack, settings):
     report = await run_audit(stack["client"], stack["js"], settings.stream_name, settings.saga)
     found = [v for check in report.to_dict()["checks"] for v in check["offending"]]
     assert any(order["order_id"] in v for v in found), found
+
+
+def sample(kernel: Any, name: str, **labels: str) -> float:
+    return kernel.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_metrics_count_shipments_returns_and_the_money_once(stack, settings):
+    order = await confirmed(stack, ("KB-101", 2))
+    unit = order["items"][0]["unit_price_cents"]
+    await ship(stack, order["order_id"], key="ship-m")
+    await ship(stack, order["order_id"], key="ship-m")  # a repeat moves nothing
+    capture = {"order_id": order["order_id"], "capture_id": (await payment_of(stack, order["order_id"]))["capture_id"]}
+    await stack["client"].call(s.PAYMENT_CAPTURE, capture)  # nor does a capture repeated by its id
+    await give_back(stack, order["order_id"], ("KB-101", 1))
+    payment, orders = stack["payment"], stack["orders"]
+    assert sample(payment, "oms_payment_cents_total", kind="captured") == order["total_cents"]
+    assert sample(payment, "oms_payment_cents_total", kind="refunded") == unit
+    assert sample(payment, "oms_payment_cents_total", kind="authorized") == order["total_cents"]
+    assert sample(orders, "oms_saga_runs_total", saga="ship_order", outcome="completed") == 1
+    assert sample(orders, "oms_saga_runs_total", saga="return_order", outcome="completed") == 1
+    assert sample(orders, "oms_saga_runs_total", saga="place_order", outcome="completed") == 1

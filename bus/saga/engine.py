@@ -313,6 +313,7 @@ class SagaEngine(Generic[D]):
                 if run.status not in ACTIVE:
                     outcome = run.status.lower()
                     self.metrics.child(self.metrics.sagas, outcome).inc()
+                    self.metrics.saga_runs.labels(self.saga.name, outcome).inc()
                     self.metrics.child(self.metrics.saga_duration, outcome).observe(time.monotonic() - started)
 
     # -- views ----------------------------------------------------------------
