@@ -30,7 +30,7 @@ from bus.errors import OmsError
 from bus.settings import SERVICES
 from bus.stream import jetstream
 from cli import stack
-from cli.loadgen import LoadPlan, Mix, run_load
+from cli.loadgen import LoadPlan, Mix, ensure_stock, run_load
 
 FAULTS = {"error_rate": 0.05, "drop_reply_rate": 0.05, "latency_ms": 5, "latency_jitter_ms": 40}
 SOAK_ENV = {
@@ -89,9 +89,6 @@ async def soak(orders: int, concurrency: int, kill_every_s: float, max_seconds: 
     async with embedded_stack(**SOAK_ENV) as settings:
         nc = await connect(as_admin(settings), "soak", persistent=False)
         client = Client(nc, timeout_s=10)
-        await set_faults(client, True)
-        stop = asyncio.Event()
-        kills = asyncio.create_task(killer(settings, kill_every_s, stop, client))
         plan = LoadPlan(
             orders=orders,
             concurrency=concurrency,
@@ -99,6 +96,10 @@ async def soak(orders: int, concurrency: int, kill_every_s: float, max_seconds: 
             max_seconds=max_seconds,
             wait_ms=2000,
         )
+        await ensure_stock(client, plan)  # before the faults: only the mix's out-of-stock orders run out
+        await set_faults(client, True)
+        stop = asyncio.Event()
+        kills = asyncio.create_task(killer(settings, kill_every_s, stop, client))
         result = await run_load(settings, plan)
         stop.set()
         killed = await kills
