@@ -479,3 +479,18 @@ async def test_a_rebuild_after_a_long_outage_publishes_only_the_old_outbox_the_s
     stock = await services.client.call(s.INVENTORY_STOCK, {"sku": "KB-101"})
     assert stock["products"][0]["on_hand"] == json.loads(unsent.body)["data"]["on_hand"]  # both restocks kept
     await audit_clean(services)
+
+
+async def test_the_orders_rows_and_their_returns_are_rebuilt_byte_for_byte(services):
+    """After a history with shipments and returns (and their failures' kin: a cancel, a decline), the order
+    service's own tables come back from the stream exactly: every column of every order and return."""
+    await some_history(services)
+    path = services.settings.db_path("orders")
+    before = tables(path)
+    assert before["order_returns"] and any(row for row in before["orders"] if "RETURNED" in row)
+    await services.stop(ORDERS)
+    services.lose_database(ORDERS)
+    await rebuild(services.settings, ORDERS, services.js)
+    after = tables(path)
+    for name in ("orders", "order_returns"):
+        assert after[name] == before[name], name
