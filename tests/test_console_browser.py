@@ -170,8 +170,15 @@ async def test_an_orders_page_draws_its_saga_across_the_services_lanes(stage: St
     payment = page.locator('g.lane[data-lane="payment"] g.bar[data-step="authorize_payment"]')
     assert await inventory.count() == 1 and await payment.count() == 1
     assert await page.locator('g.lane[data-lane="orders"] g.mark').count() >= 2  # created, confirmed
-    box_reserve, box_pay = await inventory.locator("rect").bounding_box(), await payment.locator("rect").bounding_box()
-    assert box_reserve and box_pay and box_reserve["x"] <= box_pay["x"]  # reserved before it was paid
+    # Both bars measured in one turn of the page's script: a live update may redraw the timeline between two
+    # separate measurements (and leave the first one's element detached).
+    xs = await page.evaluate(
+        """() => [["inventory", "reserve_stock"], ["payment", "authorize_payment"]].map(([lane, step]) => {
+            const bar = document.querySelector(`g.lane[data-lane="${lane}"] g.bar[data-step="${step}"] rect`);
+            return bar ? bar.getBoundingClientRect().x : null;
+        })"""
+    )
+    assert None not in xs and xs[0] <= xs[1], xs  # reserved before it was paid
 
 
 async def test_a_failing_payment_service_opens_its_breaker_on_the_services_page(stage: Stage, page: Any):
