@@ -236,10 +236,18 @@ def report(floor: dict, rr: dict | None = None) -> None:
         print(f"  the floor's best is {floor['best_sagas_per_s'] / rr['rr_64_per_s']:.3f} x raw round trips/s")
 
 
-async def run_floor(sagas: int = 10_000, *, with_rr: bool = True, rates: tuple[float, ...] = ()) -> dict:
-    """The floor (and raw request-reply, unless told not to) on a nats-server of its own."""
+async def run_floor(
+    sagas: int = 10_000, *, with_rr: bool = True, rates: tuple[float, ...] = (), sync_always: bool = False
+) -> dict:
+    """The floor (and raw request-reply, unless told not to) on a nats-server of its own. `sync_always`:
+    the server syncs every JetStream write before it acknowledges it, as OMS's `OMS_DURABILITY=fsync` has
+    its nats-server do (the floor has no database to sync)."""
     with tempfile.TemporaryDirectory() as tmp:
-        server, url = natsserver.start(Path(tmp))
+        config = None
+        if sync_always:
+            config = Path(tmp) / "sync.conf"
+            config.write_text("jetstream {\n  sync_interval: always\n}\n")
+        server, url = natsserver.start(Path(tmp) / "store", config=config)
         try:
             rr = await rr_measure(url, 20_000, server_pid=server.pid) if with_rr else None
             floor = await measure(url, server.pid, sagas, rates=rates)
@@ -258,9 +266,12 @@ def main() -> None:
         default=(),
         help="also offer these rates (sagas/s, comma-separated) in an open loop and print their latency",
     )
+    parser.add_argument(
+        "--sync-always", action="store_true", help="the server syncs every JetStream write (as OMS_DURABILITY=fsync)"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
-    result = loop.run(run_floor(args.sagas, rates=args.rates))
+    result = loop.run(run_floor(args.sagas, rates=args.rates, sync_always=args.sync_always))
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -216,8 +216,12 @@ async def run_load(
     plan: LoadPlan,
     *,
     on_progress: Callable[[LoadResult], None] | None = None,
+    on_start: Callable[[], None] | None = None,
+    on_end: Callable[[], None] | None = None,
 ) -> LoadResult:
-    """Place `plan.orders` orders; returns when all are answered or `plan.max_seconds` runs out."""
+    """Place `plan.orders` orders; returns when all are answered or `plan.max_seconds` runs out.
+    `on_start` is called once connected, as the first order is about to leave, and `on_end` when the last
+    one is answered: what a benchmark times the orders by, without the connections' setup around them."""
     as_client = auth.login(settings, "cli")
     rng = random.Random(plan.seed)
     run_id = uuid.uuid4().hex[:8]
@@ -239,6 +243,8 @@ async def run_load(
         bodies = [order_body(kind, i, plan, rng, run_id) for i, kind in enumerate(kinds)]
         result.by_kind.update(kinds)
         next_index = 0
+        if on_start is not None:
+            on_start()
         started = time.monotonic()
         deadline = started + plan.max_seconds
 
@@ -272,6 +278,8 @@ async def run_load(
 
         await asyncio.gather(*(worker(w) for w in range(max(1, plan.concurrency))))
         result.seconds = time.monotonic() - started
+        if on_end is not None:
+            on_end()
         result.stopped_early = result.sent < plan.orders
         result.saga_counts, result.counts_since_restart = counted_during(before, await saga_counts(clients[0]))
         return result

@@ -98,3 +98,25 @@ async def test_a_run_at_a_fixed_rate_keeps_to_its_schedule(stack: dict[str, Any]
     assert result.outcomes == {"CONFIRMED": 30}
     # The last order may not leave before its slot, 29/150 s after the first: an open loop, not a burst.
     assert result.seconds >= 29 / 150
+
+
+async def test_a_runs_start_and_end_hooks_frame_its_orders_alone(stack: dict[str, Any], settings: Settings):
+    """A benchmark counts CPU between the hooks: the first is called connected and before any order leaves,
+    the second once every order is answered."""
+    plan = LoadPlan(orders=12, concurrency=4, connections=2)
+    await ensure_stock(stack["client"], plan)
+    seen: list[tuple[str, int, int]] = []
+    holder: list[Any] = []
+
+    def on_progress(result: Any) -> None:
+        holder[:] = [result]
+
+    result = await run_load(
+        settings,
+        plan,
+        on_progress=on_progress,
+        on_start=lambda: seen.append(("start", len(holder), 0)),
+        on_end=lambda: seen.append(("end", holder[0].sent, holder[0].completed)),
+    )
+    assert seen == [("start", 0, 0), ("end", 12, 12)]
+    assert result.completed == 12
