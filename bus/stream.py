@@ -140,22 +140,46 @@ def _describe(exc: BaseException) -> str:
 
 # -- how a connection reaches the stream's API ----------------------------------
 
+JS_NOT_ENABLED_FOR_ACCOUNT = 10039  # the JetStream API's err_code
 _API_PREFIX: weakref.WeakKeyDictionary[Nats, str] = weakref.WeakKeyDictionary()
 
 
 async def api_prefix(nc: Nats, stream: str) -> str:
     """Where this connection reaches the event stream's API: `$JS.API` inside the OMS account (or on a
-    server without accounts), `JS.OMS.API` from a client account (`bus.accounts`). Asked once per
-    connection: the client accounts answer the stream's info there, anyone else has no responders."""
+    server without accounts), `JS.OMS.API` from a client account (`bus.accounts`). Found by asking the
+    stream's info at each, and kept for the connection once the stream's JetStream answered there (its
+    error is an answer too). Elsewhere a wrong prefix has no responders, or the server answers for an
+    account without JetStream (`$JS.API` from a client account). A probe that met silence (a cluster
+    electing the stream's leader, a paused server) settles nothing: it raises nats' TimeoutError and the
+    next call asks again, where a guess kept then sent every later request of the connection where
+    nothing answers."""
     prefix = _API_PREFIX.get(nc)
-    if prefix is None:
+    if prefix is not None:
+        return prefix
+    silent = False
+    for candidate in (JS_PREFIX, "$JS.API"):
         try:
-            await nc.request(f"{JS_PREFIX}.STREAM.INFO.{stream}", b"", timeout=2.0)
-            prefix = JS_PREFIX
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-            prefix = "$JS.API"
-        _API_PREFIX[nc] = prefix
-    return prefix
+            reply = await nc.request(f"{candidate}.STREAM.INFO.{stream}", b"", timeout=2.0)
+        except nats.errors.NoRespondersError:
+            continue
+        except nats.errors.TimeoutError:
+            silent = True
+            continue
+        if _api_error_code(reply.data) == JS_NOT_ENABLED_FOR_ACCOUNT:
+            continue
+        _API_PREFIX[nc] = candidate
+        return candidate
+    if silent:
+        raise nats.errors.TimeoutError
+    return "$JS.API"  # no JetStream for this connection: its requests will say so; asked again next time
+
+
+def _api_error_code(data: bytes) -> int | None:
+    try:
+        error = json.loads(data).get("error")
+    except (ValueError, AttributeError):
+        return None
+    return error.get("err_code") if isinstance(error, dict) else None
 
 
 async def jetstream(nc: Nats, stream: str) -> JetStreamContext:

@@ -28,7 +28,7 @@ from bus.connect import connect, inbox_prefix
 from bus.errors import NotFound, Unavailable
 from bus.replay import recover
 from bus.settings import SERVICES, Settings
-from bus.stream import jetstream
+from bus.stream import api_prefix, ensure_stream, jetstream
 from cli import stack
 from cli.connection import role_for
 from cli.session import request as session_request
@@ -536,3 +536,36 @@ async def test_admin_cannot_make_a_consumer_that_delivers_the_stream_into_the_se
         assert (await js.stream_info(stream)).state.consumer_count == before
     finally:
         await admin.nc.close()
+
+
+async def test_a_connection_whose_first_look_for_the_stream_went_unanswered_finds_it_later(tmp_path: Path):
+    """Found by a cluster test that failed now and then: an admin connection made while the cluster elected
+    the stream's leader asked where the stream's API is, heard nothing, and kept `$JS.API` (where its
+    account has no JetStream) for good, so every later stream request answered 'JetStream not enabled'. A
+    paused server is the same silence."""
+    home = tmp_path / "paused"
+    base = Settings(home=home, metrics_port_orders=0, metrics_port_inventory=0, metrics_port_payment=0)
+    proc, url = natsserver.start(home / "nats", config=auth.prepare(base))
+    try:
+        found = Secured(url, base, auth.ensure_credentials(base))
+        orders = await connect(found.as_user("orders"), "setup", persistent=False)
+        try:
+            await ensure_stream(orders, orders.jetstream(), base)
+        finally:
+            await orders.close()
+        nc = await connect(found.as_user("admin"), "paused", persistent=False)
+        try:
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(nats.errors.TimeoutError):
+                    await api_prefix(nc, base.stream_name)
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            info = await (await jetstream(nc, base.stream_name)).stream_info(base.stream_name)
+            assert info.config.name == base.stream_name
+            assert await api_prefix(nc, base.stream_name) == "JS.OMS.API"
+        finally:
+            await nc.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)

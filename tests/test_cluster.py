@@ -118,19 +118,33 @@ async def stream_info(nc: Any, settings: Settings) -> Any:
     return await (await jetstream(nc, settings.stream_name)).stream_info(settings.stream_name)
 
 
-async def all_current(nc: Any, settings: Settings) -> bool:
+async def all_current(nc: Any, settings: Settings, seen: list[str] | None = None) -> bool:
     """The stream has a leader and every other node's copy is current, has nothing to catch up and was heard
-    from within the last second: losing any one node now leaves a majority with everything."""
+    from within the last second: losing any one node now leaves a majority with everything. `seen` keeps
+    what the last look found, for the message of a wait that runs out."""
     try:
         info = await stream_info(nc, settings)
-    except Exception:  # no leader to answer yet
+    except Exception as e:  # no leader to answer yet
+        if seen is not None:
+            seen[:] = [f"no stream info: {e!r}"]
         return False
     replicas = info.cluster.replicas if info.cluster else None
+    if seen is not None:
+        seen[:] = [f"leader={info.cluster.leader if info.cluster else None} replicas={replicas}"]
     return (
         bool(info.cluster and info.cluster.leader)
         and len(replicas or []) == 2
         and all(r.current and not r.lag and not r.offline and (r.active or 0) < 1_000_000_000 for r in replicas or [])
     )
+
+
+async def replicas_caught_up(nc: Any, settings: Settings, timeout: float, what: str) -> None:
+    """Wait for `all_current`; a wait that runs out says what the stream's replicas looked like last."""
+    seen: list[str] = []
+    try:
+        await wait_for(lambda: all_current(nc, settings, seen), timeout=timeout, what=what)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last seen: {seen[0] if seen else 'nothing'}") from None
 
 
 async def event_ids(nc: Any, settings: Settings) -> Counter[str]:
@@ -208,7 +222,7 @@ async def test_losing_the_stream_leader_and_then_another_node_under_load_loses_n
     ends terminal with its business outcome, the audit is clean, every event id is in the stream once."""
     nc = await admin(three)
     try:
-        await wait_for(lambda: all_current(nc, three.settings), timeout=20, what="every replica current")
+        await replicas_caught_up(nc, three.settings, 20, "every replica current")
         # The stream's leader moves to the node the order service is connected to.
         home = three.node_of(str(services["orders"].nc.connected_url.geturl()))
         info = await stream_info(nc, three.settings)
@@ -231,7 +245,7 @@ async def test_losing_the_stream_leader_and_then_another_node_under_load_loses_n
         three.kill(home.name)
         await wait_for(lambda: "restart it" in phases, timeout=90, what="orders through the first loss")
         assert [p.name for p in three.restart() if p.started] == [home.name]
-        await wait_for(lambda: all_current(nc, three.settings), timeout=30, what="the node to catch up")
+        await replicas_caught_up(nc, three.settings, 30, "the node to catch up")
         await wait_for(lambda: "kill another" in phases, timeout=90, what="orders after the restart")
         other = next(n for n in three.plan.nodes if n.name != home.name)
         three.kill(other.name)
@@ -241,7 +255,7 @@ async def test_losing_the_stream_leader_and_then_another_node_under_load_loses_n
         assert set(result.outcomes) <= {"CONFIRMED", "FAILED"} and result.outcomes["CONFIRMED"] > 0
         assert result.outcomes["FAILED"] >= result.by_kind["declined"]  # declined cards, out of stock
         three.restart()
-        await wait_for(lambda: all_current(nc, three.settings), timeout=30, what="the second node to catch up")
+        await replicas_caught_up(nc, three.settings, 30, "the second node to catch up")
         js = await jetstream(nc, three.settings.stream_name)
         report = await run_audit(Client(nc, timeout_s=15), js, three.settings.stream_name, three.settings.saga)
         assert report.ok, report.to_dict()
@@ -276,7 +290,7 @@ async def test_a_cli_connection_reaches_the_cluster_when_the_first_server_of_its
         three.restart()
         nc = await admin(three)
         try:
-            await wait_for(lambda: all_current(nc, three.settings), timeout=60, what="the node to catch up")
+            await replicas_caught_up(nc, three.settings, 60, "the node to catch up")
         finally:
             await nc.close()
 
@@ -310,7 +324,7 @@ async def test_following_the_events_goes_on_when_the_streams_leader_dies(fresh: 
     nc = await admin(three)
     buyer = await connect(auth.login(three.settings, "cli"), "buyer", persistent=False)
     try:
-        await wait_for(lambda: all_current(nc, three.settings), timeout=30, what="every replica current")
+        await replicas_caught_up(nc, three.settings, 30, "every replica current")
         reader = await Reader(nc, three.settings.stream_name).open("events.orders.>", from_start=False)
         leader = (await stream_info(nc, three.settings)).cluster.leader
         three.kill(leader)
@@ -343,8 +357,8 @@ async def test_following_the_events_goes_on_when_the_streams_leader_dies(fresh: 
 async def test_a_rebuild_by_replay_goes_on_when_the_stream_leader_dies_midway(
     fresh: Cluster, fresh_services, monkeypatch, tmp_path
 ):
-    three = fresh
     """Small windows, so the rebuild opens many consumers; the stream's leader is killed after the first."""
+    three = fresh
     import sqlite3
 
     from bus import reader, replay
@@ -357,7 +371,7 @@ async def test_a_rebuild_by_replay_goes_on_when_the_stream_leader_dies_midway(
             await buyer.call(
                 s.ORDERS_PLACE, {"customer_id": f"r-{i}", "items": line}, idempotency_key=f"r-{i}-{tmp_path.name}"
             )
-        await wait_for(lambda: all_current(nc, three.settings), timeout=30, what="every replica current")
+        await replicas_caught_up(nc, three.settings, 30, "every replica current")
         leader = (await stream_info(nc, three.settings)).cluster.leader
         monkeypatch.setattr(reader, "WINDOW", 25)
         killed: list[str] = []
