@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nats.errors
+import nats.js.errors
 import pytest
 
 from bus import auth
@@ -147,6 +149,17 @@ async def replicas_caught_up(nc: Any, settings: Settings, timeout: float, what: 
         raise AssertionError(f"{e}; last seen: {seen[0] if seen else 'nothing'}") from None
 
 
+async def stored(js: Any, subject: str, event_id: str) -> bool:
+    """Publish one event (again, under its id: the stream keeps it once). A stream just created on one node
+    can meet no responders for a moment from a connection to another, until its interest reaches there
+    over the routes; the services' relays send again the same way."""
+    try:
+        await js.publish(subject, b"{}", headers={"Nats-Msg-Id": event_id})
+    except (nats.js.errors.NoStreamResponseError, nats.errors.TimeoutError):
+        return False
+    return True
+
+
 async def event_ids(nc: Any, settings: Settings) -> Counter[str]:
     """How many times each event id is in the stream, read to its end."""
     js = await jetstream(nc, settings.stream_name)
@@ -200,7 +213,11 @@ async def test_an_r1_stream_converts_to_r3_in_place_and_keeps_its_events(tmp_pat
             js = nc.jetstream()
             assert (await ensure_stream(nc, js, as_orders)).config.num_replicas == 1
             for i in range(20):
-                await js.publish(f"events.orders.order_created.o{i}", b"{}", headers={"Nats-Msg-Id": f"e{i}"})
+                await wait_for(
+                    lambda i=i: stored(js, f"events.orders.order_created.o{i}", f"e{i}"),
+                    timeout=10,
+                    what=f"event e{i} stored",
+                )
             wanted = as_orders.model_copy(update={"stream_replicas": 3})
             assert (await ensure_stream(nc, js, wanted)).config.num_replicas == 3
             await wait_for(
