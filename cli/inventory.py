@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from enum import StrEnum
-from typing import Annotated, get_args
+from typing import Annotated
 
 import typer
 
@@ -22,6 +21,7 @@ from cli.options import (
     OutputOption,
     SinceOption,
     UntilOption,
+    status_choices,
 )
 from cli.output import Output
 from cli.session import call, command, parse, read_and_show, settings_of
@@ -29,10 +29,7 @@ from cli.session import call, command, parse, read_and_show, settings_of
 app = typer.Typer(help="Look at the catalog and its stock, and reservations; restock.", no_args_is_help=True)
 
 # Choices come from the contract.
-ReservationStatus = StrEnum(
-    "ReservationStatus",
-    [(s, s) for s in get_args(get_args(c.ReservationQuery.model_fields["status"].annotation)[0])],
-)
+ReservationStatus = status_choices("ReservationStatus", c.ReservationQuery)
 RESERVATIONS = listing.Listing(
     INVENTORY_RESERVATIONS, c.ReservationQuery, c.ReservationList, "reservations", "order_id", "reservation"
 )

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from enum import StrEnum
+from typing import Annotated, get_args
 
 import typer
+from pydantic import BaseModel
 
 from cli import completion
 from cli.output import Format
+
+
+def status_choices(name: str, query: type[BaseModel]) -> type[StrEnum]:
+    """The --status choices of a list, from its query model in the contract (`status: Literal[...] | None`)."""
+    literal = get_args(query.model_fields["status"].annotation)[0]
+    return StrEnum(name, [(s, s) for s in get_args(literal)])  # type: ignore[return-value]
+
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Same as --output json.")]
 

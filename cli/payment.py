@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import Annotated, get_args
+from typing import Annotated
 
 import typer
 
@@ -20,6 +19,7 @@ from cli.options import (
     OutputOption,
     SinceOption,
     UntilOption,
+    status_choices,
 )
 from cli.output import Output
 from cli.session import command, read_and_show, settings_of
@@ -27,9 +27,7 @@ from cli.session import command, read_and_show, settings_of
 app = typer.Typer(help="Look at payments.", no_args_is_help=True)
 
 # Choices come from the contract.
-PaymentStatus = StrEnum(
-    "PaymentStatus", [(s, s) for s in get_args(get_args(c.PaymentQuery.model_fields["status"].annotation)[0])]
-)
+PaymentStatus = status_choices("PaymentStatus", c.PaymentQuery)
 PAYMENTS = listing.Listing(PAYMENT_LIST, c.PaymentQuery, c.PaymentList, "payments", "order_id", "payment")
 
 

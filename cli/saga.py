@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from enum import StrEnum
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any
 
 import typer
 from pydantic import BaseModel
@@ -27,6 +26,7 @@ from cli.options import (
     OutputOption,
     SinceOption,
     UntilOption,
+    status_choices,
 )
 from cli.output import Output
 from cli.session import client, command, parse, settings_of
@@ -36,9 +36,7 @@ app = typer.Typer(
 )
 
 # Choices come from the contract.
-SagaStatus = StrEnum(
-    "SagaStatus", [(s, s) for s in get_args(get_args(c.SagaQuery.model_fields["status"].annotation)[0])]
-)
+SagaStatus = status_choices("SagaStatus", c.SagaQuery)
 
 IdArgument = Annotated[
     str,
