@@ -209,3 +209,33 @@ async def orders_db(tmp_path: Path) -> AsyncIterator[Any]:
 
     async with Database(tmp_path / "orders.db", "orders", ORDERS.schema) as database:
         yield database
+
+
+# Saga timings short enough for a kill test to see retries and compensations within seconds.
+FAST_SAGA_ENV = {
+    "OMS_SAGA__STEP_TIMEOUT_MS": "500",
+    "OMS_SAGA__RETRY_MAX_INTERVAL_MS": "300",
+    "OMS_SAGA__RETRY_MAX_ATTEMPTS": "30",
+    "OMS_SAGA__DEADLINE_MS": "20000",
+}
+
+
+async def service_processes(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, **env: str
+) -> AsyncIterator[dict[str, Any]]:
+    """The three services as real processes (`oms up`; nats-server is the session's), started with the fast
+    saga timings and `env`; yields the settings, a client and a JetStream context, and stops them after."""
+    import nats
+
+    from bus.client import Client
+    from cli import stack as oms_stack
+
+    for name, value in {**FAST_SAGA_ENV, **env}.items():
+        monkeypatch.setenv(name, value)
+    await oms_stack.up(settings)
+    conn = await nats.connect(settings.nats_url)
+    try:
+        yield {"settings": settings, "client": Client(conn, timeout_s=15), "js": conn.jetstream()}
+    finally:
+        await conn.close()
+        oms_stack.down(settings)

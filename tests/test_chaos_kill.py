@@ -20,7 +20,7 @@ from bus.errors import OmsError
 from bus.settings import SERVICES, Settings
 from cli import stack as oms_stack
 from cli.processes import PACKAGES, Layout, alive
-from tests.conftest import outlast_duplicate_window, repeated_ids, stream_events, wait_for
+from tests.conftest import outlast_duplicate_window, repeated_ids, service_processes, stream_events, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -31,16 +31,8 @@ CONCURRENCY = 30
 @pytest.fixture
 async def procs(settings: Settings, monkeypatch: pytest.MonkeyPatch):
     """The three services as real processes (nats-server is the session's)."""
-    monkeypatch.setenv("OMS_SAGA__STEP_TIMEOUT_MS", "500")
-    monkeypatch.setenv("OMS_SAGA__RETRY_MAX_INTERVAL_MS", "300")
-    monkeypatch.setenv("OMS_SAGA__RETRY_MAX_ATTEMPTS", "30")
-    monkeypatch.setenv("OMS_SAGA__DEADLINE_MS", "20000")
-    monkeypatch.setenv("OMS_BREAKER__TTL_MS", "300")
-    await oms_stack.up(settings)
-    conn = await nats.connect(settings.nats_url)
-    yield {"settings": settings, "client": Client(conn, timeout_s=15), "js": conn.jetstream()}
-    await conn.close()
-    oms_stack.down(settings)
+    async for found in service_processes(settings, monkeypatch, OMS_BREAKER__TTL_MS="300"):
+        yield found
 
 
 async def place_until_answered(client: Client, key: str, i: int, give_up_s: float = 60) -> str:

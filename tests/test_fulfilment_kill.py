@@ -9,7 +9,6 @@ import signal
 import time
 from typing import Any
 
-import nats
 import pytest
 
 from bus import subjects as s
@@ -18,7 +17,7 @@ from bus.client import Client
 from bus.errors import OmsError
 from bus.settings import Settings
 from cli import stack as oms_stack
-from tests.conftest import wait_for
+from tests.conftest import service_processes, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -28,15 +27,8 @@ ORDERS = 60
 @pytest.fixture
 async def procs(settings: Settings, monkeypatch: pytest.MonkeyPatch):
     """The three services as real processes (nats-server is the session's)."""
-    monkeypatch.setenv("OMS_SAGA__STEP_TIMEOUT_MS", "500")
-    monkeypatch.setenv("OMS_SAGA__RETRY_MAX_INTERVAL_MS", "300")
-    monkeypatch.setenv("OMS_SAGA__RETRY_MAX_ATTEMPTS", "30")
-    monkeypatch.setenv("OMS_SAGA__DEADLINE_MS", "20000")
-    await oms_stack.up(settings)
-    conn = await nats.connect(settings.nats_url)
-    yield {"settings": settings, "client": Client(conn, timeout_s=15), "js": conn.jetstream()}
-    await conn.close()
-    oms_stack.down(settings)
+    async for found in service_processes(settings, monkeypatch):
+        yield found
 
 
 async def until_answered(client: Client, route: s.Route, body: dict[str, Any], key: str) -> dict[str, Any]:
