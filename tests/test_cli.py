@@ -325,6 +325,31 @@ def test_cancel_refunds_the_payment_and_releases_the_stock(running: Running):
 
 
 @pytest.mark.slow
+def test_an_order_ships_and_comes_back_in_two_returns_from_the_cli(running: Running):
+    _, order = running.json("order", "place", "-c", "c-ship", "-i", "KB-101:2", "-i", "MS-202:1")
+    oid = order["order_id"]
+    code, shipped = running.json("order", "ship", oid)
+    assert code == ExitCode.OK and shipped["status"] == "SHIPPED", shipped
+    _, payment = running.json("payment", "get", oid)
+    assert payment["status"] == "CAPTURED" and payment["captured_cents"] == order["total_cents"], payment
+    more = running.oms("order", "return", oid, "--item", "KB-101:3", "--json")
+    assert more.returncode == ExitCode.FAILED and "KB-101" in more.stderr + more.stdout
+    code, part = running.json("order", "return", oid, "--item", "KB-101:1", "--reason", "too loud")
+    assert code == ExitCode.OK and part["status"] == "PARTIALLY_RETURNED", part
+    _, payment = running.json("payment", "get", oid)
+    assert payment["status"] == "PARTIALLY_REFUNDED" and payment["refunded_cents"] == 8900, payment
+    code, rest = running.json("order", "return", oid)  # everything not yet returned
+    assert code == ExitCode.OK and rest["status"] == "RETURNED", rest
+    _, payment = running.json("payment", "get", oid)
+    assert payment["status"] == "REFUNDED" and payment["refunded_cents"] == order["total_cents"], payment
+    _, timeline = running.json("order", "events", oid)
+    kinds = [e["type"] for e in timeline["events"]]
+    for kind in ("ship_requested", "order_shipped", "return_requested", "order_returned"):
+        assert kind in kinds, kinds
+    assert kinds.count("order_returned") == 2, kinds
+
+
+@pytest.mark.slow
 def test_an_unknown_order_is_not_found_with_exit_1(running: Running):
     result = running.oms("order", "get", "ord_does_not_exist")
     assert result.returncode == ExitCode.FAILED

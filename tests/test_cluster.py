@@ -17,6 +17,7 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 import pytest
+from rich.console import Console
 
 from bus import auth
 from bus import subjects as s
@@ -26,7 +27,7 @@ from bus.client import Client
 from bus.connect import connect
 from bus.settings import Settings
 from bus.stream import Reader, jetstream
-from cli import cluster, stack
+from cli import cluster, health, stack, views
 from cli.loadgen import LoadPlan, LoadResult, Mix, run_load
 from cli.processes import Layout, running_pid
 from inventory_svc.service import SPEC as INVENTORY
@@ -198,6 +199,28 @@ async def test_services_restarted_against_an_r3_stream_leave_it_r3(three: Cluste
         assert (await stream_info(nc, three.settings)).config.num_replicas == 3
     finally:
         await nc.close()
+
+
+async def test_status_shows_each_node_the_streams_leader_the_meta_leader_and_the_replicas_lag(three: Cluster, services):
+    nc = await admin(three)
+    try:
+        await replicas_caught_up(nc, three.settings, 30, "every replica current")
+        leader = (await stream_info(nc, three.settings)).cluster.leader
+    finally:
+        await nc.close()
+    found = await health.status(three.settings)
+    nodes = {n.name: n for n in found.nodes}
+    assert sorted(nodes) == ["nats-1", "nats-2", "nats-3"], found.nodes
+    assert all(n.running and n.pid and n.url for n in nodes.values()), found.nodes
+    assert nodes[leader].stream_role == "leader"
+    replicas = [n for n in nodes.values() if n.stream_role == "replica"]
+    assert len(replicas) == 2 and all(n.current and n.lag == 0 and not n.offline for n in replicas), found.nodes
+    assert sum(n.meta_leader for n in nodes.values()) == 1, found.nodes
+    table = views.nodes_table(found.nodes)
+    console = Console(width=80, record=True)
+    console.print(table)
+    shown = console.export_text()
+    assert all(name in shown for name in nodes) and "leader" in shown
 
 
 async def test_an_r1_stream_converts_to_r3_in_place_and_keeps_its_events(tmp_path: Path):
