@@ -1,6 +1,6 @@
 """The floor a saga's messages set on this machine: the same messages as OMS sends, with no work.
 
-    python benchmarks/saga_floor.py [--sagas N]
+    python benchmarks/saga_floor.py [--sagas N] [--rates R,R] [--sync-always] [--durable] [--json]
 
 A saga in OMS is three request-replies and four JetStream publishes whose acknowledgements the
 replies wait for (design decision 10). This benchmark sends exactly those messages, in the same
@@ -14,6 +14,14 @@ no database, no logging. It starts its own nats-server with a JetStream stream l
 What it prints is what no implementation of this design, in Python on nats-py, can go below on
 this machine: sagas/s, CPU per saga over every process, latency at one in flight. It also runs raw
 request-reply in the same run (`rr_baseline.py`), so the floor reads as a ratio.
+
+`--durable` runs the durable floor instead: the same processes and messages, and in each handler the
+rows the contract makes durable before the message that depends on them is sent (the order, its key,
+the saga and its step results, each participant's key with its reply and its own row, an outbox row per
+event), in SQLite with one group commit per turn of the loop as OMS does (`DURABLE_ROLE` below). Its
+orders process also waits for "created" to be in the stream before it calls anyone, as OMS must (design
+decision 10). What it costs above the floor is what keeping those rows costs any implementation in
+Python here; what OMS costs above it is OMS's own (validation, the saga engine, logs, metrics, breakers).
 """
 
 from __future__ import annotations
@@ -64,6 +72,104 @@ async def main():
         await msg.respond(REPLY)
     handler = orders if role == "orders" else participant
     async def spawn(msg):  # subscription callbacks run one at a time: a task per request, as the services do
+        task = asyncio.create_task(handler(msg))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    subject = {"orders": "floor.place", "inventory": "floor.reserve", "payment": "floor.authorize"}[role]
+    await nc.subscribe(subject, queue=role, cb=spawn)
+    await nc.flush()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+loop.run(main())
+"""
+
+# The durable floor: the same messages, and the rows the contract makes durable before each one is sent,
+# in SQLite with one commit per turn of the event loop for every unit waiting (OMS's group commit, on the
+# loop's thread), WAL, synchronous NORMAL (FULL with --sync-always, as OMS_DURABILITY=fsync). Per saga:
+# orders looks the request's key up and writes the order, the key, the saga and the "created" outbox row,
+# waits for "created" to be in the stream before it calls anyone, records each step's reply in the saga,
+# then confirms the order, stores its reply under the key and writes the "confirmed" outbox row; each
+# participant looks its key up, then writes the key with its reply, its own row and its outbox row.
+# Acknowledged outbox rows are deleted by the next commit. No validation, no logs, no metrics.
+DURABLE_ROLE = """
+import asyncio, sqlite3, sys, uuid, nats
+from bus import loop
+role, url = sys.argv[1], sys.argv[2]
+EVENT, REPLY = sys.argv[3].encode(), sys.argv[4].encode()
+conn = sqlite3.connect(sys.argv[5], isolation_level=None)
+conn.execute("PRAGMA journal_mode=WAL")
+conn.execute("PRAGMA synchronous=" + sys.argv[6])
+conn.executescript(
+    "CREATE TABLE keys (key TEXT PRIMARY KEY, reply BLOB) WITHOUT ROWID;"
+    "CREATE TABLE rows (id TEXT PRIMARY KEY, status TEXT, body BLOB) WITHOUT ROWID;"
+    "CREATE TABLE sagas (id TEXT PRIMARY KEY, order_id TEXT, steps TEXT) WITHOUT ROWID;"
+    "CREATE TABLE outbox (event_id TEXT PRIMARY KEY, subject TEXT, body BLOB) WITHOUT ROWID;"
+)
+tasks, waiting, acked = set(), [], []
+wake = asyncio.Event()
+async def commit(statements):
+    done = asyncio.get_running_loop().create_future()
+    waiting.append((statements, done))
+    wake.set()
+    await done
+async def writer():
+    global waiting, acked
+    while True:
+        await wake.wait()
+        wake.clear()
+        batch, waiting = waiting, []
+        gone, acked = acked, []
+        conn.execute("BEGIN")
+        conn.executemany("DELETE FROM outbox WHERE event_id = ?", gone)
+        for statements, _ in batch:
+            for sql, args in statements:
+                conn.execute(sql, args)
+        conn.execute("COMMIT")
+        for _, done in batch:
+            done.set_result(None)
+def lookup(key):
+    return conn.execute("SELECT reply FROM keys WHERE key = ?", (key,)).fetchone()
+async def main():
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    tasks.add(asyncio.create_task(writer()))
+    def outbox(kind):
+        event_id = uuid.uuid4().hex
+        return event_id, ("INSERT INTO outbox VALUES (?, ?, ?)", (event_id, f"floor.events.{role}.{kind}", EVENT))
+    async def publish(kind, event_id):
+        ack = await js.publish_async(f"floor.events.{role}.{kind}", EVENT, headers={"Nats-Msg-Id": event_id},
+                                     wait_stall=None)
+        await ack
+        acked.append((event_id,))
+    async def participant(msg):
+        key = msg.headers["Idempotency-Key"]
+        if lookup(key) is not None:
+            return await msg.respond(REPLY)
+        event_id, row = outbox("done")
+        await commit([("INSERT INTO keys VALUES (?, ?)", (key, REPLY)),
+                      ("INSERT INTO rows VALUES (?, 'ACTIVE', ?)", (key, msg.data)), row])
+        await publish("done", event_id)
+        await msg.respond(REPLY)
+    async def orders(msg):
+        order_id, saga_id = uuid.uuid4().hex, uuid.uuid4().hex
+        key = msg.headers["Idempotency-Key"] + order_id  # the floor's client sends one key for every saga
+        lookup(key)
+        event_id, row = outbox("created")
+        await commit([("INSERT INTO rows VALUES (?, 'PENDING', ?)", (order_id, msg.data)),
+                      ("INSERT INTO keys VALUES (?, NULL)", (key,)),
+                      ("INSERT INTO sagas VALUES (?, ?, '[]')", (saga_id, order_id)), row])
+        await publish("created", event_id)  # the order is in the stream before stock or money is touched
+        for step, subject in (("reserve", "floor.reserve"), ("pay", "floor.authorize")):
+            reply = await nc.request(subject, msg.data, timeout=10, headers={"Idempotency-Key": f"{saga_id}:{step}"})
+            await commit([("UPDATE sagas SET steps = json_insert(steps, '$[#]', json(?)) WHERE id = ?",
+                           (reply.data, saga_id))])
+        event_id, row = outbox("confirmed")
+        await commit([("UPDATE rows SET status = 'CONFIRMED' WHERE id = ?", (order_id,)),
+                      ("UPDATE keys SET reply = ? WHERE key = ?", (REPLY, key)), row])
+        await publish("confirmed", event_id)
+        await msg.respond(REPLY)
+    handler = orders if role == "orders" else participant
+    async def spawn(msg):
         task = asyncio.create_task(handler(msg))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
@@ -142,9 +248,12 @@ async def measure(
     sagas: int = 10_000,
     levels: tuple[int, ...] = (1, 64, 256),
     rates: tuple[float, ...] = (),
+    durable_in: Path | None = None,
+    sync_always: bool = False,
 ) -> dict:
     """Start the three role processes against `url` and run the saga's messages at each level; then
-    offer half the best rate, and each of `rates`, in an open loop."""
+    offer half the best rate, and each of `rates`, in an open loop. With `durable_in` (a directory), the
+    roles are the durable floor's, each with its database there."""
     nc = await nats.connect(url)
     js = nc.jetstream()
     config = js_api.StreamConfig(
@@ -154,9 +263,11 @@ async def measure(
     roles = {}
     try:
         for role in ("orders", "inventory", "payment"):
-            roles[role] = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", ROLE, role, url, json.dumps(EVENT), json.dumps(REPLY), stdout=PIPE
-            )
+            args = [role, url, json.dumps(EVENT), json.dumps(REPLY)]
+            if durable_in is not None:
+                args += [str(durable_in / f"{role}.db"), "FULL" if sync_always else "NORMAL"]
+            script = ROLE if durable_in is None else DURABLE_ROLE
+            roles[role] = await asyncio.create_subprocess_exec(sys.executable, "-c", script, *args, stdout=PIPE)
             assert roles[role].stdout is not None
             await roles[role].stdout.readline()
         await _sagas(nc, 16, 300)  # warm up
@@ -237,11 +348,17 @@ def report(floor: dict, rr: dict | None = None) -> None:
 
 
 async def run_floor(
-    sagas: int = 10_000, *, with_rr: bool = True, rates: tuple[float, ...] = (), sync_always: bool = False
+    sagas: int = 10_000,
+    *,
+    with_rr: bool = True,
+    rates: tuple[float, ...] = (),
+    sync_always: bool = False,
+    durable: bool = False,
 ) -> dict:
     """The floor (and raw request-reply, unless told not to) on a nats-server of its own. `sync_always`:
     the server syncs every JetStream write before it acknowledges it, as OMS's `OMS_DURABILITY=fsync` has
-    its nats-server do (the floor has no database to sync)."""
+    its nats-server do (the floor has no database to sync; the durable floor's commits sync too).
+    `durable`: the durable floor, whose handlers also write the rows the contract makes durable."""
     with tempfile.TemporaryDirectory() as tmp:
         config = None
         if sync_always:
@@ -250,7 +367,8 @@ async def run_floor(
         server, url = natsserver.start(Path(tmp) / "store", config=config)
         try:
             rr = await rr_measure(url, 20_000, server_pid=server.pid) if with_rr else None
-            floor = await measure(url, server.pid, sagas, rates=rates)
+            durable_in = Path(tmp) if durable else None
+            floor = await measure(url, server.pid, sagas, rates=rates, durable_in=durable_in, sync_always=sync_always)
         finally:
             server.terminate()
             server.wait()
@@ -269,11 +387,17 @@ def main() -> None:
     parser.add_argument(
         "--sync-always", action="store_true", help="the server syncs every JetStream write (as OMS_DURABILITY=fsync)"
     )
+    parser.add_argument(
+        "--durable", action="store_true", help="the durable floor: the handlers also write the rows the contract keeps"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
-    result = loop.run(run_floor(args.sagas, rates=args.rates, sync_always=args.sync_always))
+    result = loop.run(run_floor(args.sagas, rates=args.rates, sync_always=args.sync_always, durable=args.durable))
     if args.json:
         print(json.dumps(result, indent=2))
+    elif args.durable:
+        print("the messages of a saga, and the rows the contract makes durable before each is sent")
+        report(result["floor"], result["rr"])
     else:
         print("the messages of a saga, with no work in the handlers")
         report(result["floor"], result["rr"])

@@ -13,6 +13,11 @@ JetStream write as OMS's does, and OMS syncs its SQLite commits on top (what tha
 power-loss setting costs, `durability.py`). The four ratios to the floor are printed on a line of their
 own and written as `vs_floor`: throughput (best against best), CPU per saga (each at its best level),
 p50 with one in flight, and p99 at half OMS's peak against the floor's p99 at that same offered rate.
+
+It then runs the durable floor (`saga_floor.py --durable`: the same messages, and the rows the contract
+makes durable before each is sent, in SQLite with a group commit) the same way, and prints OMS against it
+and it against the floor: what the durable rows alone cost above the floor, and what OMS adds above them,
+per process.
 """
 
 from __future__ import annotations
@@ -76,9 +81,11 @@ async def run(levels: list[int], orders_per_level: int, durability: str = "nosyn
         after = await rr_measure(url, 20_000, user, password, server_pid)
     baseline = {key: round((before[key] + after[key]) / 2, 1) for key in before}
     # The floor offered the rate OMS was offered at half its peak, for p99 against p99 at the same rate.
-    floor = (await run_floor(10_000, with_rr=False, rates=(half["rate"],), sync_always=durability == "fsync"))[
-        "floor"
-    ]  # the stack stopped, as rr ran
+    # The stack stopped, as rr ran. Then the durable floor, at the same rate: the part of OMS's cost above
+    # the floor that the contract's durable rows make unavoidable, and what is left above it, per process.
+    sync = durability == "fsync"
+    floor = (await run_floor(10_000, with_rr=False, rates=(half["rate"],), sync_always=sync))["floor"]
+    durable = (await run_floor(10_000, with_rr=False, rates=(half["rate"],), sync_always=sync, durable=True))["floor"]
     steal = steal_seconds() - steal0
     return {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.processor()},
@@ -93,7 +100,12 @@ async def run(levels: list[int], orders_per_level: int, durability: str = "nosyn
         },
         "half_rate": half,
         "floor": floor,
+        "durable_floor": durable,
         "vs_floor": vs_floor(results, best, half, floor),
+        "vs_durable_floor": vs_floor(results, best, half, durable),
+        # The durable floor against the floor, as OMS is held to it: what no implementation keeping the rows
+        # can go below (its throughput and CPU at its own best level, p50 at one, p99 at OMS's half-peak rate).
+        "durable_vs_floor": floor_vs_floor(durable, floor),
         "rss_bytes": {"before": rss_before, "after": rss_after},
     }
 
@@ -109,6 +121,23 @@ def vs_floor(levels: list[dict], best: dict, half: dict, floor: dict) -> dict[st
         "cpu": round(best["cpu_us_per_saga"] / floor_best["cpu_us_per_saga"], 3),
         "p50": round(one["latency_ms"]["p50"] / floor_one["p50_ms"], 3) if one else float("nan"),
         "p99": round(half["latency_ms"]["p99"] / same_rate["p99_ms"], 3),
+    }
+
+
+def floor_vs_floor(durable: dict, floor: dict) -> dict[str, float]:
+    """The durable floor's figures over the floor's, measured alike: the four ratios for a design that only
+    moves the messages and writes the contract's rows."""
+
+    def figures(f: dict) -> tuple[dict, dict, dict]:
+        best = max(f["levels"], key=lambda r: r["sagas_per_s"])
+        return best, next(r for r in f["levels"] if r["in_flight"] == 1), f["open_loop"][0]
+
+    (d_best, d_one, d_rate), (f_best, f_one, f_rate) = figures(durable), figures(floor)
+    return {
+        "throughput": round(d_best["sagas_per_s"] / f_best["sagas_per_s"], 3),
+        "cpu": round(d_best["cpu_us_per_saga"] / f_best["cpu_us_per_saga"], 3),
+        "p50": round(d_one["p50_ms"] / f_one["p50_ms"], 3),
+        "p99": round(d_rate["p99_ms"] / f_rate["p99_ms"], 3),
     }
 
 
@@ -193,11 +222,33 @@ def main() -> None:
     print(
         f"ratio to floor: throughput {v['throughput']:.2f}, CPU {v['cpu']:.2f}, p50 {v['p50']:.2f}, p99 {v['p99']:.2f}"
     )
+    durable = result["durable_floor"]
+    durable_best = max(durable["levels"], key=lambda r: r["sagas_per_s"])
+    print(
+        f"the durable floor (the same messages and the contract's rows, saga_floor.py --durable): "
+        f"{durable_best['sagas_per_s']:,.0f} sagas/s, {durable_best['cpu_us_per_saga']:.0f} us CPU per saga, "
+        f"p50 {durable['levels'][0]['p50_ms']:.2f} ms at one in flight, "
+        f"p99 {durable['open_loop'][0]['p99_ms']:.1f} ms at OMS's half-peak rate"
+    )
+    d = result["durable_vs_floor"]
+    print(
+        f"durable floor's ratio to floor: throughput {d['throughput']:.2f}, CPU {d['cpu']:.2f}, "
+        f"p50 {d['p50']:.2f}, p99 {d['p99']:.2f}"
+    )
+    dv = result["vs_durable_floor"]
+    print(
+        f"ratio to durable floor: throughput {dv['throughput']:.2f}, CPU {dv['cpu']:.2f}, p50 {dv['p50']:.2f}, "
+        f"p99 {dv['p99']:.2f}"
+    )
     by = best["cpu_us_per_saga_by_process"]
     floor_by = floor_best["cpu_us_per_saga_by_process"]
+    durable_by = durable_best["cpu_us_per_saga_by_process"]
     print(
-        "CPU per saga by process, OMS (floor) at the best levels: "
-        + ", ".join(f"{name} {by[name]:.0f} ({floor_by.get(name, 0):.0f}) us" for name in sorted(by))
+        "CPU per saga by process, OMS (durable floor) (floor) at the best levels: "
+        + ", ".join(
+            f"{name} {by[name]:.0f} ({durable_by.get(name, 0):.0f}) ({floor_by.get(name, 0):.0f}) us"
+            for name in sorted(by)
+        )
     )
     for name in result["rss_bytes"]["before"]:
         before = result["rss_bytes"]["before"][name] / 2**20
