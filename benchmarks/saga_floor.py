@@ -45,9 +45,25 @@ from bus import loop, natsserver
 
 STREAM = "FLOOR_EVENTS"
 
+# The end of both roles: a task per request, the subscription, "ready" on stdout, then serve until killed.
+SERVE = """
+    handler = orders if role == "orders" else participant
+    async def spawn(msg):  # subscription callbacks run one at a time: a task per request, as the services do
+        task = asyncio.create_task(handler(msg))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    subject = {"orders": "floor.place", "inventory": "floor.reserve", "payment": "floor.authorize"}[role]
+    await nc.subscribe(subject, queue=role, cb=spawn)
+    await nc.flush()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+loop.run(main())
+"""
+
 # A participant: on request, publish its event, wait for the stream's ack, answer.
 # Orders: publish "created", call both participants in turn, publish "confirmed", wait for both acks, answer.
-ROLE = """
+ROLE = (
+    """
 import asyncio, json, sys, uuid, nats
 from bus import loop
 role, url = sys.argv[1], sys.argv[2]
@@ -70,28 +86,21 @@ async def main():
         confirmed = await publish("confirmed")
         await asyncio.gather(created, confirmed)
         await msg.respond(REPLY)
-    handler = orders if role == "orders" else participant
-    async def spawn(msg):  # subscription callbacks run one at a time: a task per request, as the services do
-        task = asyncio.create_task(handler(msg))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    subject = {"orders": "floor.place", "inventory": "floor.reserve", "payment": "floor.authorize"}[role]
-    await nc.subscribe(subject, queue=role, cb=spawn)
-    await nc.flush()
-    print("ready", flush=True)
-    await asyncio.Event().wait()
-loop.run(main())
 """
+    + SERVE
+)
 
 # The durable floor: the same messages, and the rows the contract makes durable before each one is sent,
 # in SQLite with one commit per turn of the event loop for every unit waiting (OMS's group commit, on the
 # loop's thread), WAL, synchronous NORMAL (FULL with --sync-always, as OMS_DURABILITY=fsync). Per saga:
 # orders looks the request's key up and writes the order, the key, the saga and the "created" outbox row,
-# waits for "created" to be in the stream before it calls anyone, records each step's reply in the saga,
-# then confirms the order, stores its reply under the key and writes the "confirmed" outbox row; each
+# waits for "created" to be in the stream before it calls anyone, records each step's reply in the saga
+# (the next step's start in the same commit), and with the last one confirms the order, stores its reply
+# under the key and writes the "confirmed" outbox row: three commits, as OMS's order service makes; each
 # participant looks its key up, then writes the key with its reply, its own row and its outbox row.
 # Acknowledged outbox rows are deleted by the next commit. No validation, no logs, no metrics.
-DURABLE_ROLE = """
+DURABLE_ROLE = (
+    """
 import asyncio, sqlite3, sys, uuid, nats
 from bus import loop
 role, url = sys.argv[1], sys.argv[2]
@@ -159,27 +168,18 @@ async def main():
                       ("INSERT INTO keys VALUES (?, NULL)", (key,)),
                       ("INSERT INTO sagas VALUES (?, ?, '[]')", (saga_id, order_id)), row])
         await publish("created", event_id)  # the order is in the stream before stock or money is touched
-        for step, subject in (("reserve", "floor.reserve"), ("pay", "floor.authorize")):
-            reply = await nc.request(subject, msg.data, timeout=10, headers={"Idempotency-Key": f"{saga_id}:{step}"})
-            await commit([("UPDATE sagas SET steps = json_insert(steps, '$[#]', json(?)) WHERE id = ?",
-                           (reply.data, saga_id))])
-        event_id, row = outbox("confirmed")
-        await commit([("UPDATE rows SET status = 'CONFIRMED' WHERE id = ?", (order_id,)),
+        step = "UPDATE sagas SET steps = json_insert(steps, '$[#]', json(?)) WHERE id = ?"
+        reply = await nc.request("floor.reserve", msg.data, timeout=10, headers={"Idempotency-Key": f"{saga_id}:r"})
+        await commit([(step, (reply.data, saga_id))])  # the next step's start rides in the same commit
+        reply = await nc.request("floor.authorize", msg.data, timeout=10, headers={"Idempotency-Key": f"{saga_id}:p"})
+        event_id, row = outbox("confirmed")  # the last step's outcome and the confirmation: one commit
+        await commit([(step, (reply.data, saga_id)), ("UPDATE rows SET status = 'CONFIRMED' WHERE id = ?", (order_id,)),
                       ("UPDATE keys SET reply = ? WHERE key = ?", (REPLY, key)), row])
         await publish("confirmed", event_id)
         await msg.respond(REPLY)
-    handler = orders if role == "orders" else participant
-    async def spawn(msg):
-        task = asyncio.create_task(handler(msg))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    subject = {"orders": "floor.place", "inventory": "floor.reserve", "payment": "floor.authorize"}[role]
-    await nc.subscribe(subject, queue=role, cb=spawn)
-    await nc.flush()
-    print("ready", flush=True)
-    await asyncio.Event().wait()
-loop.run(main())
 """
+    + SERVE
+)
 
 # Bodies of the sizes OMS sends: an event (with its data), a participant's reply, the placing request.
 EVENT = {
