@@ -81,6 +81,11 @@ class Orders:
             row = orders.get(tx, cmd.order_id)
             order = shipments.with_returns(tx, row)
             order.saga = self.engine.view(tx, row["saga_id"])
+            if self.shipping is not None and order.ship_saga_id:
+                order.ship_saga = self.shipping.view(tx, order.ship_saga_id)
+            if self.returning is not None:
+                for taken_back in order.returns:
+                    taken_back.saga = self.returning.view(tx, taken_back.return_id)
             return order
 
         return await self.db.read(read)

@@ -203,6 +203,70 @@ def test_the_timeline_puts_each_step_in_its_services_lane(running: Running):
     assert {m.kind for m in drawn.marks} >= {"order_created", "stock_reserved", "payment_authorized", "order_confirmed"}
 
 
+def test_a_shipped_and_returned_order_shows_each_of_its_sagas_on_a_timeline_of_its_own(
+    console: TestClient, running: Running
+):
+    body = {"customer_id": "console-ship", "items": [{"sku": "KB-101", "qty": 2}], "payment_method": "card"}
+    order = running.call("cli", s.ORDERS_PLACE, body, key="console-ship")
+    assert order["status"] == "CONFIRMED"
+    order_id = order["order_id"]
+    assert running.call("admin", s.ORDERS_SHIP, {"order_id": order_id})["status"] == "SHIPPED"
+    returned = running.call("admin", s.ORDERS_RETURN, {"order_id": order_id, "items": [{"sku": "KB-101", "qty": 1}]})
+    (taken_back,) = returned["returns"]
+    assert taken_back["status"] == "RETURNED"
+
+    got = running.call("cli", s.ORDERS_GET, {"order_id": order_id})
+    assert got["ship_saga"]["saga_id"] == got["ship_saga_id"] and got["ship_saga"]["status"] == "COMPLETED"
+    assert got["returns"][0]["saga"]["saga_id"] == taken_back["return_id"]
+    assert [step["step"] for step in got["returns"][0]["saga"]["steps"]] == [
+        "receive_return",
+        "refund_payment",
+        "mark_returned",
+    ]
+
+    page = console.get(f"/orders/{order_id}").text
+    assert page.count('<svg class="timeline"') == 3
+    for title, saga_id in (
+        ("Saga", got["saga"]["saga_id"]),
+        ("Shipment saga", got["ship_saga_id"]),
+        ("Return saga", taken_back["return_id"]),
+    ):
+        assert f'<h2>{title} <span class="id">{saga_id}</span>' in page
+    for step in ("reserve_stock", "commit_stock", "capture_payment", "receive_return", "refund_payment"):
+        assert f'data-step="{step}"' in page, step
+
+    from bus import contract as c
+    from cli.console.timeline import layouts
+
+    events = running.call("cli", s.ORDERS_EVENTS, {"order_id": order_id})["events"]
+    place, shipment, give_back = layouts(c.Order.model_validate(got), events)
+    lanes = {(b.step, b.lane) for t in (place, shipment, give_back) for b in t.bars}
+    assert lanes >= {
+        ("commit_stock", "inventory"),
+        ("capture_payment", "payment"),
+        ("mark_shipped", "orders"),
+        ("receive_return", "inventory"),
+        ("refund_payment", "payment"),
+    }
+    # Each timeline holds its own saga's steps and events only, on an axis of its own.
+    assert {b.step for b in place.bars} == {"reserve_stock", "authorize_payment", "confirm_order"}
+    shipment_events = {m.kind for m in shipment.marks}
+    assert "order_shipped" in shipment_events and "order_created" not in shipment_events
+    assert "order_returned" in {m.kind for m in give_back.marks}
+    assert "order_shipped" not in {m.kind for m in place.marks}
+    assert all(0 <= b.x <= 900 for t in (place, shipment, give_back) for b in t.bars)
+
+
+def test_every_remote_step_of_the_order_services_sagas_has_the_lane_of_the_service_it_calls():
+    from cli.console.timeline import STEP_LANES
+    from order_svc.fulfil import SAGAS
+    from order_svc.saga import PLACE_ORDER
+
+    sagas = (PLACE_ORDER, *SAGAS)
+    remote = {step.name: step.invoke.route.service for saga in sagas for step in saga.steps if step.invoke}
+    assert STEP_LANES == remote
+
+
 def test_the_command_refuses_another_interface_without_a_token_and_a_busy_port(tmp_path: Path):
     from typer.testing import CliRunner
 

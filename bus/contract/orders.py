@@ -147,6 +147,7 @@ class OrderReturn(Result):
     failure_reason: str | None = None
     created_at: str
     updated_at: str
+    saga: SagaView | None = None  # its saga (the return's id is the saga's), in `orders.get`
 
 
 class Order(Result):
@@ -165,6 +166,7 @@ class Order(Result):
     saga: SagaView | None = None
     # Fulfilment: the shipment's saga, when it shipped, why the last attempt to ship did not; the returns.
     ship_saga_id: str | None = None
+    ship_saga: SagaView | None = None  # the last shipment's saga, in `orders.get`
     shipped_at: str | None = None
     ship_failure: str | None = None
     refunded_cents: int = 0

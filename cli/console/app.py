@@ -110,7 +110,7 @@ class Console:
         order = await reads.order(order_id)
         events = await reads.events(order_id)
         payment = await reads.payment(order_id)
-        return {"order": order, "events": events, "payment": payment, "timeline": timeline.layout(order, events)}
+        return {"order": order, "events": events, "payment": payment, "timelines": timeline.layouts(order, events)}
 
     async def sagas_page(self, request: Request, session: Session) -> Response:
         if session.operator is None:

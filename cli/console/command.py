@@ -27,7 +27,7 @@ def console(
         typer.Option("--token", envvar="OMS_CONSOLE_TOKEN", help="Every request must carry it (needed off loopback)."),
     ] = None,
 ) -> None:
-    """Serve a live web console of the running stack: orders, one order's saga as a timeline, sagas with
+    """Serve a live web console of the running stack: orders, each of an order's sagas as a timeline, sagas with
     retry/abort/cancel for a signed-in operator, stock, services, breakers and the stream."""
     import uvicorn
 

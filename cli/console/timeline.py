@@ -1,6 +1,7 @@
-"""An order's saga as swimlanes on one time axis: each step (and each compensation) as a bar in the lane of the
-service that did it, from its first attempt's start to its end, with its attempts; the order's events as
-marks in their service's lane. Pure layout: the template draws it as SVG."""
+"""One of an order's sagas (its placement, its shipment, one of its returns) as swimlanes on one time axis: each
+step (and each compensation) as a bar in the lane of the service that did it, from its first attempt's start
+to its end, with its attempts; the saga's events as marks in their service's lane. Pure layout: the template
+draws it as SVG."""
 
 from __future__ import annotations
 
@@ -10,8 +11,17 @@ from bus import contract as c
 from bus.ids import parse_iso
 
 LANES = ("orders", "inventory", "payment")
-# The participant each step of the place-order saga calls (its local steps run in the order service).
-STEP_LANES = {"reserve_stock": "inventory", "authorize_payment": "payment"}
+# The participant each remote step of the order service's sagas calls (placement, shipment, return); their
+# local steps run in the order service.
+STEP_LANES = {
+    "reserve_stock": "inventory",
+    "authorize_payment": "payment",
+    "commit_stock": "inventory",
+    "capture_payment": "payment",
+    "receive_return": "inventory",
+    "refund_payment": "payment",
+}
+TITLES = {"ship_order": "Shipment saga", "return_order": "Return saga"}  # the placement's is "Saga"
 WIDTH = 900.0  # the drawing's width for the time axis, in SVG units
 MIN_BAR = 3.0
 
@@ -43,6 +53,8 @@ class Mark:
 
 @dataclass(frozen=True)
 class Timeline:
+    title: str  # which of the order's sagas: "Saga" (its placement), "Shipment saga", "Return saga"
+    saga: c.SagaView | None
     lanes: tuple[str, ...]
     bars: list[Bar]
     marks: list[Mark]
@@ -62,12 +74,22 @@ def _at(text: str | None) -> float | None:
         return None
 
 
-def layout(order: c.Order, events: list[dict]) -> Timeline:
-    """The timeline of `order`'s saga and `events` (its timeline from `orders.events`)."""
-    steps = order.saga.steps if order.saga else []
+def layout(order: c.Order, events: list[dict], saga: c.SagaView | None = None) -> Timeline:
+    """The timeline of one of `order`'s sagas, its placement's unless `saga` says which, with those of `events`
+    (the order's timeline from `orders.events`) that name that saga; the placement's also takes the events
+    that name none."""
+    place = saga is None or (order.saga is not None and saga.saga_id == order.saga.saga_id)
+    saga = order.saga if saga is None else saga
+    steps = saga.steps if saga else []
+    saga_id = saga.saga_id if saga else None
+    events = [e for e in events if e.get("saga_id") == saga_id or (place and not e.get("saga_id"))]
     times = [t for s in steps for t in (_at(s.started_at), _at(s.finished_at)) if t is not None]
     times += [t for e in events if (t := _at(e.get("occurred_at"))) is not None]
-    times.append(parse_iso(order.created_at))
+    began = parse_iso(order.created_at) if place or saga is None else _at(saga.created_at)
+    if began is not None:
+        times.append(began)
+    if not times:
+        times.append(parse_iso(order.created_at))
     start, end = min(times), max(times)
     span = max(end - start, 0.001)
 
@@ -103,4 +125,11 @@ def layout(order: c.Order, events: list[dict]) -> Timeline:
                 Mark(lane if lane in LANES else "orders", str(event.get("type", "?")), x(at), event["occurred_at"])
             )
     ticks = [(round(WIDTH * i / 4, 1), f"+{span * 1000 * i / 4:,.0f} ms") for i in range(5)]
-    return Timeline(LANES, bars, marks, round(span * 1000, 1), ticks)
+    title = "Saga" if place else TITLES.get(saga.name if saga else "", "Saga")
+    return Timeline(title, saga, LANES, bars, marks, round(span * 1000, 1), ticks)
+
+
+def layouts(order: c.Order, events: list[dict]) -> list[Timeline]:
+    """A timeline for each of the order's sagas that has begun: its placement, its last shipment, its returns."""
+    sagas = [order.saga, order.ship_saga, *(r.saga for r in order.returns)]
+    return [layout(order, events, saga) for saga in sagas if saga is not None]
