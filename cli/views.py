@@ -125,8 +125,8 @@ def order(o: c.Order, *, with_saga: bool = False) -> RenderableType:
     parts.append(Text.from_markup("  ".join(facts)))
     if o.returns:
         parts.append(returns(o))
-    if with_saga and o.saga is not None:
-        parts.append(saga(o.saga))
+    if with_saga:  # its placement's saga, then its last shipment's and each return's
+        parts += [saga(s) for s in (o.saga, o.ship_saga, *(r.saga for r in o.returns)) if s is not None]
     return Group(*parts)
 
 

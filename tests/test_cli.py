@@ -347,6 +347,11 @@ def test_an_order_ships_and_comes_back_in_two_returns_from_the_cli(running: Runn
     for kind in ("ship_requested", "order_shipped", "return_requested", "order_returned"):
         assert kind in kinds, kinds
     assert kinds.count("order_returned") == 2, kinds
+    shown = running.oms("order", "get", oid)
+    assert shown.returncode == ExitCode.OK, shown.stderr
+    for name in ("place_order", "ship_order", "return_order", "commit_stock", "capture_payment", "refund_payment"):
+        assert name in shown.stdout, name
+    assert shown.stdout.count("(return_order)") == 2  # each return's saga, under its own title
 
 
 @pytest.mark.slow
