@@ -74,15 +74,33 @@ def _at(text: str | None) -> float | None:
         return None
 
 
+def _saga_of(event: dict) -> str | None:
+    """The saga an event belongs to: the one it names, else the fulfilment saga its participant's data names
+    (a refund's return before the capture it refunds; a commit, a capture, a return), else none (the
+    placement's: reservations, authorizations and their undoing name no saga)."""
+    if isinstance(named := event.get("saga_id"), str) and named:
+        return named
+    data = event.get("data")
+    if not isinstance(data, dict):
+        return None
+    refund = data.get("refund")
+    for found in (refund.get("refund_id") if isinstance(refund, dict) else None, *map(data.get, _SAGA_IDS)):
+        if isinstance(found, str) and found:
+            return found
+    return None
+
+
+_SAGA_IDS = ("return_id", "commit_id", "capture_id")  # a fulfilment saga's id, as its participants' events name it
+
+
 def layout(order: c.Order, events: list[dict], saga: c.SagaView | None = None) -> Timeline:
     """The timeline of one of `order`'s sagas, its placement's unless `saga` says which, with those of `events`
-    (the order's timeline from `orders.events`) that name that saga; the placement's also takes the events
-    that name none."""
+    (the order's timeline from `orders.events`) that belong to that saga (`_saga_of`)."""
     place = saga is None or (order.saga is not None and saga.saga_id == order.saga.saga_id)
     saga = order.saga if saga is None else saga
     steps = saga.steps if saga else []
     saga_id = saga.saga_id if saga else None
-    events = [e for e in events if e.get("saga_id") == saga_id or (place and not e.get("saga_id"))]
+    events = [e for e in events if (_saga_of(e) or (order.saga.saga_id if order.saga else None)) == saga_id]
     times = [t for s in steps for t in (_at(s.started_at), _at(s.finished_at)) if t is not None]
     times += [t for e in events if (t := _at(e.get("occurred_at"))) is not None]
     began = parse_iso(order.created_at) if place or saga is None else _at(saga.created_at)
