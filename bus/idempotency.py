@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -30,10 +31,13 @@ def saga_key(saga_id: str, step: str, action: str) -> str:
 
 
 def saga_in_key(key: str | None) -> str | None:
-    """The saga a saga's key is of (for a participant's log: the key is all it hears of the saga)."""
-    if key and key.startswith("saga_") and key.count(":") == 2:
-        return key.split(":", 1)[0]
-    return None
+    """The saga a saga's key is of (`{saga_id}:{step}:{action}`, design decision 5): for a participant's log
+    lines and events, since the key is all it hears of the saga. None for any other key."""
+    found = _SAGA_KEY.fullmatch(key) if key else None
+    return found.group(1) if found else None
+
+
+_SAGA_KEY = re.compile(r"(saga_[0-9a-f]{24}):[a-z][a-z0-9_]{0,63}:(?:invoke|compensate)")
 
 
 def request_hash(cmd: BaseModel, exclude: frozenset[str] = frozenset()) -> str:
@@ -73,8 +77,10 @@ def once(
     under the earlier hash, is still recognised as the same request."""
     if key is None:
         return effect
+    saga_id = saga_in_key(key)
 
     def unit(tx: Tx) -> M | dict[str, Any] | Rejected:
+        tx.saga_id = saga_id  # a participant's events name the saga that asked (its key is all it hears of it)
         row = tx.one("SELECT endpoint, request_hash, reply FROM idempotency WHERE key = ?", (key,))
         if row is not None:
             if row["endpoint"] != endpoint or not same_request(row["request_hash"], digest, cmd, exclude):

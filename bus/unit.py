@@ -28,13 +28,16 @@ class Tx:
     """What a unit of work sees: SQL on the open transaction, `emit` for events, `after_commit` for what
     follows the commit."""
 
-    __slots__ = ("_after", "_conn", "events", "service")
+    __slots__ = ("_after", "_conn", "events", "saga_id", "service")
 
     def __init__(self, conn: sqlite3.Connection, service: str) -> None:
         self._conn = conn
         self.service = service
         self.events: list[OutboxRow] = []
         self._after: list[Callable[[], None]] | None = None
+        # The saga this unit works for, when its request came under a saga's key (`{saga_id}:{step}:{action}`,
+        # `bus.idempotency.once`): what the events it emits name when they name no saga themselves.
+        self.saga_id: str | None = None
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Cursor:
         return self._conn.execute(sql, params)
@@ -80,7 +83,7 @@ class Tx:
             "occurred_at": now_iso(),
             "service": self.service,
             "order_id": order_id,
-            "saga_id": saga_id,
+            "saga_id": saga_id if saga_id is not None else self.saga_id,
             "data": data,
         }
         subject = event_subject(self.service, event_type, key)

@@ -70,6 +70,40 @@ async def test_shipping_commits_the_stock_and_captures_the_total(stack, settings
     await audit_clean(stack, settings)
 
 
+async def events_of(stack: dict[str, Any], order_id: str) -> list[dict[str, Any]]:
+    return (await stack["client"].call(s.ORDERS_EVENTS, {"order_id": order_id}))["events"]
+
+
+async def test_every_event_of_an_order_names_the_saga_it_belongs_to_participants_too(stack, settings):
+    order = await confirmed(stack, ("KB-101", 2))
+    shipped = await ship(stack, order["order_id"])
+    (taken_back,) = (await give_back(stack, order["order_id"], ("KB-101", 1)))["returns"]
+    got = await stack["client"].call(s.ORDERS_GET, {"order_id": order["order_id"]})
+    place, shipment, give = got["saga"]["saga_id"], shipped["ship_saga_id"], taken_back["return_id"]
+    named = [(e["type"], e["saga_id"]) for e in await events_of(stack, order["order_id"])]
+    assert named == [
+        ("order_created", place),
+        ("stock_reserved", place),
+        ("payment_authorized", place),
+        ("order_confirmed", place),
+        ("ship_requested", shipment),
+        ("stock_committed", shipment),
+        ("payment_captured", shipment),
+        ("order_shipped", shipment),
+        ("return_requested", give),
+        ("stock_returned", give),
+        ("payment_refunded", give),
+        ("order_returned", give),
+    ]
+    declined = await conftest.place(stack, method="card_declined")
+    assert declined["status"] == "FAILED", declined
+    saga_id = (await stack["client"].call(s.ORDERS_GET, {"order_id": declined["order_id"]}))["saga"]["saga_id"]
+    undone = await events_of(stack, declined["order_id"])
+    assert "stock_released" in [e["type"] for e in undone]  # a compensation's event names its saga too
+    assert {e["saga_id"] for e in undone} == {saga_id}
+    await audit_clean(stack, settings)
+
+
 async def test_shipping_again_answers_the_one_shipment(stack, settings):
     order = await confirmed(stack)
     first = await ship(stack, order["order_id"], key="ship-1")

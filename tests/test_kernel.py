@@ -558,3 +558,22 @@ async def test_the_durability_setting_syncs_every_commit_and_every_jetstream_wri
         assert ("sync_interval: always" in config) == (durability == "fsync")
     assert Settings().durability == "fsync"  # the default a payments engineer would choose
     assert "sync_interval: always" in auth.deploy_config()
+
+
+@pytest.mark.parametrize(
+    ("key", "saga_id"),
+    [
+        ("saga_01a2426011d01ee87789742d:reserve_stock:invoke", "saga_01a2426011d01ee87789742d"),
+        ("saga_01a2426011d01ee87789742d:refund_payment:compensate", "saga_01a2426011d01ee87789742d"),
+        ("saga_01a2426011d01ee87789742d:reserve_stock:undo", None),
+        ("saga_x:reserve_stock:invoke", None),
+        ("saga_01a2426011d01ee87789742d:a:b:invoke", None),
+        ("load-1", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_only_a_sagas_own_key_names_a_saga(key, saga_id):
+    from bus.idempotency import saga_in_key
+
+    assert saga_in_key(key) == saga_id

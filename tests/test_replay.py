@@ -91,15 +91,25 @@ async def payment_view(svc: Services) -> dict[str, Any]:
     return await svc.client.call(s.PAYMENT_LIST, {"limit": 1000})
 
 
+def untimed(saga: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A saga's view without its timings (what a rebuild cannot know exactly)."""
+    if saga is None:
+        return None
+    kept = {k: v for k, v in saga.items() if k not in SAGA_TIMINGS}
+    kept["steps"] = [{k: v for k, v in step.items() if k not in STEP_TIMINGS} for step in saga["steps"]]
+    return kept
+
+
 async def orders_view(svc: Services) -> dict[str, Any]:
-    """orders.list and orders.get of each order; a saga's step timings are left out."""
+    """orders.list and orders.get of each order; its sagas' step timings are left out (its placement's,
+    its shipment's and each return's)."""
     listed = await svc.client.call(s.ORDERS_LIST, {"limit": 1000})
     got = {}
     for order in listed["orders"]:
         full = await svc.client.call(s.ORDERS_GET, {"order_id": order["order_id"]})
-        saga = {k: v for k, v in full.pop("saga").items() if k not in SAGA_TIMINGS}
-        saga["steps"] = [{k: v for k, v in step.items() if k not in STEP_TIMINGS} for step in saga["steps"]]
-        got[order["order_id"]] = {**full, "saga": saga}
+        full["saga"], full["ship_saga"] = untimed(full["saga"]), untimed(full["ship_saga"])
+        full["returns"] = [{**r, "saga": untimed(r["saga"])} for r in full["returns"]]
+        got[order["order_id"]] = full
     return {"list": listed, "get": got}
 
 

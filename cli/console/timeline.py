@@ -75,9 +75,10 @@ def _at(text: str | None) -> float | None:
 
 
 def _saga_of(event: dict) -> str | None:
-    """The saga an event belongs to: the one it names, else the fulfilment saga its participant's data names
+    """The saga an event belongs to: the one it names (a participant's events name the saga whose key they
+    came under), else, for an event written before participants named it, the fulfilment saga its data names
     (a refund's return before the capture it refunds; a commit, a capture, a return), else none (the
-    placement's: reservations, authorizations and their undoing name no saga)."""
+    placement's)."""
     if isinstance(named := event.get("saga_id"), str) and named:
         return named
     data = event.get("data")
