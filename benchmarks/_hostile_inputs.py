@@ -54,6 +54,8 @@ VALID: dict[str, dict] = {
     s.ORDERS_LIST.subject: {"limit": 3},
     s.ORDERS_CANCEL.subject: {"order_id": ORDER, "reason": "hostile"},
     s.ORDERS_EVENTS.subject: {"order_id": ORDER},
+    s.ORDERS_SHIP.subject: {"order_id": ORDER, "wait_ms": 0},
+    s.ORDERS_RETURN.subject: {"order_id": ORDER, "items": _line(), "reason": "hostile", "wait_ms": 0},
     s.SAGA_LIST.subject: {"limit": 3},
     s.SAGA_GET.subject: {"saga_id": SAGA},
     s.SAGA_RETRY.subject: {"saga_id": SAGA},
