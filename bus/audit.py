@@ -67,6 +67,10 @@ def _payment_events(p: dict[str, Any]) -> list[str]:
     return kinds
 
 
+# An order still under way, and the saga of `orders.get` that must end it by its deadline.
+UNDER_WAY = {"PENDING": "saga", "COMPENSATING": "saga", "SHIPPING": "ship_saga"}
+
+
 @dataclass
 class Check:
     number: int
@@ -267,15 +271,16 @@ async def run_audit(client: Client, js: JetStreamContext, stream: str, saga: Sag
             if oid in charged or (p is not None and p.get("captured_cents", 0) > p.get("refunded_cents", 0)):
                 settled.fail(f"{oid}: {status} but still charged ({p['status'] if p else ''})")
 
-    # 4. nothing stays PENDING or COMPENSATING past its deadline plus the retry cap
+    # 4. nothing stays PENDING or COMPENSATING past its deadline plus the retry cap, nor SHIPPING past its
+    # shipment's: every order is checked, those still under way by their saga
     quiet = Check(4, "no order outlives its deadline")
     grace = (saga.retry_max_interval_ms + saga.step_timeout_ms) / 1000
     now = time.time()
+    quiet.checked = len(orders)
     for o in orders:
-        if o["status"] in ("PENDING", "COMPENSATING"):
-            quiet.checked += 1
+        if (which := UNDER_WAY.get(o["status"])) is not None:
             full = await client.call(s.ORDERS_GET, {"order_id": o["order_id"]}, timeout_s=10)
-            saga_view = full.get("saga") or {}
+            saga_view = full.get(which) or {}
             deadline = saga_view.get("deadline_at")
             if not deadline:  # nothing drives it, so nothing will ever end it
                 quiet.fail(f"{o['order_id']}: {o['status']} without a saga to finish it")

@@ -91,7 +91,8 @@ def audit(ctx: typer.Context, output: OutputOption = None, as_json: JsonFlag = F
     shipped one a committed reservation and a capture of its total, and captured minus refunded is the value
     of its shipped lines not returned.
     3. A failed or cancelled order holds no reservation and no net charge.
-    4. Once quiet, no order stays PENDING or COMPENSATING past its deadline and the retry cap.
+    4. Once quiet, no order stays PENDING or COMPENSATING past its deadline and the retry cap, nor SHIPPING past
+    its shipment's.
     5. One idempotency key makes one order and at most one charge.
     6. Every state change has its event in the stream, exactly once, and the stream holds nothing else.
     """

@@ -354,6 +354,73 @@ async def test_a_saga_rebuilt_past_its_deadline_undoes_every_step_that_might_hav
     await audit_clean(services)
 
 
+async def test_the_audit_names_an_order_left_compensating_past_its_deadline_and_checks_every_order(settings, services):
+    quick = settings.model_copy(
+        update={"saga": SagaSettings(deadline_ms=1500, retry_max_attempts=1000, retry_max_interval_ms=200)}
+    )
+    services.settings = quick
+    await services.stop(ORDERS)
+    await services.start(ORDERS)
+    done = await place(services, items=(("KB-101", 1),), method="card_declined")  # an order that ended
+    assert done["status"] == "FAILED"
+    # Payment keeps failing until the deadline turns the saga back; then the release keeps failing too.
+    await services.client.request("chaos.payment.set", {"error_rate": 1.0, "endpoints": ["authorize"]})
+    await services.client.request("chaos.inventory.set", {"error_rate": 1.0, "endpoints": ["release"]})
+    placed = await place(services, items=(("CB-505", 1),), wait_ms=0)
+    grace = (quick.saga.retry_max_interval_ms + quick.saga.step_timeout_ms) / 1000
+    overdue = time.time() + quick.saga.deadline_ms / 1000 + grace + 0.5
+    await wait_for(lambda: time.time() > overdue, what="the deadline and the retry cap to pass")
+
+    got = await services.client.call(s.ORDERS_GET, {"order_id": placed["order_id"]})
+    assert got["status"] == "COMPENSATING", got["status"]
+    report = await run_audit(services.client, services.js, quick.stream_name, quick.saga)
+    (late,) = [c for c in report.to_dict()["checks"] if c["invariant"] == 4]
+    listed = await services.client.call(s.ORDERS_LIST, {"limit": 1000})
+    assert late["checked"] == len(listed["orders"]) >= 2  # every order, the ended ones too
+    assert late["violations"] == 1 and placed["order_id"] in late["offending"][0], late
+    assert done["order_id"] not in json.dumps(late)
+
+    await services.client.request("chaos.inventory.clear", {})
+    await services.client.request("chaos.payment.clear", {})
+    (ended,) = await terminal(services, [placed["order_id"]])
+    assert ended["status"] == "FAILED" and ended["failure_reason"] == "DEADLINE_EXCEEDED"
+    await audit_clean(services)
+
+
+async def test_the_audit_names_an_order_left_shipping_past_its_shipments_deadline(settings, services):
+    quick = settings.model_copy(
+        update={"saga": SagaSettings(deadline_ms=1500, retry_max_attempts=1000, retry_max_interval_ms=200)}
+    )
+    services.settings = quick
+    await services.stop(ORDERS)
+    await services.start(ORDERS)
+    order = await place(services, items=(("CB-505", 1),))
+    assert order["status"] == "CONFIRMED"
+    # The capture keeps failing until the shipment's deadline turns it back; then the uncommit keeps failing.
+    await services.client.request("chaos.payment.set", {"error_rate": 1.0, "endpoints": ["capture"]})
+    await services.client.request("chaos.inventory.set", {"error_rate": 1.0, "endpoints": ["uncommit"]})
+    shipping = await services.client.call(s.ORDERS_SHIP, {"order_id": order["order_id"], "wait_ms": 0})
+    assert shipping["status"] == "SHIPPING"
+    grace = (quick.saga.retry_max_interval_ms + quick.saga.step_timeout_ms) / 1000
+    overdue = time.time() + quick.saga.deadline_ms / 1000 + grace + 0.5
+    await wait_for(lambda: time.time() > overdue, what="the deadline and the retry cap to pass")
+
+    report = await run_audit(services.client, services.js, quick.stream_name, quick.saga)
+    (late,) = [c for c in report.to_dict()["checks"] if c["invariant"] == 4]
+    assert late["violations"] == 1 and order["order_id"] in late["offending"][0], late
+    assert "SHIPPING" in late["offending"][0]
+
+    await services.client.request("chaos.inventory.clear", {})
+    await services.client.request("chaos.payment.clear", {})
+
+    async def turned_back() -> bool:
+        got = await services.client.call(s.ORDERS_GET, {"order_id": order["order_id"]})
+        return got["status"] == "CONFIRMED" and got["ship_failure"] is not None
+
+    await wait_for(turned_back, what="the shipment to turn back")
+    await audit_clean(services)
+
+
 async def test_a_service_without_events_rebuilds_an_empty_database(services):
     await services.stop(PAYMENT)
     services.lose_database(PAYMENT)
