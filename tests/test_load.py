@@ -91,6 +91,24 @@ async def test_a_mixed_run_ends_as_drawn_and_counts_its_compensations(stack: dic
     assert report.ok, report.to_dict()
 
 
+async def test_a_run_with_shipped_and_returned_shares_ships_and_returns_them(stack: dict[str, Any], settings: Settings):
+    mix = Mix(declined=0.1, shipped=0.3, returned=0.2)
+    plan = LoadPlan(orders=40, concurrency=8, mix=mix, seed=5, wait_ms=15_000)
+    await ensure_stock(stack["client"], plan)
+    result = await run_load(settings, plan)
+    kinds = result.by_kind
+    assert sum(kinds.values()) == 40 and all(kinds[k] for k in ("ok", "declined", "shipped", "returned")), kinds
+    assert result.errors == {}, result.errors
+    assert result.outcomes == {
+        "CONFIRMED": kinds["ok"],
+        "FAILED": kinds["declined"],
+        "SHIPPED": kinds["shipped"],
+        "RETURNED": kinds["returned"],
+    }
+    report = await run_audit(stack["client"], stack["js"], settings.stream_name, settings.saga)
+    assert report.ok, report.to_dict()
+
+
 async def test_a_run_at_a_fixed_rate_keeps_to_its_schedule(stack: dict[str, Any], settings: Settings):
     plan = LoadPlan(orders=30, concurrency=64, rate=150.0, seed=random.randrange(1 << 30))
     await ensure_stock(stack["client"], plan)
