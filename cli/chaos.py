@@ -155,12 +155,15 @@ def set_(
     _report(answers, settings, out)
 
 
+AnyServiceArgument = Annotated[
+    Service | None, typer.Argument(metavar="SERVICE", help="One service; default all three.")
+]
+
+
 @app.command()
 def show(
     ctx: typer.Context,
-    service: Annotated[
-        Service | None, typer.Argument(metavar="SERVICE", help="One service; default all three.")
-    ] = None,
+    service: AnyServiceArgument = None,
     output: OutputOption = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -171,9 +174,7 @@ def show(
 @app.command()
 def clear(
     ctx: typer.Context,
-    service: Annotated[
-        Service | None, typer.Argument(metavar="SERVICE", help="One service; default all three.")
-    ] = None,
+    service: AnyServiceArgument = None,
     output: OutputOption = None,
     as_json: JsonFlag = False,
 ) -> None:

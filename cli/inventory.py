@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -12,15 +12,9 @@ from bus.subjects import INVENTORY_RESERVATIONS, INVENTORY_RESTOCK, INVENTORY_ST
 from cli import completion, listing, views
 from cli.failures import reported
 from cli.options import (
-    AfterOption,
-    AllFlag,
-    BeforeOption,
     JsonFlag,
     KeyOption,
-    LimitOption,
     OutputOption,
-    SinceOption,
-    UntilOption,
     status_choices,
 )
 from cli.output import Output
@@ -87,6 +81,12 @@ def restock(
 
 
 @app.command()
+@listing.lists(
+    RESERVATIONS,
+    {"status": "--status", "order_id": "--order"},
+    lambda found, cursor: views.reservations(found.reservations, cursor),
+    page=50,
+)
 def reservations(
     ctx: typer.Context,
     status: Annotated[
@@ -99,27 +99,9 @@ def reservations(
             "--order", metavar="ORDER_ID", help="Only this order's reservation.", autocompletion=completion.order_ids
         ),
     ] = None,
-    limit: LimitOption = None,
-    before: BeforeOption = None,
-    after: AfterOption = None,
-    since: SinceOption = None,
-    until: UntilOption = None,
-    every: AllFlag = False,
-    output: OutputOption = None,
-    as_json: JsonFlag = False,
-) -> None:
+) -> dict[str, Any]:
     """List reservations, newest order first (operator: the admin user); --before/--after are order ids.
 
     Inventory does not know customers, so there is no --customer: `oms order list --customer` has them.
     """
-    listing.run(
-        settings_of(ctx),
-        RESERVATIONS,
-        listing.Window(limit or (None if every else 50), before, after, since, until, every),
-        {"status": "--status", "order_id": "--order"},
-        lambda found, cursor: views.reservations(found.reservations, cursor),
-        Output.of(output, as_json),
-        status=status.value if status else None,
-        order_id=order,
-        order="desc",
-    )
+    return {"status": status.value if status else None, "order_id": order, "order": "desc"}

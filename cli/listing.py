@@ -8,19 +8,33 @@ page's items as they arrive, so a script can stream a large list.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import typer
 from pydantic import BaseModel
 from rich.console import RenderableType
 
 from bus.subjects import Route
 from cli.connection import role_for
 from cli.failures import reported
-from cli.options import parse_time
+from cli.options import (
+    AfterOption,
+    AllFlag,
+    BeforeOption,
+    JsonFlag,
+    LimitOption,
+    OutputOption,
+    SinceOption,
+    UntilOption,
+    parse_time,
+)
 from cli.output import Format, Output
-from cli.session import client, command, parse
+from cli.session import client, command, parse, settings_of
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -101,3 +115,50 @@ def run(
         return
     raw_all = {listing.items: collected}
     out.result(raw_all, render(parse(listing.result, raw_all, listing.route), more[0]))
+
+
+# The options every list takes after its own filters, in this order: the window's, then the output's.
+_COMMON = (
+    ("limit", LimitOption, None),
+    ("before", BeforeOption, None),
+    ("after", AfterOption, None),
+    ("since", SinceOption, None),
+    ("until", UntilOption, None),
+    ("every", AllFlag, False),
+    ("output", OutputOption, None),
+    ("as_json", JsonFlag, False),
+)
+_WINDOW = ("limit", "before", "after", "since", "until", "every")
+
+
+def lists(
+    listing: Listing,
+    flags: Mapping[str, str],
+    render: Callable[[Any, str | None], RenderableType],
+    *,
+    page: int | None = None,
+) -> Callable[[Callable[..., Mapping[str, Any]]], Callable[..., None]]:
+    """A `list` command made of a function of its own filters. The function takes the context and its filter
+    options and returns the query's filter fields; the window's options (--limit, --before, --after, --since,
+    --until, --all) and the output's (--output, --json) join its signature, as every list takes them, and the
+    command runs as `run` says. `flags` names each filter field's option (for errors); `page` is the limit of
+    one page when --limit does not say (None: the contract's default)."""
+
+    def make(filters_of: Callable[..., Mapping[str, Any]]) -> Callable[..., None]:
+        own = inspect.signature(filters_of, eval_str=True)
+        common = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a) for n, a, d in _COMMON]
+        params = [*own.parameters.values(), *common]
+
+        @functools.wraps(filters_of)
+        def list_command(ctx: typer.Context, **given: Any) -> None:
+            window = Window(**{name: given.pop(name) for name in _WINDOW})
+            if window.limit is None and not window.every and page is not None:
+                window = dataclasses.replace(window, limit=page)
+            out = Output.of(given.pop("output"), given.pop("as_json"))
+            run(settings_of(ctx), listing, window, flags, render, out, **filters_of(ctx, **given))
+
+        list_command.__signature__ = own.replace(parameters=params, return_annotation=None)  # type: ignore[attr-defined]
+        list_command.__annotations__ = {p.name: p.annotation for p in params}
+        return list_command
+
+    return make

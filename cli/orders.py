@@ -17,16 +17,10 @@ from cli import completion, listing, views
 from cli.events import timeline
 from cli.failures import order_outcome, reported
 from cli.options import (
-    AfterOption,
-    AllFlag,
-    BeforeOption,
     JsonFlag,
     KeyOption,
-    LimitOption,
     OrderIdArgument,
     OutputOption,
-    SinceOption,
-    UntilOption,
 )
 from cli.output import Output
 from cli.session import call, client, command, parse, read_and_show, settings_of
@@ -150,32 +144,20 @@ ORDERS = listing.Listing(ORDERS_LIST, c.ListOrders, c.OrderList, "orders", "orde
 
 
 @app.command("list")
+@listing.lists(
+    ORDERS,
+    {"status": "--status", "customer_id": "--customer"},
+    lambda found, cursor: views.orders(found.orders, cursor),
+)
 def list_(
     ctx: typer.Context,
     status: Annotated[
         c.OrderStatus | None, typer.Option("--status", "-s", case_sensitive=False, help="Only this status.")
     ] = None,
     customer: Annotated[str | None, typer.Option("--customer", "-c", help="Only this customer's.")] = None,
-    limit: LimitOption = None,
-    before: BeforeOption = None,
-    after: AfterOption = None,
-    since: SinceOption = None,
-    until: UntilOption = None,
-    every: AllFlag = False,
-    output: OutputOption = None,
-    as_json: JsonFlag = False,
-) -> None:
+) -> dict[str, Any]:
     """List orders, newest first; page with --before (the id a page ends with) or --all."""
-    listing.run(
-        settings_of(ctx),
-        ORDERS,
-        listing.Window(limit, before, after, since, until, every),
-        {"status": "--status", "customer_id": "--customer"},
-        lambda found, cursor: views.orders(found.orders, cursor),
-        Output.of(output, as_json),
-        status=status,
-        customer_id=customer,
-    )
+    return {"status": status, "customer_id": customer}
 
 
 @app.command()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -10,15 +10,9 @@ from bus import contract as c
 from bus.subjects import PAYMENT_GET, PAYMENT_LIST
 from cli import listing, views
 from cli.options import (
-    AfterOption,
-    AllFlag,
-    BeforeOption,
     JsonFlag,
-    LimitOption,
     OrderIdArgument,
     OutputOption,
-    SinceOption,
-    UntilOption,
     status_choices,
 )
 from cli.output import Output
@@ -40,6 +34,12 @@ def get(ctx: typer.Context, order_id: OrderIdArgument, output: OutputOption = No
 
 
 @app.command("list")
+@listing.lists(
+    PAYMENTS,
+    {"status": "--status", "customer_id": "--customer"},
+    lambda found, cursor: views.payments(found.payments, cursor),
+    page=50,
+)
 def list_(
     ctx: typer.Context,
     status: Annotated[
@@ -47,24 +47,6 @@ def list_(
         typer.Option("--status", "-s", case_sensitive=False, help="Only payments in this state."),
     ] = None,
     customer: Annotated[str | None, typer.Option("--customer", "-c", help="Only this customer's.")] = None,
-    limit: LimitOption = None,
-    before: BeforeOption = None,
-    after: AfterOption = None,
-    since: SinceOption = None,
-    until: UntilOption = None,
-    every: AllFlag = False,
-    output: OutputOption = None,
-    as_json: JsonFlag = False,
-) -> None:
+) -> dict[str, Any]:
     """List payments, newest order first (operator: the admin user); --before/--after are order ids."""
-    listing.run(
-        settings_of(ctx),
-        PAYMENTS,
-        listing.Window(limit or (None if every else 50), before, after, since, until, every),
-        {"status": "--status", "customer_id": "--customer"},
-        lambda found, cursor: views.payments(found.payments, cursor),
-        Output.of(output, as_json),
-        status=status.value if status else None,
-        customer_id=customer,
-        order="desc",
-    )
+    return {"status": status.value if status else None, "customer_id": customer, "order": "desc"}

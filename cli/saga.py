@@ -17,15 +17,9 @@ from cli import completion, listing, views
 from cli.connection import role_for
 from cli.failures import reported
 from cli.options import (
-    AfterOption,
-    AllFlag,
-    BeforeOption,
     JsonFlag,
     KeyOption,
-    LimitOption,
     OutputOption,
-    SinceOption,
-    UntilOption,
     status_choices,
 )
 from cli.output import Output
@@ -102,6 +96,11 @@ SAGAS = listing.Listing(SAGA_LIST, c.SagaQuery, c.SagaList, "sagas", "saga_id", 
 
 
 @app.command("list")
+@listing.lists(
+    SAGAS,
+    {"status": "--status", "stuck": "--stuck", "customer_id": "--customer"},
+    lambda found, cursor: views.sagas(found.sagas, cursor),
+)
 def list_(
     ctx: typer.Context,
     status: Annotated[
@@ -117,27 +116,9 @@ def list_(
     customer: Annotated[
         str | None, typer.Option("--customer", "-c", help="Only the sagas of this customer's orders.")
     ] = None,
-    limit: LimitOption = None,
-    before: BeforeOption = None,
-    after: AfterOption = None,
-    since: SinceOption = None,
-    until: UntilOption = None,
-    every: AllFlag = False,
-    output: OutputOption = None,
-    as_json: JsonFlag = False,
-) -> None:
+) -> dict[str, Any]:
     """List sagas, newest first: status, failure, current step, attempts, created, next retry, deadline."""
-    listing.run(
-        settings_of(ctx),
-        SAGAS,
-        listing.Window(limit, before, after, since, until, every),
-        {"status": "--status", "stuck": "--stuck", "customer_id": "--customer"},
-        lambda found, cursor: views.sagas(found.sagas, cursor),
-        Output.of(output, as_json),
-        status=status.value if status else None,
-        stuck=stuck,
-        customer_id=customer,
-    )
+    return {"status": status.value if status else None, "stuck": stuck, "customer_id": customer}
 
 
 @app.command()
