@@ -442,3 +442,48 @@ async def test_a_rebuild_by_replay_goes_on_when_the_stream_leader_dies_midway(
         await buyer.nc.close()
         await nc.close()
         three.restart()
+
+
+async def test_an_event_sent_again_after_its_streams_leader_died_is_acknowledged_as_a_duplicate(fresh: Cluster):
+    """What a relay does after a failover: send again, under the same ids, what it cannot prove was acknowledged.
+    The new leader knows those ids (the dedupe window is replicated with the stream) and stores none twice."""
+    as_orders = auth.login(fresh.settings, "orders")
+    from bus.stream import ensure_stream
+
+    nc = await connect(as_orders, "dedupe", persistent=False)
+    try:
+        js = nc.jetstream()
+        assert (await ensure_stream(nc, js, as_orders)).config.num_replicas == 3
+        ids = [f"evt_dedupe_{i}" for i in range(30)]
+        for i, event_id in enumerate(ids):
+            await wait_for(
+                lambda i=i, e=event_id: stored(js, f"events.orders.order_created.o{i}", e),
+                timeout=10,
+                what=f"event {event_id} stored",
+            )
+        await replicas_caught_up(nc, fresh.settings, 20, "every replica current")
+        leader = (await stream_info(nc, fresh.settings)).cluster.leader
+    finally:
+        await nc.close()
+    fresh.kill(leader)
+    nc = await connect(as_orders, "dedupe-after", persistent=False)  # to a node still up
+    try:
+        js = nc.jetstream()
+
+        async def new_leader() -> bool:
+            try:
+                info = await stream_info(nc, fresh.settings)
+            except Exception:
+                return False
+            return info.cluster is not None and info.cluster.leader not in (None, leader)
+
+        await wait_for(new_leader, timeout=30, what="a new leader")
+        acks = []
+        for i, event_id in enumerate(ids):
+            acks.append(await js.publish(f"events.orders.order_created.o{i}", b"{}", headers={"Nats-Msg-Id": event_id}))
+        assert all(ack.duplicate for ack in acks), [ack for ack in acks if not ack.duplicate]
+        assert (await stream_info(nc, fresh.settings)).state.messages == len(ids)
+        fresh_one = await js.publish("events.orders.order_created.new", b"{}", headers={"Nats-Msg-Id": "evt_new"})
+        assert not fresh_one.duplicate  # the new leader takes new events as before
+    finally:
+        await nc.close()
