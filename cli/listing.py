@@ -8,11 +8,10 @@ page's items as they arrive, so a script can stream a large list.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import typer
@@ -153,7 +152,7 @@ def lists(
         def list_command(ctx: typer.Context, **given: Any) -> None:
             window = Window(**{name: given.pop(name) for name in _WINDOW})
             if window.limit is None and not window.every and page is not None:
-                window = dataclasses.replace(window, limit=page)
+                window = replace(window, limit=page)
             out = Output.of(given.pop("output"), given.pop("as_json"))
             run(settings_of(ctx), listing, window, flags, render, out, **filters_of(ctx, **given))
 

@@ -354,27 +354,43 @@ async def test_a_saga_rebuilt_past_its_deadline_undoes_every_step_that_might_hav
     await audit_clean(services)
 
 
-async def test_the_audit_names_an_order_left_compensating_past_its_deadline_and_checks_every_order(settings, services):
+async def with_quick_sagas(settings: Settings, services: Services) -> Settings:
+    """The order service restarted with a 1.5 s saga deadline and quick retries; the settings it runs with."""
     quick = settings.model_copy(
         update={"saga": SagaSettings(deadline_ms=1500, retry_max_attempts=1000, retry_max_interval_ms=200)}
     )
     services.settings = quick
     await services.stop(ORDERS)
     await services.start(ORDERS)
+    return quick
+
+
+async def past_deadline_and_retry_cap(quick: Settings) -> None:
+    """Wait until a saga started now is past its deadline and the retry cap (what invariant 4 allows)."""
+    grace = (quick.saga.retry_max_interval_ms + quick.saga.step_timeout_ms) / 1000
+    overdue = time.time() + quick.saga.deadline_ms / 1000 + grace + 0.5
+    await wait_for(lambda: time.time() > overdue, what="the deadline and the retry cap to pass")
+
+
+async def invariant_4(services: Services, quick: Settings) -> dict[str, Any]:
+    report = await run_audit(services.client, services.js, quick.stream_name, quick.saga)
+    (late,) = [c for c in report.to_dict()["checks"] if c["invariant"] == 4]
+    return late
+
+
+async def test_the_audit_names_an_order_left_compensating_past_its_deadline_and_checks_every_order(settings, services):
+    quick = await with_quick_sagas(settings, services)
     done = await place(services, items=(("KB-101", 1),), method="card_declined")  # an order that ended
     assert done["status"] == "FAILED"
     # Payment keeps failing until the deadline turns the saga back; then the release keeps failing too.
     await services.client.request("chaos.payment.set", {"error_rate": 1.0, "endpoints": ["authorize"]})
     await services.client.request("chaos.inventory.set", {"error_rate": 1.0, "endpoints": ["release"]})
     placed = await place(services, items=(("CB-505", 1),), wait_ms=0)
-    grace = (quick.saga.retry_max_interval_ms + quick.saga.step_timeout_ms) / 1000
-    overdue = time.time() + quick.saga.deadline_ms / 1000 + grace + 0.5
-    await wait_for(lambda: time.time() > overdue, what="the deadline and the retry cap to pass")
+    await past_deadline_and_retry_cap(quick)
 
     got = await services.client.call(s.ORDERS_GET, {"order_id": placed["order_id"]})
     assert got["status"] == "COMPENSATING", got["status"]
-    report = await run_audit(services.client, services.js, quick.stream_name, quick.saga)
-    (late,) = [c for c in report.to_dict()["checks"] if c["invariant"] == 4]
+    late = await invariant_4(services, quick)
     listed = await services.client.call(s.ORDERS_LIST, {"limit": 1000})
     assert late["checked"] == len(listed["orders"]) >= 2  # every order, the ended ones too
     assert late["violations"] == 1 and placed["order_id"] in late["offending"][0], late
@@ -388,12 +404,7 @@ async def test_the_audit_names_an_order_left_compensating_past_its_deadline_and_
 
 
 async def test_the_audit_names_an_order_left_shipping_past_its_shipments_deadline(settings, services):
-    quick = settings.model_copy(
-        update={"saga": SagaSettings(deadline_ms=1500, retry_max_attempts=1000, retry_max_interval_ms=200)}
-    )
-    services.settings = quick
-    await services.stop(ORDERS)
-    await services.start(ORDERS)
+    quick = await with_quick_sagas(settings, services)
     order = await place(services, items=(("CB-505", 1),))
     assert order["status"] == "CONFIRMED"
     # The capture keeps failing until the shipment's deadline turns it back; then the uncommit keeps failing.
@@ -401,12 +412,9 @@ async def test_the_audit_names_an_order_left_shipping_past_its_shipments_deadlin
     await services.client.request("chaos.inventory.set", {"error_rate": 1.0, "endpoints": ["uncommit"]})
     shipping = await services.client.call(s.ORDERS_SHIP, {"order_id": order["order_id"], "wait_ms": 0})
     assert shipping["status"] == "SHIPPING"
-    grace = (quick.saga.retry_max_interval_ms + quick.saga.step_timeout_ms) / 1000
-    overdue = time.time() + quick.saga.deadline_ms / 1000 + grace + 0.5
-    await wait_for(lambda: time.time() > overdue, what="the deadline and the retry cap to pass")
+    await past_deadline_and_retry_cap(quick)
 
-    report = await run_audit(services.client, services.js, quick.stream_name, quick.saga)
-    (late,) = [c for c in report.to_dict()["checks"] if c["invariant"] == 4]
+    late = await invariant_4(services, quick)
     assert late["violations"] == 1 and order["order_id"] in late["offending"][0], late
     assert "SHIPPING" in late["offending"][0]
 

@@ -97,11 +97,12 @@ _SAGA_IDS = ("return_id", "commit_id", "capture_id")  # a fulfilment saga's id, 
 def layout(order: c.Order, events: list[dict], saga: c.SagaView | None = None) -> Timeline:
     """The timeline of one of `order`'s sagas, its placement's unless `saga` says which, with those of `events`
     (the order's timeline from `orders.events`) that belong to that saga (`_saga_of`)."""
-    place = saga is None or (order.saga is not None and saga.saga_id == order.saga.saga_id)
-    saga = order.saga if saga is None else saga
-    steps = saga.steps if saga else []
+    placement = order.saga.saga_id if order.saga else None  # what an event naming no saga belongs to
+    saga = saga or order.saga
     saga_id = saga.saga_id if saga else None
-    events = [e for e in events if (_saga_of(e) or (order.saga.saga_id if order.saga else None)) == saga_id]
+    place = saga_id == placement
+    steps = saga.steps if saga else []
+    events = [e for e in events if (_saga_of(e) or placement) == saga_id]
     times = [t for s in steps for t in (_at(s.started_at), _at(s.finished_at)) if t is not None]
     times += [t for e in events if (t := _at(e.get("occurred_at"))) is not None]
     began = parse_iso(order.created_at) if place or saga is None else _at(saga.created_at)
@@ -144,7 +145,7 @@ def layout(order: c.Order, events: list[dict], saga: c.SagaView | None = None) -
                 Mark(lane if lane in LANES else "orders", str(event.get("type", "?")), x(at), event["occurred_at"])
             )
     ticks = [(round(WIDTH * i / 4, 1), f"+{span * 1000 * i / 4:,.0f} ms") for i in range(5)]
-    title = "Saga" if place else TITLES.get(saga.name if saga else "", "Saga")
+    title = "Saga" if place or saga is None else TITLES.get(saga.name, "Saga")
     return Timeline(title, saga, LANES, bars, marks, round(span * 1000, 1), ticks)
 
 
